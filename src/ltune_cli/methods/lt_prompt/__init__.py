@@ -1,0 +1,32 @@
+"""L-Tuning for prompt: label states -> trainable G (d x d) -> soft prompt before the text.
+
+Trainable (paper A.5): G d*d + head C 2d (+2 biases) = d(d+2) + 2.
+G starts as the identity, so the first prompt is the label's own frozen representation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ltune_cli.methods import register
+from ltune_cli.methods.base import PairMethod
+
+
+@register("lt_prompt")
+class LTPrompt(PairMethod):
+    def __init__(self, backbone, cfg, label_texts):
+        super().__init__(backbone, cfg, label_texts)
+        d = backbone.geo.hidden
+        self.G = nn.Linear(d, d, bias=False)
+        with torch.no_grad():
+            self.G.weight.copy_(torch.eye(d))
+
+    def transform(self, states, mask):
+        return self.G(states) * mask[..., None]  # (N, l, d)
+
+    def select(self, prompt, idx):
+        return prompt[idx]
+
+    def encode_with(self, batch, prompt, mask):
+        return self.backbone.encode(**self.text_inputs(batch), prompt=prompt, prompt_mask=mask)

@@ -1,0 +1,28 @@
+"""Prefix tuning (P-tuning v2): P trainable key/value vectors at every layer, K-way head.
+
+Trainable: prefix (L, 2, kv_heads, P, head_dim) + head (d*K + K).
+Initialised N(0, 1) like PEFT's PrefixEncoder embedding (no reparameterisation).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ltune_cli.methods import register
+from ltune_cli.methods.base import ClassifierMethod
+
+
+@register("prefix")
+class Prefix(ClassifierMethod):
+    def __init__(self, backbone, cfg, label_texts):
+        super().__init__(backbone, cfg, label_texts)
+        backbone.require_kv_cache("prefix")
+        g = backbone.geo
+        self.prefix = nn.Parameter(torch.randn(g.layers, 2, g.kv_heads, cfg.num_virtual_tokens, g.head_dim))
+
+    def encode(self, batch):
+        B = batch["input_ids"].shape[0]
+        kv = self.prefix.unsqueeze(2).expand(-1, -1, B, -1, -1, -1)  # (L, 2, B, kvh, P, hd)
+        prefix = [(layer[0], layer[1]) for layer in kv]
+        return self.backbone.encode(**self.text_inputs(batch), prefix=prefix)

@@ -1,0 +1,234 @@
+"""The frozen base model behind every method, with one forward for all families.
+
+`Backbone.encode` runs the frozen LM over a text batch, optionally with soft prompt
+embeddings prepended (prompt methods) or a key/value prefix at every layer (prefix
+methods), and returns one pooled vector per text. Family differences (positions, cache
+layout, pooling) come from `families.FAMILIES`; this file never branches on a model name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ltune_cli.errors import LtuneError
+from ltune_cli.models.families import FAMILIES, Geometry, geometry
+
+
+@dataclass
+class LabelStates:
+    """Frozen LM hidden states of the K label texts, padded to a common length l.
+
+    states: (K, l, d) float, mask: (K, l) long (1 = real label token), ids: (K, l) token ids.
+    """
+
+    states: torch.Tensor
+    mask: torch.Tensor
+    ids: torch.Tensor
+
+
+class Backbone(nn.Module):
+    def __init__(self, model: nn.Module, tokenizer, geo: Geometry, *, pooling: str = "auto",
+                 max_length: int = 128, padding_side: str = "right"):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.geo = geo
+        self.family = FAMILIES[geo.family]
+        self.pooling = ("cls" if geo.kind == "encoder" else "last") if pooling == "auto" else pooling
+        self.max_length = max_length
+        self.padding_side = padding_side
+        self.pad_id = _pad_id(tokenizer)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model.eval()
+
+    # The frozen base never trains: keep dropout off whatever mode the method is in.
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input word embeddings (B, T, d), before positions/LayerNorm (the model adds those)."""
+        return self.model.get_input_embeddings()(input_ids)
+
+    def require_kv_cache(self, method: str) -> None:
+        if not self.family.kv_cache:
+            raise LtuneError(
+                f"method '{method}' needs a key/value prefix, but {self.family.no_cache_reason}; "
+                f"use method=prompt or method=lt_prompt with this model.")
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last-layer hidden states (B, T, d) of a plain forward (used for label texts)."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                         **self._positions(attention_mask, attention_mask.shape[1]))
+        return out.last_hidden_state
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+               token_type_ids: torch.Tensor | None = None,
+               prompt: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None,
+               prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+               prefix_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled representation (B, d) of a text batch.
+
+        input_ids, attention_mask: (B, T). prompt: (B, P, d) soft embeddings placed before the
+        text, prompt_mask (B, P). prefix: per layer (key, value), each (B, kv_heads, P, head_dim),
+        prefix_mask (B, P). The attention mask always covers prefix/prompt + text.
+        """
+        B, T = input_ids.shape
+        kwargs: dict = {}
+        if prompt is not None:
+            P = prompt.shape[1]
+            pm = prompt_mask if prompt_mask is not None else attention_mask.new_ones(B, P)
+            embeds = torch.cat([prompt.to(self.dtype), self.embed(input_ids)], dim=1)
+            mask = torch.cat([pm, attention_mask], dim=1)
+            kwargs.update(inputs_embeds=embeds, attention_mask=mask, **self._positions(mask, P + T))
+            if token_type_ids is not None and self.family.uses_token_type_ids:
+                kwargs["token_type_ids"] = torch.cat([token_type_ids.new_zeros(B, P), token_type_ids], 1)
+            text_mask = mask
+        else:
+            kwargs.update(input_ids=input_ids)
+            text_mask = attention_mask
+            if token_type_ids is not None and self.family.uses_token_type_ids:
+                kwargs["token_type_ids"] = token_type_ids
+            if prefix is not None:
+                from transformers import DynamicCache
+
+                P = prefix[0][0].shape[2]
+                pm = prefix_mask if prefix_mask is not None else attention_mask.new_ones(B, P)
+                full = torch.cat([pm, attention_mask], dim=1)
+                # A fresh cache per forward: transformers appends the text's keys to it in place.
+                cache = DynamicCache(ddp_cache_data=[(k.to(self.dtype), v.to(self.dtype)) for k, v in prefix])
+                # Decoders continue counting positions after the prefix; encoders keep the
+                # text at positions 0.. (their learned positions were trained from 0).
+                counted = full if self.geo.kind == "decoder" else attention_mask
+                kwargs.update(attention_mask=full, past_key_values=cache, use_cache=True,
+                              **self._positions(counted, T))
+            else:
+                kwargs.update(attention_mask=attention_mask, **self._positions(attention_mask, T))
+        hidden = self.model(**kwargs).last_hidden_state  # (B, T', d)
+        return self.pool(hidden, text_mask)
+
+    def _positions(self, mask: torch.Tensor, length: int) -> dict:
+        """position_ids of the last `length` columns of `mask`, counting real tokens only, so
+        left and right padding give the same positions; RoBERTa's offset is family data."""
+        if self.family.positions != "explicit":
+            return {}
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+        return {"position_ids": pos + self.family.position_offset}
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) -> (B, d): [CLS] (first real token), masked mean, or last real token."""
+        mask = mask.to(hidden.dtype)
+        if self.pooling == "mean":
+            return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        T = mask.shape[1]
+        if self.pooling == "cls":
+            # first position with a 1 (prompt tokens come first when present)
+            idx = mask.argmax(dim=1)
+        else:  # last real token, right or left padding alike
+            idx = T - 1 - mask.flip(1).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
+
+    @torch.no_grad()
+    def label_states(self, label_texts: list[str], label_len: int | None = None) -> LabelStates:
+        """Encode the K label texts once through the frozen LM (eval mode, no grad)."""
+        enc = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in label_texts]
+        for t, ids in zip(label_texts, enc):
+            if not ids:
+                raise LtuneError(f"label text '{t}' tokenizes to nothing (dataset.label_texts).")
+        length = label_len or max(len(ids) for ids in enc)
+        ids = torch.full((len(enc), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(enc), length), dtype=torch.long)
+        for i, row in enumerate(enc):
+            row = row[:length]
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        was_training = self.training
+        self.eval()
+        states = self.hidden_states(ids, mask).float() * mask[..., None]
+        self.train(was_training)
+        return LabelStates(states=states, mask=mask, ids=ids)
+
+
+def _pad_id(tokenizer) -> int:
+    for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
+        v = getattr(tokenizer, attr, None)
+        if v is not None:
+            return int(v)
+    return 0
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LtuneError(f"hardware.device={device} but no CUDA device is visible; use hardware=cpu "
+                         f"(or hardware.device=auto).")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise LtuneError(f"hardware.device='{device}' is not a device; use auto, cpu, cuda or cuda:N.") from None
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_backbone(model_cfg, hardware_cfg=None, *, model=None, tokenizer=None) -> Backbone:
+    """Load the frozen base + tokenizer from model_cfg.path (hub id, folder or offline:<key>).
+
+    `model`/`tokenizer` may be given directly (tests build tiny random models this way).
+    """
+    device = resolve_device(hardware_cfg.device if hardware_cfg else "cpu")
+    dtype = DTYPES[hardware_cfg.dtype] if hardware_cfg else torch.float32
+    if model is None:
+        model, tokenizer = _from_pretrained(model_cfg, dtype)
+    geo = geometry(model.config, getattr(model_cfg, "family", "auto"))
+    model.to(device=device, dtype=dtype)
+    return Backbone(model, tokenizer, geo, pooling=model_cfg.pooling, max_length=model_cfg.max_length,
+                    padding_side=model_cfg.padding_side)
+
+
+def _from_pretrained(model_cfg, dtype):
+    import os
+    from pathlib import Path
+
+    from transformers import AutoModel, AutoTokenizer
+
+    from ltune_cli.models.offline import resolve
+
+    path = resolve(model_cfg.path)
+    local = Path(path).expanduser()
+    looks_local = local.exists() or path.startswith((".", "/", "~"))
+    if looks_local:
+        if not local.is_dir():
+            raise LtuneError(f"model.path={path}: no such folder.")
+        if not any(local.glob("*.safetensors")) and not any(local.glob("*.bin")):
+            raise LtuneError(f"model.path={path}: the folder has no weights (*.safetensors or *.bin); "
+                             f"point model.path at a folder written by save_pretrained.")
+    kw = dict(revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+        model = AutoModel.from_pretrained(path, dtype=dtype, **kw)
+    except OSError as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise LtuneError(
+            f"could not load model '{path}' (model.path): {str(e).splitlines()[0][:160]}. "
+            f"{'The hub is unreachable (offline). ' if not looks_local or offline else ''}"
+            f"Point model.path at a local folder with config.json + weights, or use model=minilm / "
+            f"model=smollm2_135m, which ship with the package.") from None
+    return model, tokenizer

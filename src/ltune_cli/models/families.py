@@ -1,0 +1,87 @@
+"""Model families as data: where each architecture differs, in one table.
+
+The methods need, from any frozen base: its depth, how many key/value heads a layer's
+cache holds and their size (for prefixes), whether it is an encoder (pool [CLS]/mean)
+or a decoder (pool the last real token), and how positions are passed. Everything else
+is the same code path. Adding a family is adding a row, never a modeling file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ltune_cli.errors import LtuneError, suggest
+
+
+@dataclass(frozen=True)
+class Family:
+    kind: str  # "encoder" | "decoder"
+    # How text positions are given to the model:
+    #   "explicit": we pass position_ids (offset added: RoBERTa counts from padding_idx + 1)
+    #   "mask": positions come from the attention mask inside the model (Bloom's ALiBi)
+    #   "relative": no absolute positions (DeBERTa's relative attention)
+    positions: str = "explicit"
+    position_offset: int = 0
+    # Whether the model's attention accepts a key/value cache (needed for prefix methods).
+    kv_cache: bool = True
+    # Config attribute holding the number of key/value heads; None = one per attention head.
+    kv_heads_attr: str | None = None
+    # Special cases of the cache layout, keyed by config flags: (flag, value, kv_heads rule).
+    # Rules: "heads" = num_attention_heads, "one" = 1 (multi-query), or a config attribute.
+    kv_heads_rules: tuple[tuple[str, object, str], ...] = ()
+    uses_token_type_ids: bool = False
+    no_cache_reason: str = ""
+
+
+FAMILIES: dict[str, Family] = {
+    "bert": Family("encoder", uses_token_type_ids=True),
+    "roberta": Family("encoder", position_offset=2),  # padding_idx (1) + 1
+    "deberta-v2": Family("encoder", positions="relative", kv_cache=False, uses_token_type_ids=True,
+                         no_cache_reason="DeBERTa-v2's attention in transformers takes no key/value cache"),
+    "gpt2": Family("decoder"),
+    "llama": Family("decoder", kv_heads_attr="num_key_value_heads"),
+    "bloom": Family("decoder", positions="mask"),
+    # Falcon: the new decoder architecture (40B/180B/Falcon-2) caches keys broadcast to all
+    # heads; the original 7B layout is multi-query (one shared key/value head).
+    "falcon": Family("decoder", kv_heads_attr="num_kv_heads",
+                     kv_heads_rules=(("new_decoder_architecture", True, "heads"), ("multi_query", True, "one"))),
+}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The shapes a method needs: layers L, hidden d, heads, key/value heads and head size."""
+
+    family: str
+    kind: str
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+
+def family_of(config, requested: str = "auto") -> tuple[str, Family]:
+    name = config.model_type if requested == "auto" else requested
+    if name not in FAMILIES:
+        raise LtuneError(f"model family '{name}' is not supported (model.family).{suggest(name, FAMILIES)} "
+                         f"Supported: {', '.join(FAMILIES)}.")
+    return name, FAMILIES[name]
+
+
+def geometry(config, requested: str = "auto") -> Geometry:
+    name, fam = family_of(config, requested)
+    heads = config.num_attention_heads
+    hidden = config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    kv_heads = getattr(config, fam.kv_heads_attr, None) if fam.kv_heads_attr else None
+    kv_heads = kv_heads or heads
+    for flag, value, rule in fam.kv_heads_rules:
+        if getattr(config, flag, None) == value:
+            kv_heads = heads if rule == "heads" else 1 if rule == "one" else getattr(config, rule)
+            break
+    return Geometry(name, fam.kind, config.num_hidden_layers, hidden, heads, kv_heads, head_dim)
