@@ -54,6 +54,14 @@ def user_errors(fn):
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(code=130) from None
+        except typer.Exit:
+            raise
+        except Exception as e:  # a bug, not bad input: one line, the trace on request
+            if debug:
+                raise
+            typer.echo(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                       f"(run with --debug for the traceback; a run folder keeps it in error.txt)", err=True)
+            raise typer.Exit(code=1) from None
 
     return wrapper
 

@@ -60,9 +60,7 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def _jsonable(o):
-    if hasattr(o, "item"):
-        return o.item()
-    if hasattr(o, "tolist"):
+    if hasattr(o, "tolist"):  # numpy/torch arrays and scalars
         return o.tolist()
     if isinstance(o, Path):
         return str(o)

