@@ -120,3 +120,23 @@ def tiny_overrides(train, dev, out_dir, method="lt_prefix", steps=4, **extra):
           f"out_dir={out_dir}", "model.max_length=32"]
     ov += [f"{k}={v}" for k, v in extra.items()]
     return ov
+
+
+def save_tiny_model(folder, family: str = "bert", seed: int = 0):
+    """A tiny random model + tokenizer saved as an HF folder: the real `model.path` loading path."""
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    AutoModel.from_config(tiny_config(family)).save_pretrained(folder)
+    make_tokenizer(pair_template=family not in DECODERS).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama")

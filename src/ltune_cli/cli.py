@@ -79,11 +79,21 @@ def _scores_table(title: str, scores: dict, keys=("accuracy", "mcc", "macro_f1",
 
 @app.command()
 @user_errors
-def train(overrides: list[str] = OVERRIDES, debug: bool = DEBUG):
+def train(overrides: list[str] = OVERRIDES,
+          resume: Path | None = typer.Option(None, "--resume", help="Continue this run folder from its newest "
+                                             "checkpoint, with its stored config."),
+          debug: bool = DEBUG):
     """Train one method on one model and dataset; writes a run folder under outputs/."""
-    from ltune_cli.config import compose
+    from ltune_cli.config import compose, load_stored
 
-    cfg = compose(overrides or [])
+    if resume is not None:
+        if overrides:
+            raise LtuneError("--resume uses the run's stored config; drop the overrides "
+                             "(or use resume=true out_dir=<run> with the same overrides).")
+        cfg = load_stored(resume / "config.yaml")
+        cfg.resume, cfg.out_dir = True, str(resume)
+    else:
+        cfg = compose(overrides or [])
     _setup_logging()
     from ltune_cli import engine, runfolder
 

@@ -83,6 +83,9 @@ class TrainConfig:
     log_every: int = 10
     group_by_length: bool = True
     progress: bool = True
+    checkpoint_every: int = 100  # steps between checkpoints (0 = only on interrupt)
+    keep_checkpoints: int = 2  # newest kept; all are removed once the run completes
+    on_nonfinite: str = "stop"  # stop | skip (a NaN/inf loss: stop with the last checkpoint kept, or skip the batch)
 
 
 @dataclass
@@ -95,6 +98,7 @@ class LtuneConfig:
     seed: int = 0
     out_dir: str | None = None
     name: str | None = None  # run name (default: derived from method/model/dataset/seed)
+    resume: bool = False  # continue the run in out_dir from its newest checkpoint
 
 
 CHOICES = {
@@ -106,12 +110,13 @@ CHOICES = {
     "method.variant": ("per_token", "paper"),
     "method.init": ("vocab", "normal"),
     "hardware.dtype": ("fp32", "bf16", "fp16"),
+    "train.on_nonfinite": ("stop", "skip"),
 }
 POSITIVE = ("model.max_length", "method.num_virtual_tokens", "hardware.batch_size",
             "hardware.eval_batch_size", "hardware.grad_accum", "train.max_steps",
             "train.eval_every", "train.log_every", "method.label_len",
-            "dataset.train_limit", "dataset.eval_limit", "hardware.num_threads")
-NON_NEGATIVE = ("train.weight_decay", "train.warmup_ratio", "train.max_grad_norm", "method.dropout")
+            "dataset.train_limit", "dataset.eval_limit", "hardware.num_threads", "train.keep_checkpoints")
+NON_NEGATIVE = ("train.checkpoint_every", "train.weight_decay", "train.warmup_ratio", "train.max_grad_norm", "method.dropout")
 
 
 def _register() -> None:
@@ -217,6 +222,24 @@ def translate_config_error(e: Exception, overrides=()) -> LtuneError:
     if "Could not override" in full or "Error parsing override" in full:
         return LtuneError(f"bad override: {msg} (use key=value, e.g. train.lr=0.01).")
     return LtuneError(f"config error: {msg}")
+
+
+def load_stored(path) -> Any:
+    """A run folder's config.yaml, typed against the current schema (fails on unknown keys)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        raise LtuneError(f"{path} is missing: not a run folder written by `ltune train`.")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(LtuneConfig), OmegaConf.load(path))
+    except Exception as e:  # noqa: BLE001
+        raise LtuneError(f"{path} does not fit this ltune's config schema ({translate_config_error(e).message}); "
+                         f"it was written by another version.") from None
+    check(cfg)
+    return cfg
 
 
 def to_container(cfg) -> dict:

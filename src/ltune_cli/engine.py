@@ -115,20 +115,28 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
+class RunInterrupted(LtuneError):
+    """Ctrl-C / SIGTERM: a checkpoint was saved; the message says how to resume."""
+
+    exit_code = 130
+
+
 def train(cfg, *, backbone=None, console=None) -> Path:
-    """Run one training job from a composed config; returns the run folder."""
+    """Run (or, with cfg.resume, continue) one training job; returns the run folder."""
     t_start = time.time()
-    run_dir = make_run_dir(cfg)
-    runfolder.atomic_write_text(run_dir / "config.yaml", _yaml(cfg))
-    (run_dir / "metrics.jsonl").write_text("")
+    run_dir, resuming = prepare_run_dir(cfg)
     try:
-        return _train(cfg, run_dir, t_start, backbone, console)
+        return _train(cfg, run_dir, t_start, backbone, console, resuming)
+    except RunInterrupted:
+        raise  # not a failure: the checkpoint is the state, and resume continues it
     except BaseException as e:
         _record_failure(run_dir, cfg, e, t_start)
         raise
 
 
-def _train(cfg, run_dir: Path, t_start: float, backbone, console) -> Path:
+def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool) -> Path:
+    from ltune_cli import checkpoint
+
     s = build(cfg, backbone=backbone)
     method, tc, hw = s.method, cfg.train, cfg.hardware
     lr = tc.lr if tc.lr is not None else cfg.method.lr
@@ -138,52 +146,87 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console) -> Path:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, tc.max_steps))
     order = BatchOrder(s.train_enc.lengths, hw.batch_size * hw.grad_accum, cfg.seed, tc.group_by_length)
     pairs_gen = torch.Generator().manual_seed(cfg.seed)
+    metrics_path = run_dir / "metrics.jsonl"
+    # Loss accumulated since the last "train" record, so records are the same after a resume.
+    window = {"loss": 0.0, "n": 0, "skipped": 0}
+    step = 0
+
+    def snapshot() -> dict:
+        return {"step": step, "trainable": method.trainable_state(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "order": order.state_dict(),
+                "pairs_gen": pairs_gen.get_state(), "rng": checkpoint.rng_state(), "window": dict(window),
+                "metrics_bytes": metrics_path.stat().st_size}
+
+    ckpt = checkpoint.load_latest(run_dir) if resuming else None
+    if ckpt is not None:
+        method.load_trainable_state({k: v.to(s.device) for k, v in ckpt["trainable"].items()})
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        order.load_state_dict(ckpt["order"])
+        pairs_gen.set_state(ckpt["pairs_gen"])
+        checkpoint.set_rng_state(ckpt["rng"])
+        window, step = ckpt["window"], ckpt["step"]
+        with open(metrics_path, "r+b") as f:  # drop records written after that checkpoint
+            f.truncate(ckpt["metrics_bytes"])
+        log.info("resuming %s from step %d", run_dir, step)
+    elif resuming:
+        metrics_path.write_text("")
+        log.info("no checkpoint in %s: starting it from step 0", run_dir)
+    history = [r for r in runfolder.read_jsonl(metrics_path) if r["kind"] == "eval"]
     log.info("run folder %s: %s on %s/%s, %d trainable parameters", run_dir, cfg.method.name,
              cfg.model.name, cfg.dataset.name, method.num_trainable())
 
-    metrics_path = run_dir / "metrics.jsonl"
-    history: list[dict] = []
     method.train()
-    t_train = time.time()
-    seen, window_loss, window_n, window_t = 0, 0.0, 0, time.time()
-    with _progress(console, tc) as progress:
-        task = progress.add_task("train", total=tc.max_steps, loss=float("nan"), rate=0.0)
-        for step in range(1, tc.max_steps + 1):
+    t_train, window_t = time.time(), time.time()
+    preds = None
+    with _progress(console, tc) as progress, _stop_signals() as stop:
+        task = progress.add_task("train", total=tc.max_steps, completed=step, loss=float("nan"), rate=0.0)
+        while step < tc.max_steps:
             idx = next(order)
-            loss_val = 0.0
-            for micro in np.array_split(idx, hw.grad_accum):
-                batch = collate(s.train_enc, micro, s.backbone.pad_id, s.backbone.padding_side, s.device)
-                with s.autocast():
-                    loss = method.training_loss(batch, pairs_gen) * (len(micro) / len(idx))
-                loss.backward()
-                loss_val += loss.item()
+            step += 1
+            loss_val = _step(s, method, idx, pairs_gen, hw)
             if not math.isfinite(loss_val):
-                raise LtuneError(f"training loss became {loss_val} at step {step}; lower train.lr "
-                                 f"(now {lr}) or use hardware.dtype=fp32.")
-            if tc.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
-            opt.step()
+                opt.zero_grad(set_to_none=True)
+                last = checkpoint.list_checkpoints(run_dir)
+                kept = f"the last good checkpoint ({last[-1].name}) is kept" if last else "no checkpoint yet"
+                window["skipped"] += 1
+                if tc.on_nonfinite == "stop" or window["skipped"] > 10:
+                    raise LtuneError(f"training loss became {loss_val} at step {step}; {kept}. Lower train.lr "
+                                     f"(now {lr}), use hardware.dtype=fp32, or train.on_nonfinite=skip.")
+                log.warning("step %d: loss %s, batch skipped (train.on_nonfinite=skip)", step, loss_val)
+            else:
+                if tc.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                window["loss"] += loss_val
+                window["n"] += 1
             sched.step()
-            opt.zero_grad(set_to_none=True)
-            seen += len(idx)
-            window_loss += loss_val
-            window_n += 1
             if step % tc.log_every == 0 or step == tc.max_steps:
                 dt = time.time() - window_t
-                rec = {"kind": "train", "step": step, "train_loss": window_loss / window_n,
-                       "lr": sched.get_last_lr()[0], "examples_per_s": window_n * len(idx) / max(dt, 1e-9),
+                n = max(window["n"], 1)
+                rec = {"kind": "train", "step": step, "train_loss": window["loss"] / n,
+                       "lr": sched.get_last_lr()[0], "examples_per_s": n * len(idx) / max(dt, 1e-9),
                        "time_s": time.time() - t_train}
                 runfolder.append_jsonl(metrics_path, rec)
                 progress.update(task, loss=rec["train_loss"], rate=rec["examples_per_s"])
-                window_loss, window_n, window_t = 0.0, 0, time.time()
+                window.update(loss=0.0, n=0)
+                window_t = time.time()
             if step % tc.eval_every == 0 or step == tc.max_steps:
                 m, preds = evaluate(s)
                 rec = {"kind": "eval", "step": step, **m, "time_s": time.time() - t_train}
                 runfolder.append_jsonl(metrics_path, rec)
                 history.append(rec)
                 window_t = time.time()  # evaluation time is not training throughput
-            progress.update(task, advance=1)
+            progress.update(task, completed=step)
+            if stop.requested or (tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.max_steps):
+                checkpoint.save(run_dir, snapshot(), tc.keep_checkpoints)
+            if stop.requested:
+                raise RunInterrupted(f"{stop.requested} at step {step}: checkpoint saved; continue with "
+                                     f"`ltune train --resume {run_dir}`")
     train_time = time.time() - t_train
+    if preds is None:  # resumed exactly at the end: score the final weights once more
+        m, preds = evaluate(s)
 
     save_trainable(method, run_dir)
     runfolder.write_json(run_dir / "predictions.json",
@@ -191,7 +234,56 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console) -> Path:
     results = result_record(cfg, s, status="completed", history=history, steps=tc.max_steps,
                             wall=time.time() - t_start, train_time=train_time)
     runfolder.write_json(run_dir / "results.json", results)
+    import shutil
+
+    shutil.rmtree(run_dir / checkpoint.CKPT_DIR, ignore_errors=True)  # the run is complete
     return run_dir
+
+
+def _step(s: Setup, method, idx, pairs_gen, hw) -> float:
+    """Forward + backward of one (possibly accumulated) batch; returns the loss."""
+    loss_val = 0.0
+    try:
+        for micro in np.array_split(idx, hw.grad_accum):
+            batch = collate(s.train_enc, micro, s.backbone.pad_id, s.backbone.padding_side, s.device)
+            with s.autocast():
+                loss = method.training_loss(batch, pairs_gen) * (len(micro) / len(idx))
+            loss.backward()
+            loss_val += loss.item()
+    except torch.OutOfMemoryError:
+        B, A = hw.batch_size, hw.grad_accum
+        raise LtuneError(f"out of memory at hardware.batch_size={B} (grad_accum={A}); keep the effective batch "
+                         f"with hardware.batch_size={max(1, B // 2)} hardware.grad_accum={A * 2}, or use "
+                         f"hardware.dtype=bf16.") from None
+    return loss_val
+
+
+class _StopFlag:
+    requested: str | None = None
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and exits cleanly."""
+    import signal
+    import threading
+
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        flag.requested = signal.Signals(signum).name
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 # --------------------------------------------------------------------------- run folders
@@ -199,14 +291,56 @@ def run_name(cfg) -> str:
     return cfg.name or f"{cfg.method.name}-{cfg.model.name}-{cfg.dataset.name}-s{cfg.seed}"
 
 
+def prepare_run_dir(cfg) -> tuple[Path, bool]:
+    """A new run folder, or (cfg.resume) the existing one in out_dir; returns (folder, resuming)."""
+    if cfg.resume:
+        if not cfg.out_dir:
+            raise LtuneError("resume=true needs out_dir=<run folder> (or use `ltune train --resume <run folder>`).")
+        d = Path(cfg.out_dir)
+        if (d / "config.yaml").is_file():
+            _check_same_config(cfg, d)
+            if (d / "results.json").is_file():
+                status = runfolder.read_results(d).get("status")
+                if status == "completed":
+                    raise LtuneError(f"{d} already holds a completed run; nothing to resume.")
+                (d / "results.json").unlink()  # a failed run: continue from its last checkpoint
+            return d, True
+    d = make_run_dir(cfg)
+    runfolder.atomic_write_text(d / "config.yaml", _yaml(cfg))
+    (d / "metrics.jsonl").write_text("")
+    return d, False
+
+
+def _check_same_config(cfg, d: Path) -> None:
+    from omegaconf import OmegaConf
+
+    stored = OmegaConf.to_container(OmegaConf.load(d / "config.yaml"), resolve=True)
+    now = OmegaConf.to_container(cfg, resolve=True)
+    diffs = sorted(k for k in _flatten(now).keys() | _flatten(stored).keys()
+                   if k != "resume" and _flatten(now).get(k) != _flatten(stored).get(k))
+    if diffs:
+        raise LtuneError(f"cannot resume {d}: its config.yaml differs at {', '.join(diffs[:5])}; resume with "
+                         f"`ltune train --resume {d}` (uses the stored config) or pick a new out_dir.")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def make_run_dir(cfg) -> Path:
     from ltune_cli.paths import outputs_dir
 
     if cfg.out_dir:
         d = Path(cfg.out_dir)
-        if (d / "results.json").exists():
-            raise LtuneError(f"out_dir={d} already holds a finished run (results.json); choose another "
-                             f"out_dir or remove that folder.")
+        if (d / "results.json").exists() or (d / "checkpoints").is_dir():
+            raise LtuneError(f"out_dir={d} already holds a run; choose another out_dir, remove that folder, "
+                             f"or continue it with `ltune train --resume {d}`.")
     else:
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
         d = outputs_dir() / f"{stamp}_{run_name(cfg)}"

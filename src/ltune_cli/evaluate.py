@@ -14,7 +14,7 @@ def load_run_config(run: Path, overrides=()):
     """The run's resolved config, with the few overrides that make sense at eval time."""
     from omegaconf import OmegaConf
 
-    from ltune_cli.config import LtuneConfig, check
+    from ltune_cli.config import check, load_stored
 
     run = Path(run)
     if not run.is_dir():
@@ -26,11 +26,7 @@ def load_run_config(run: Path, overrides=()):
     if res.get("schema") != runfolder.SCHEMA:
         raise LtuneError(f"{run}/results.json has schema {res.get('schema')!r}; this ltune reads "
                          f"{runfolder.SCHEMA!r} (run folder from another version).")
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(LtuneConfig), OmegaConf.load(run / "config.yaml"))
-    except Exception as e:  # noqa: BLE001
-        raise LtuneError(f"{run}/config.yaml does not fit this ltune's config schema: "
-                         f"{str(e).splitlines()[0]}") from None
+    cfg = load_stored(run / "config.yaml")
     for o in overrides:
         key = o.split("=", 1)[0]
         if "=" not in o or not any(key == p or (p.endswith(".") and key.startswith(p)) for p in EVAL_OVERRIDABLE):

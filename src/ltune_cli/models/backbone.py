@@ -208,6 +208,9 @@ def _from_pretrained(model_cfg, dtype):
     from pathlib import Path
 
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     from ltune_cli.models.offline import resolve
 
