@@ -64,8 +64,8 @@ def test_paper_parameter_counts_match_a5():
     """A.5: LT-prefix 2*l^2*m*d + 3d, LT-prompt d(d+2); +2 for the 2-way head's biases."""
     bb = tiny_backbone("bert")
     d, m = bb.geo.hidden, bb.geo.layers
-    l = max(len(bb.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in LABELS)
-    assert l == 2
+    l = max(len(bb.tokenizer(t)["input_ids"]) for t in LABELS)
+    assert l == 4  # [CLS] not neutral [SEP]
     lt_prefix = build_method(MethodConfig(name="lt_prefix", variant="paper"), bb, LABELS)
     assert lt_prefix.num_trainable() == 2 * l * l * m * d + 3 * d + 2
     lt_prompt = build_method(MethodConfig(name="lt_prompt"), bb, LABELS)

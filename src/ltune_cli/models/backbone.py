@@ -143,8 +143,13 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def label_states(self, label_texts: list[str], label_len: int | None = None) -> LabelStates:
-        """Encode the K label texts once through the frozen LM (eval mode, no grad)."""
-        enc = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in label_texts]
+        """Encode the K label texts once through the frozen LM (eval mode, no grad).
+
+        The label goes in as the tokenizer frames any input ([CLS] label [SEP] for BERT):
+        a lone word without its special tokens gives BERT-style encoders the same state for
+        every label (MiniLM: cosine 1.000 between "negative" and "positive"; 0.72 framed).
+        """
+        enc = [self.tokenizer(t)["input_ids"] for t in label_texts]
         for t, ids in zip(label_texts, enc):
             if not ids:
                 raise LtuneError(f"label text '{t}' tokenizes to nothing (dataset.label_texts).")
@@ -230,7 +235,7 @@ def _from_pretrained(model_cfg, dtype):
     except OSError as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise LtuneError(
-            f"could not load model '{path}' (model.path): {str(e).splitlines()[0][:160]}. "
+            f"could not load model '{path}' (model.path): {str(e).splitlines()[0][:160].rstrip('.')}. "
             f"{'The hub is unreachable (offline). ' if not looks_local or offline else ''}"
             f"Point model.path at a local folder with config.json + weights, or use model=minilm / "
             f"model=smollm2_135m, which ship with the package.") from None

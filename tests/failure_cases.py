@@ -1,0 +1,125 @@
+"""Every bad input a user can give, with what ltune answers: the single source for
+tests/test_failures.py and for docs/failure-modes.md (`python scripts/failure_table.py`).
+
+A case builds its command line in a scratch folder and names a fragment the one-line
+error must contain. All exit with code 2 and print no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass
+class Case:
+    area: str
+    what: str
+    args: Callable[[Path], list[str]]  # scratch folder -> argv after `ltune`
+    expect: str  # fragment of the one-line error
+
+
+def _csv(tmp: Path, name: str, text: str | bytes) -> str:
+    p = tmp / name
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(p)
+
+
+def _files(tmp, train: str | bytes, dev: str | bytes = "text,label\nfine,1\nbad,0\n", ext="csv",
+           extra=()):
+    return ["validate", "dataset=files", f"dataset.train_path={_csv(tmp, 'train.' + ext, train)}",
+            f"dataset.eval_path={_csv(tmp, 'dev.' + ext, dev)}", "dataset.text_column=text",
+            "dataset.label_column=label", *extra]
+
+
+GOOD = "text,label\nthe movie was good,1\nbad film,0\n"
+
+
+def _run_folder(tmp: Path, **changes) -> str:
+    """A minimal finished-looking run folder, then damaged as the case says."""
+    run = tmp / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "trainable.safetensors").write_bytes(b"")
+    res = {"schema": "ltune.results/1", "status": "completed"}
+    res.update(changes.get("results", {}))
+    (run / "results.json").write_text(json.dumps(res))
+    for f in changes.get("remove", ()):
+        (run / f).unlink()
+    return str(run)
+
+
+def _no_weights(tmp: Path) -> str:
+    d = tmp / "model"
+    d.mkdir()
+    (d / "config.json").write_text('{"model_type": "bert"}')
+    return str(d)
+
+
+def _compare_mismatch(tmp: Path) -> list[str]:
+    runs = []
+    for seed, (name, n) in enumerate((("a", 10), ("b", 12))):
+        run = tmp / name
+        run.mkdir()
+        (run / "config.yaml").write_text("seed: 0\n")
+        (run / "metrics.jsonl").write_text("")
+        (run / "results.json").write_text(json.dumps({
+            "schema": "ltune.results/1", "status": "completed", "error": None, "ltune_version": "0.1.0",
+            "versions": {}, "git": {}, "created": "2026-11-29T00:00:00+0000",
+            "run": {"name": name, "method": "prefix", "variant": None, "model": "m", "dataset": "sst2", "seed": seed},
+            "seed": seed, "trainable_params": 1, "total_params": 2, "steps": 1, "train_examples": 1,
+            "eval_examples": n, "primary_metric": "accuracy",
+            "final": {"step": 1, "accuracy": 0.5, "mcc": 0.0, "macro_f1": 0.5, "val_loss": 0.7},
+            "best": {"step": 1, "accuracy": 0.5}, "wall_time_s": 1.0, "train_time_s": 1.0}))
+        runs.append(str(run))
+    return ["compare", *runs, "--out", str(tmp / "report")]
+
+
+CASES: list[Case] = [
+    # ---- config
+    Case("config", "unknown group option", lambda t: ["validate", "model=minlm"], "Did you mean 'minilm'?"),
+    Case("config", "misspelt key", lambda t: ["validate", "train.lrr=0.1"], "Did you mean 'train.lr'?"),
+    Case("config", "unknown top-level key", lambda t: ["validate", "sed=1"], "unknown config key 'sed'"),
+    Case("config", "wrong type", lambda t: ["validate", "train.lr=abc"], "'abc' is not a valid Float"),
+    Case("config", "negative learning rate", lambda t: ["validate", "train.lr=-0.1"], "'train.lr' must be > 0"),
+    Case("config", "prefix length 0", lambda t: ["validate", "method=prefix", "method.num_virtual_tokens=0"],
+         "'method.num_virtual_tokens' must be > 0"),
+    Case("config", "batch size 0", lambda t: ["validate", "hardware.batch_size=0"],
+         "'hardware.batch_size' must be > 0"),
+    Case("config", "bad choice", lambda t: ["validate", "method=lt_prefix", "method.variant=papr"],
+         "Did you mean 'paper'?"),
+    Case("config", "malformed override", lambda t: ["validate", "train.lr"], "bad override"),
+    # ---- data
+    Case("data", "missing file", lambda t: ["validate", "dataset=files", f"dataset.train_path={t}/nope.csv",
+                                            f"dataset.eval_path={t}/nope.csv"], "nope.csv"),
+    Case("data", "wrong delimiter (.tsv holding commas)",
+         lambda t: _files(t, GOOD, "text\tlabel\nfine\t1\n", ext="tsv"), "looks comma-separated"),
+    Case("data", "missing column", lambda t: _files(t, "txt,label\ngood,1\n"), "column 'text'"),
+    Case("data", "label not in the label set", lambda t: _files(t, "text,label\ngood,7\n"), "'7'"),
+    Case("data", "empty split", lambda t: _files(t, "text,label\n"), "no examples"),
+    Case("data", "non-UTF-8 bytes", lambda t: _files(t, b"text,label\ngo\xffod,1\n"), "UTF-8"),
+    Case("data", "malformed JSONL line", lambda t: _files(t, '{"text": "good", "label": 1}\n{oops\n',
+                                                          '{"text": "bad", "label": 0}\n', ext="jsonl"), "line 2"),
+    Case("data", "unknown file extension", lambda t: _files(t, GOOD, ext="xlsx"), ".xlsx"),
+    Case("data", "unknown GLUE task", lambda t: ["validate", "dataset=sst2", "dataset.task=SST-3"], "SST-3"),
+    # ---- model
+    Case("model", "unknown id offline",
+         lambda t: ["train", "model.path=no-such-org/no-such-model", "train.max_steps=1", f"out_dir={t}/r"],
+         "hub is unreachable"),
+    Case("model", "local folder without weights",
+         lambda t: ["train", f"model.path={_no_weights(t)}", "train.max_steps=1", f"out_dir={t}/r"],
+         "has no weights"),
+    Case("model", "unknown offline model", lambda t: ["train", "model.path=offline:minillm", f"out_dir={t}/r"],
+         "Did you mean 'minilm'?"),
+    # ---- eval / compare
+    Case("eval", "not a run folder", lambda t: ["eval", str(t / "missing")], "no such run folder"),
+    Case("eval", "run folder with missing files", lambda t: ["eval", _run_folder(t, remove=["trainable.safetensors"])],
+         "missing trainable.safetensors"),
+    Case("eval", "run folder from another version",
+         lambda t: ["eval", _run_folder(t, results={"schema": "ltune.results/0"})], "another version"),
+    Case("eval", "override eval cannot take", lambda t: ["eval", _run_folder(t), "method.lr=1"], "not allowed"),
+    Case("compare", "mismatched eval sets", _compare_mismatch, "different example sets"),
+    Case("train", "resume without a folder", lambda t: ["train", "resume=true"], "resume=true needs out_dir"),
+]
