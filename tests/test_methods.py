@@ -147,3 +147,41 @@ def test_draw_pairs_half_true_and_wrong_labels_are_wrong():
     assert torch.equal(idx, idx2) and torch.equal(target, target2)
     idx3, _ = draw_pairs(labels, 5, torch.Generator().manual_seed(2))
     assert not torch.equal(idx, idx3)
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "deberta-v2"])
+@pytest.mark.parametrize("name", ["lt_prefix", "lt_prompt"])
+def test_label_init_reads_label_then_text(family, name):
+    """init_from_label: at step 0 a text under label k's prefix/prompt is encoded exactly as the
+    frozen LM encodes label k's tokens followed by the text (checks positions and masks too)."""
+    bb, method = build(family, name)
+    method.eval()
+    lab = method.labels_frozen
+    enc = bb.tokenizer(["the movie was good"], return_tensors="pt")
+    for k in range(len(LABELS)):
+        n = int(lab.mask[k].sum())
+        got = method.pair_logits({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]},
+                                 torch.tensor([k]))
+        joint = torch.cat([lab.ids[k:k + 1, :n], enc["input_ids"]], 1)
+        hidden = bb.hidden_states(joint, torch.ones_like(joint))
+        text_part = hidden if name == "lt_prompt" else hidden[:, n:]
+        mask = torch.ones(text_part.shape[:2], dtype=torch.long)
+        z = method.head(bb.pool(text_part, mask))
+        torch.testing.assert_close(got, z[:, 1] - z[:, 0], atol=1e-4, rtol=1e-4)
+
+
+def test_random_init_is_selectable():
+    bb = tiny_backbone("bert")
+    a = build_method(MethodConfig(name="lt_prompt", init_from_label=False), bb, LABELS)
+    assert torch.equal(a.G.weight, torch.eye(bb.geo.hidden))
+
+
+def test_head_learning_rate_is_its_own_group():
+    bb = tiny_backbone("bert")
+    m = build_method(MethodConfig(name="lt_prefix", lr=3e-4, head_lr=5e-3), bb, LABELS)
+    groups = m.param_groups(3e-4)
+    assert [g["lr"] for g in groups] == [3e-4, 5e-3]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in m.head.parameters()}
+    assert sum(p.numel() for g in groups for p in g["params"]) == m.num_trainable()
+    plain = build_method(MethodConfig(name="prefix"), bb, LABELS).param_groups(1e-2)
+    assert all(g["lr"] == 1e-2 for g in plain)

@@ -9,6 +9,8 @@ while padding stays small. The order depends only on (seed, epoch).
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 from dataclasses import dataclass
 
@@ -31,6 +33,21 @@ class Encoded:
     @property
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+    @functools.cached_property
+    def packed(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+        """All rows concatenated once: (ids, token_type_ids or None, row starts, row lengths).
+
+        Lets `collate` build a batch with a few array ops instead of a loop over its rows.
+        """
+        lengths = self.lengths
+        starts = np.zeros(len(lengths), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        total = int(lengths.sum())
+        ids = np.fromiter(itertools.chain.from_iterable(self.input_ids), dtype=np.int64, count=total)
+        tt = (np.fromiter(itertools.chain.from_iterable(self.token_type_ids), dtype=np.int64, count=total)
+              if self.token_type_ids is not None else None)
+        return ids, tt, starts, lengths
 
 
 def encode_examples(examples, tokenizer, max_length: int, *, what: str = "data") -> Encoded:
@@ -62,20 +79,24 @@ def encode_examples(examples, tokenizer, max_length: int, *, what: str = "data")
 
 def collate(enc: Encoded, idx, pad_id: int, padding_side: str = "right", device="cpu") -> dict:
     """Pad the rows `idx` to their longest; returns input_ids, attention_mask, [token_type_ids], labels."""
-    rows = [enc.input_ids[i] for i in idx]
-    T = max(len(r) for r in rows)
-    B = len(rows)
+    idx = np.asarray(idx, dtype=np.int64)
+    flat_ids, flat_tt, starts, lengths = enc.packed
+    lens = lengths[idx]
+    B, T = len(idx), int(lens.max())
+    # Positions of the batch's tokens in the packed arrays, row after row.
+    ends = np.cumsum(lens)
+    take = np.repeat(starts[idx] - (ends - lens), lens) + np.arange(int(ends[-1]))
+    cols = np.arange(T)
+    real = cols < lens[:, None] if padding_side == "right" else cols >= (T - lens)[:, None]
     ids = np.full((B, T), pad_id, dtype=np.int64)
-    mask = np.zeros((B, T), dtype=np.int64)
-    tt = np.zeros((B, T), dtype=np.int64) if enc.token_type_ids is not None else None
-    for b, (i, r) in enumerate(zip(idx, rows)):
-        sl = slice(0, len(r)) if padding_side == "right" else slice(T - len(r), T)
-        ids[b, sl] = r
-        mask[b, sl] = 1
-        if tt is not None:
-            tt[b, sl] = enc.token_type_ids[i]
+    ids[real] = flat_ids[take]  # boolean assignment fills row-major: each row's tokens in order
+    mask = real.astype(np.int64)
+    tt = None
+    if flat_tt is not None:
+        tt = np.zeros((B, T), dtype=np.int64)
+        tt[real] = flat_tt[take]
     out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
-           "labels": torch.from_numpy(enc.labels[np.asarray(idx)])}
+           "labels": torch.from_numpy(enc.labels[idx])}
     if tt is not None:
         out["token_type_ids"] = torch.from_numpy(tt)
     return {k: v.to(device, non_blocking=True) for k, v in out.items()}

@@ -81,23 +81,28 @@ def _scores_table(title: str, scores: dict, keys=("accuracy", "mcc", "macro_f1",
 @user_errors
 def train(overrides: list[str] = OVERRIDES,
           resume: Path | None = typer.Option(None, "--resume", help="Continue this run folder from its newest "
-                                             "checkpoint, with its stored config."),
+                                             "checkpoint, with its stored config (and, optionally, another "
+                                             "process layout: hardware.nproc=M hardware.strategy=...)."),
           debug: bool = DEBUG):
-    """Train one method on one model and dataset; writes a run folder under outputs/."""
+    """Train one method on one model and dataset; writes a run folder under outputs/.
+
+    Several GPUs/processes: hardware=ddp hardware.nproc=N (or run it under torchrun); see docs/gpu.md.
+    """
     from ltune_cli.config import compose, load_stored
 
     if resume is not None:
-        if overrides:
-            raise LtuneError("--resume uses the run's stored config; drop the overrides "
-                             "(or use resume=true out_dir=<run> with the same overrides).")
         cfg = load_stored(resume / "config.yaml")
+        if overrides:
+            cfg = _layout_overrides(cfg, overrides)
         cfg.resume, cfg.out_dir = True, str(resume)
     else:
         cfg = compose(overrides or [])
     _setup_logging()
-    from ltune_cli import engine, runfolder
+    from ltune_cli import distributed, engine, runfolder
 
     run_dir = engine.train(cfg, console=_console())
+    if distributed.is_quiet_worker():  # the launching process (or rank 0 under torchrun) reports
+        return
     res = runfolder.read_results(run_dir)
     from rich.console import Console
 
@@ -106,6 +111,26 @@ def train(overrides: list[str] = OVERRIDES,
                             res["final"]))
     out.print(f"trainable parameters: {res['trainable_params']:,}   wall time: {res['wall_time_s']:.1f} s")
     print(f"run folder: {run_dir}")
+
+
+def _layout_overrides(cfg, overrides: list[str]):
+    """--resume takes the stored config; only the process layout may change (N -> M processes)."""
+    from omegaconf import OmegaConf
+
+    from ltune_cli.config import check, translate_config_error
+    from ltune_cli.distributed import LAYOUT_KEYS
+
+    for o in overrides:
+        if "=" not in o or o.split("=", 1)[0] not in LAYOUT_KEYS:
+            raise LtuneError(f"--resume uses the run's stored config; '{o}' cannot change it (only the process "
+                             f"layout can: {', '.join(LAYOUT_KEYS)}). Or use resume=true out_dir=<run> with the "
+                             f"same overrides.")
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except Exception as e:  # noqa: BLE001
+        raise translate_config_error(e) from None
+    check(cfg)
+    return cfg
 
 
 @app.command("eval")
@@ -155,6 +180,90 @@ def compare(paths: list[Path] = typer.Argument(..., help="Run folders, sweep fol
     render_console(written, Console())
     for k, v in written.items():
         typer.echo(f"{k}: {v}")
+
+
+@app.command()
+@user_errors
+def bench(overrides: list[str] = OVERRIDES,
+          model: list[str] | None = typer.Option(None, "--model", "-m",
+                                                 help="A conf/model name or a model folder; repeatable "
+                                                      "(default: minilm and smollm2_135m)."),
+          quick: bool = typer.Option(False, "--quick", help="A few steps on a text sample (seconds)."),
+          out: Path = typer.Option(Path("benchmarks/results"), "--out", help="Writes bench.json + bench.md."),
+          repeats: int | None = typer.Option(None, "--repeats", min=1, help="Interleaved repeats."),
+          steps: int | None = typer.Option(None, "--steps", min=1, help="Timed steps per variant per repeat."),
+          label_lens: str | None = typer.Option(None, "--label-lens", help="Descriptive label lengths, e.g. 4,16,32."),
+          eval_k: str | None = typer.Option(None, "--eval-k", help="Label counts K for evaluation, e.g. 2,5,20."),
+          eval_texts: int | None = typer.Option(None, "--eval-texts", min=1, help="Texts per eval pass."),
+          no_peft: bool = typer.Option(False, "--no-peft", help="Skip the HF PEFT baselines."),
+          no_memory: bool = typer.Option(False, "--no-memory", help="Skip the peak-memory child process."),
+          no_profile: bool = typer.Option(False, "--no-profile", help="Skip the one-step profile."),
+          compile_: bool = typer.Option(False, "--compile", help="Also time prefix / lt_prefix on a "
+                                                                 "torch.compile'd base (compiles for minutes)."),
+          debug: bool = DEBUG):
+    """Throughput, memory and utilisation of every method vs PEFT and the re-encoding design (one run)."""
+    _setup_logging()
+    from ltune_cli import bench as bench_mod
+
+    def ints(text: str, what: str) -> list[int]:
+        try:
+            vals = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise LtuneError(f"{what}: '{text}' is not a comma-separated list of integers.") from None
+        if not vals or min(vals) < 1:
+            raise LtuneError(f"{what}: '{text}' needs positive integers, e.g. 2,5,20.")
+        return vals
+
+    st = (bench_mod.quick(model, overrides or []) if quick
+          else bench_mod.BenchSettings(overrides=list(overrides or [])))
+    if model:
+        st.models = list(model)
+    for name, val in (("repeats", repeats), ("steps", steps), ("eval_texts", eval_texts)):
+        if val is not None:
+            setattr(st, name, val)
+    if label_lens is not None:
+        st.label_lens = ints(label_lens, "--label-lens")
+    if eval_k is not None:
+        st.eval_ks = ints(eval_k, "--eval-k")
+        if min(st.eval_ks) < 2:
+            raise LtuneError("--eval-k: K counts labels and needs to be >= 2.")
+    st.peft, st.memory, st.profile = not no_peft, not no_memory, not no_profile
+    st.compile = compile_
+    log = logging.getLogger("ltune")
+    res = bench_mod.run(st, out, say=log.info)
+    from rich.console import Console
+
+    out_c = Console()
+    for mr in res["models"]:
+        for t in mr["targets"]:
+            mark = {True: "ok  ", False: "MISS", None: "  - "}[t["pass"]]
+            val = "-" if t["measured"] is None else f"{t['measured']:.3f}"
+            out_c.print(f"{mark} {mr['info']['model']}: {t['target']}: {val} (goal {t['goal']})", markup=False)
+    print(f"bench written: {out / 'bench.json'} and {out / 'bench.md'}")
+
+
+SWEEP_OVERRIDES = typer.Argument(None, help="+sweep=<conf/sweep name>, grid overrides (method=prefix,lt_prefix "
+                                            "seed=0,1), constants (train.max_steps=50), Hydra settings "
+                                            "(hydra/launcher=joblib hydra.launcher.n_jobs=2).",
+                                 show_default=False)
+
+
+@app.command()
+@user_errors
+def sweep(overrides: list[str] = SWEEP_OVERRIDES,
+          force: bool = typer.Option(False, "--force", help="Redo runs that already finished."),
+          out: Path | None = typer.Option(None, "--out", help="Sweep folder (default outputs/sweeps/<name>)."),
+          debug: bool = DEBUG):
+    """Run a grid of trainings as a Hydra multirun into one sweep folder (see docs/sweep.md)."""
+    from ltune_cli.sweep import render_summary, run_sweep
+
+    sweep_dir, manifest = run_sweep(overrides or [], force=force, out=out)
+    from rich.console import Console
+
+    render_summary(manifest, Console())
+    print(f"sweep folder: {sweep_dir}")
+    if manifest.get("counts", {}).get("failed"):
+        raise typer.Exit(code=1)
 
 
 def main() -> None:

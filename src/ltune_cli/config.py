@@ -26,6 +26,11 @@ class ModelConfig:
     max_length: int = 128
     revision: str | None = None
     trust_remote_code: bool = False
+    # Data for docs/tests (docs/gpu.md): the conf/hardware preset this model is meant to run
+    # with, and its published architecture (layers, hidden, heads, kv_heads, family flags).
+    # load_backbone warns when the loaded model's shapes differ from `arch`.
+    hardware_preset: str | None = None
+    arch: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -55,9 +60,16 @@ class MethodConfig:
     variant: str = "per_token"  # lt_prefix: per_token | paper (A.5 pooling)
     label_len: int | None = None  # l: label tokens kept (None = longest label)
     cache_label_states: bool = True  # False reproduces the reference's per-step re-encoding
+    # L-Tuning: start the trainable map at the frozen LM's own reading of the label text
+    # (prefix = the label's key/values, prompt = its input embeddings); False = random init.
+    init_from_label: bool = True
     init: str = "vocab"  # prompt: vocab | normal
     dropout: float = 0.0
     lr: float = 5e-3  # the method's recommended learning rate (train.lr overrides)
+    # The head's learning rate (None = lr). L-Tuning's label maps have a fan-in of d, so
+    # Adam moves each prefix output ~d times faster than a raw prefix: they need a small lr,
+    # while the head learns at the usual rate.
+    head_lr: float | None = None
 
 
 @dataclass
@@ -70,6 +82,24 @@ class HardwareConfig:
     grad_accum: int = 1
     num_threads: int | None = None
     compile: bool = False
+    # Several processes (docs/gpu.md). batch_size is per process: the global batch of a step is
+    # batch_size x grad_accum x processes.
+    strategy: str = "single"  # single | ddp (data parallel) | fsdp (ddp + frozen base sharded, FSDP2)
+    nproc: int = 1  # processes per node `ltune train` starts through torchrun (0 = one per visible GPU)
+    nodes: int = 1  # > 1: start `torchrun --nnodes ...` yourself on every node (docs/gpu.md)
+    backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+    rdzv_endpoint: str | None = None  # host:port of node 0, for multi-node torchrun
+    # Cluster jobs: read by the SLURM launcher of `ltune sweep` (hydra/launcher=submitit_slurm)
+    gpus_per_node: int = 0
+    partition: str | None = None
+    time_min: int = 60
+    cpus_per_task: int = 8
+    mem_gb: int | None = None
+    # Large frozen bases
+    load_in: str = "none"  # none | 8bit | 4bit (bitsandbytes: pip install 'ltune-cli[quant]', CUDA)
+    device_map: str = "none"  # none | auto | balanced | sequential: accelerate spreads/offloads the base
+    offload_folder: str | None = None  # with device_map: where weights that fit nowhere else go
+    gradient_checkpointing: bool = False  # recompute the frozen blocks in backward (all methods)
 
 
 @dataclass
@@ -110,13 +140,18 @@ CHOICES = {
     "method.variant": ("per_token", "paper"),
     "method.init": ("vocab", "normal"),
     "hardware.dtype": ("fp32", "bf16", "fp16"),
+    "hardware.strategy": ("single", "ddp", "fsdp"),
+    "hardware.backend": ("auto", "nccl", "gloo"),
+    "hardware.load_in": ("none", "8bit", "4bit"),
+    "hardware.device_map": ("none", "auto", "balanced", "balanced_low_0", "sequential"),
     "train.on_nonfinite": ("stop", "skip"),
 }
 POSITIVE = ("model.max_length", "method.num_virtual_tokens", "hardware.batch_size",
             "hardware.eval_batch_size", "hardware.grad_accum", "train.max_steps",
-            "train.eval_every", "train.log_every", "method.label_len",
-            "dataset.train_limit", "dataset.eval_limit", "hardware.num_threads", "train.keep_checkpoints")
-NON_NEGATIVE = ("train.checkpoint_every", "train.weight_decay", "train.warmup_ratio", "train.max_grad_norm", "method.dropout")
+            "train.eval_every", "train.log_every", "method.label_len", "method.head_lr",
+            "dataset.train_limit", "dataset.eval_limit", "hardware.num_threads", "train.keep_checkpoints",
+            "hardware.nodes", "hardware.time_min", "hardware.cpus_per_task", "hardware.mem_gb")
+NON_NEGATIVE = ("hardware.nproc", "hardware.gpus_per_node", "train.checkpoint_every", "train.weight_decay", "train.warmup_ratio", "train.max_grad_norm", "method.dropout")
 
 
 def _register() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -82,24 +83,29 @@ def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
 # --------------------------------------------------------------------------- evaluation
 @torch.inference_mode()
 def evaluate(s: Setup, batch_size: int | None = None) -> tuple[dict, np.ndarray]:
-    """Score every eval text against all labels; returns (metrics, predictions in data order)."""
+    """Score every eval text against all labels; returns (metrics, predictions in data order).
+
+    With several processes each scores every world-th batch and the (N, K) score matrix is
+    assembled on all of them (distributed.gather_rows); metrics come from the whole matrix.
+    """
+    from ltune_cli import distributed
+
     method, enc = s.method, s.eval_enc
     was_training = method.training
     method.eval()
     n = len(enc)
-    preds = np.zeros(n, dtype=np.int64)
-    loss_sum, extra_sum = 0.0, {}
-    for idx in eval_batches(enc.lengths, batch_size or s.cfg.hardware.eval_batch_size):
+    all_scores = np.zeros((n, method.num_labels), dtype=np.float32)
+    for idx in distributed.shard(eval_batches(enc.lengths, batch_size or s.cfg.hardware.eval_batch_size)):
         batch = collate(enc, idx, s.backbone.pad_id, s.backbone.padding_side, s.device)
         with s.autocast():
-            scores = method.scores(batch).float()
-        loss_sum += method.score_loss(scores, batch["labels"]).sum().item()
-        for k, v in method.extra_metrics(scores, batch["labels"]).items():
-            extra_sum[k] = extra_sum.get(k, 0.0) + v.sum().item()
-        preds[idx] = scores.argmax(-1).cpu().numpy()
+            all_scores[idx] = method.scores(batch).float().cpu().numpy()
     method.train(was_training)
-    metrics = {"val_loss": loss_sum / n, **classification_scores(preds, enc.labels)}
-    metrics.update({k: v / n for k, v in extra_sum.items()})
+    scores = torch.from_numpy(distributed.gather_rows(all_scores))
+    labels = torch.from_numpy(enc.labels)
+    preds = scores.argmax(-1).numpy()
+    metrics = {"val_loss": method.score_loss(scores, labels).mean().item(),
+               **classification_scores(preds, enc.labels)}
+    metrics.update({k: v.float().mean().item() for k, v in method.extra_metrics(scores, labels).items()})
     return metrics, preds
 
 
@@ -122,29 +128,74 @@ class RunInterrupted(LtuneError):
 
 
 def train(cfg, *, backbone=None, console=None) -> Path:
-    """Run (or, with cfg.resume, continue) one training job; returns the run folder."""
+    """Run (or, with cfg.resume, continue) one training job; returns the run folder.
+
+    Several processes (hardware.strategy=ddp|fsdp): under torchrun every rank runs this and
+    rank 0 writes the folder; otherwise the workers are started here (distributed.launch).
+    """
+    from ltune_cli import distributed
+
+    if distributed.needs_launch(cfg.hardware):
+        return _launch(cfg)
     t_start = time.time()
-    run_dir, resuming = prepare_run_dir(cfg)
-    try:
-        return _train(cfg, run_dir, t_start, backbone, console, resuming)
-    except RunInterrupted:
-        raise  # not a failure: the checkpoint is the state, and resume continues it
-    except BaseException as e:
-        _record_failure(run_dir, cfg, e, t_start)
-        raise
+    with distributed.session(cfg.hardware) as d:
+        run_dir, resuming = distributed.on_main(lambda: prepare_run_dir(cfg))
+        try:
+            return _train(cfg, run_dir, t_start, backbone, console, resuming)
+        except RunInterrupted:
+            raise  # not a failure: the checkpoint is the state, and resume continues it
+        except BaseException as e:
+            if d.is_main:
+                _record_failure(run_dir, cfg, e, t_start)
+            raise
+
+
+def _launch(cfg) -> Path:
+    """`ltune train hardware=ddp hardware.nproc=N` outside torchrun: make the run folder, then
+    let torchrun start N workers that continue it (`ltune train --resume <folder>` with no
+    checkpoint starts at step 0), with this config's layout keys."""
+    from omegaconf import OmegaConf
+
+    from ltune_cli import distributed
+
+    t_start = time.time()
+    run_dir, _ = prepare_run_dir(cfg)
+    layout = [f"{k}={_override_value(OmegaConf.select(cfg, k))}" for k in distributed.LAYOUT_KEYS]
+    code = distributed.launch(cfg.hardware, ["train", "--resume", str(run_dir), *layout])
+    if code == 0:
+        return run_dir
+    if code == RunInterrupted.exit_code:
+        raise RunInterrupted(f"interrupted: checkpoint saved; continue with `ltune train --resume {run_dir}`")
+    res = runfolder.read_results(run_dir) if (run_dir / "results.json").is_file() else {}
+    err = LtuneError(f"the {distributed.resolve_nproc(cfg.hardware)} workers failed (exit code {code}): "
+                     f"{res.get('error') or 'see their output above'} (run folder {run_dir}).")
+    if not res:  # rank 0 was stopped before it could record the failure
+        _record_failure(run_dir, cfg, err, t_start)
+    raise err
+
+
+def _override_value(v) -> str:
+    return "null" if v is None else str(v)
 
 
 def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool) -> Path:
-    from ltune_cli import checkpoint
+    from ltune_cli import checkpoint, distributed, memory
 
+    d = distributed.state()
     s = build(cfg, backbone=backbone)
     method, tc, hw = s.method, cfg.train, cfg.hardware
+    ckpt = checkpoint.load_latest(run_dir) if resuming else None
+    if ckpt is not None:  # N processes' checkpoint on this many: keep its micro-batches per step
+        hw.grad_accum = distributed.resume_grad_accum(ckpt.get("micro_batches", hw.grad_accum * d.world),
+                                                      d.world, hw.grad_accum)
     lr = tc.lr if tc.lr is not None else cfg.method.lr
     params = method.trainable_parameters()
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=tc.weight_decay)
+    opt = torch.optim.AdamW(method.param_groups(lr), weight_decay=tc.weight_decay)
     warmup = int(tc.warmup_ratio * tc.max_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, tc.max_steps))
-    order = BatchOrder(s.train_enc.lengths, hw.batch_size * hw.grad_accum, cfg.seed, tc.group_by_length)
+    # The global batch: every rank draws the same one and runs its own micro-batches of it.
+    order = BatchOrder(s.train_enc.lengths, hw.batch_size * hw.grad_accum * d.world, cfg.seed,
+                       tc.group_by_length)
     pairs_gen = torch.Generator().manual_seed(cfg.seed)
     metrics_path = run_dir / "metrics.jsonl"
     # Loss accumulated since the last "train" record, so records are the same after a resume.
@@ -155,9 +206,8 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
         return {"step": step, "trainable": method.trainable_state(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "order": order.state_dict(),
                 "pairs_gen": pairs_gen.get_state(), "rng": checkpoint.rng_state(), "window": dict(window),
-                "metrics_bytes": metrics_path.stat().st_size}
+                "metrics_bytes": metrics_path.stat().st_size, "micro_batches": hw.grad_accum * d.world}
 
-    ckpt = checkpoint.load_latest(run_dir) if resuming else None
     if ckpt is not None:
         method.load_trainable_state({k: v.to(s.device) for k, v in ckpt["trainable"].items()})
         opt.load_state_dict(ckpt["optimizer"])
@@ -166,20 +216,31 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
         pairs_gen.set_state(ckpt["pairs_gen"])
         checkpoint.set_rng_state(ckpt["rng"])
         window, step = ckpt["window"], ckpt["step"]
-        with open(metrics_path, "r+b") as f:  # drop records written after that checkpoint
-            f.truncate(ckpt["metrics_bytes"])
+        if d.is_main:
+            with open(metrics_path, "r+b") as f:  # drop records written after that checkpoint
+                f.truncate(ckpt["metrics_bytes"])
         log.info("resuming %s from step %d", run_dir, step)
     elif resuming:
-        metrics_path.write_text("")
-        log.info("no checkpoint in %s: starting it from step 0", run_dir)
-    history = [r for r in runfolder.read_jsonl(metrics_path) if r["kind"] == "eval"]
+        if d.is_main:
+            metrics_path.write_text("")
+        if not os.environ.get(distributed.LAUNCHED_ENV):  # workers `ltune train` started: a fresh run
+            log.info("no checkpoint in %s: starting it from step 0", run_dir)
+    distributed.broadcast_params(params)
+    history = [r for r in runfolder.read_jsonl(metrics_path) if r["kind"] == "eval"] if d.is_main else []
     log.info("run folder %s: %s on %s/%s, %d trainable parameters", run_dir, cfg.method.name,
              cfg.model.name, cfg.dataset.name, method.num_trainable())
+    mem_estimate = memory.estimate(s, cfg, d.world)
+    log.info(memory.describe(mem_estimate))
+    if s.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(s.device)
+    if d.enabled:
+        log.info("%s over %d processes (%s): global batch %d = %d per micro-batch x %d micro-batches", d.strategy,
+                 d.world, d.backend, hw.batch_size * hw.grad_accum * d.world, hw.batch_size, hw.grad_accum * d.world)
 
     method.train()
     t_train, window_t = time.time(), time.time()
     preds = None
-    with _progress(console, tc) as progress, _stop_signals() as stop:
+    with _progress(console, tc, show=d.is_main) as progress, _stop_signals() as stop:
         task = progress.add_task("train", total=tc.max_steps, completed=step, loss=float("nan"), rate=0.0)
         while step < tc.max_steps:
             idx = next(order)
@@ -208,54 +269,97 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
                 rec = {"kind": "train", "step": step, "train_loss": window["loss"] / n,
                        "lr": sched.get_last_lr()[0], "examples_per_s": n * len(idx) / max(dt, 1e-9),
                        "time_s": time.time() - t_train}
-                runfolder.append_jsonl(metrics_path, rec)
+                if d.is_main:
+                    runfolder.append_jsonl(metrics_path, rec)
                 progress.update(task, loss=rec["train_loss"], rate=rec["examples_per_s"])
                 window.update(loss=0.0, n=0)
                 window_t = time.time()
             if step % tc.eval_every == 0 or step == tc.max_steps:
                 m, preds = evaluate(s)
                 rec = {"kind": "eval", "step": step, **m, "time_s": time.time() - t_train}
-                runfolder.append_jsonl(metrics_path, rec)
+                if d.is_main:
+                    runfolder.append_jsonl(metrics_path, rec)
                 history.append(rec)
                 window_t = time.time()  # evaluation time is not training throughput
             progress.update(task, completed=step)
-            if stop.requested or (tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.max_steps):
-                checkpoint.save(run_dir, snapshot(), tc.keep_checkpoints)
-            if stop.requested:
-                raise RunInterrupted(f"{stop.requested} at step {step}: checkpoint saved; continue with "
+            stopping = stop.requested
+            if d.enabled and distributed.any_true(bool(stopping)):  # all ranks stop at the same step
+                stopping = stopping or "SIGTERM"
+            if stopping or (tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.max_steps):
+                if d.is_main:
+                    checkpoint.save(run_dir, snapshot(), tc.keep_checkpoints)
+                distributed.barrier()
+            if stopping:
+                raise RunInterrupted(f"{stopping} at step {step}: checkpoint saved; continue with "
                                      f"`ltune train --resume {run_dir}`")
     train_time = time.time() - t_train
     if preds is None:  # resumed exactly at the end: score the final weights once more
         m, preds = evaluate(s)
 
-    save_trainable(method, run_dir)
-    runfolder.write_json(run_dir / "predictions.json",
-                         {"gold": s.eval_enc.labels, "pred": preds, "label_texts": s.data.label_texts})
-    results = result_record(cfg, s, status="completed", history=history, steps=tc.max_steps,
-                            wall=time.time() - t_start, train_time=train_time)
-    runfolder.write_json(run_dir / "results.json", results)
-    import shutil
+    if d.is_main:
+        save_trainable(method, run_dir)
+        runfolder.write_json(run_dir / "predictions.json",
+                             {"gold": s.eval_enc.labels, "pred": preds, "label_texts": s.data.label_texts})
+        results = result_record(cfg, s, status="completed", history=history, steps=tc.max_steps,
+                                wall=time.time() - t_start, train_time=train_time)
+        results["distributed"] = {"strategy": d.strategy, "world_size": d.world, "backend": d.backend,
+                                  "global_batch": hw.batch_size * hw.grad_accum * d.world}
+        results["memory"] = {**mem_estimate, **memory.peak(s.device)}
+        runfolder.write_json(run_dir / "results.json", results)
+        import shutil
 
-    shutil.rmtree(run_dir / checkpoint.CKPT_DIR, ignore_errors=True)  # the run is complete
+        shutil.rmtree(run_dir / checkpoint.CKPT_DIR, ignore_errors=True)  # the run is complete
+    distributed.barrier()  # every rank returns once the folder is complete
     return run_dir
 
 
 def _step(s: Setup, method, idx, pairs_gen, hw) -> float:
-    """Forward + backward of one (possibly accumulated) batch; returns the loss."""
+    """Forward + backward of one global batch; returns its loss (summed over processes).
+
+    The batch is cut into grad_accum x processes micro-batches; this process runs its own
+    ones (all of them with one process). With more than one micro-batch, each draws its
+    random numbers (wrong labels, dropout) from a generator of its own, seeded from
+    `pairs_gen`, so a step computes the same whichever process runs which micro-batch.
+    """
+    from ltune_cli import distributed
+
+    d = distributed.state()
+    micros = distributed.micro_batches(idx, hw.grad_accum, d.world)
+    seeds = ([int(torch.randint(0, 2**62, (1,), generator=pairs_gen)) for _ in micros]
+             if len(micros) > 1 else None)
     loss_val = 0.0
     try:
-        for micro in np.array_split(idx, hw.grad_accum):
+        for j in distributed.my_micro_batches(d, hw.grad_accum):
+            micro = micros[j]
+            if len(micro) == 0:  # a short last batch of an epoch
+                continue
             batch = collate(s.train_enc, micro, s.backbone.pad_id, s.backbone.padding_side, s.device)
-            with s.autocast():
-                loss = method.training_loss(batch, pairs_gen) * (len(micro) / len(idx))
-            loss.backward()
+            with _micro_rng(seeds[j] if seeds else None, s.device) as gen:
+                with s.autocast():
+                    loss = method.training_loss(batch, gen or pairs_gen) * (len(micro) / len(idx))
+                loss.backward()
             loss_val += loss.item()
     except torch.OutOfMemoryError:
         B, A = hw.batch_size, hw.grad_accum
         raise LtuneError(f"out of memory at hardware.batch_size={B} (grad_accum={A}); keep the effective batch "
                          f"with hardware.batch_size={max(1, B // 2)} hardware.grad_accum={A * 2}, or use "
                          f"hardware.dtype=bf16.") from None
-    return loss_val
+    distributed.all_reduce_grads(method.trainable_parameters())
+    return distributed.all_reduce_sum(loss_val)
+
+
+@contextlib.contextmanager
+def _micro_rng(seed: int | None, device: torch.device):
+    """A micro-batch's own random numbers: a pair generator and the global (dropout) RNG,
+    both from `seed`; the global RNG is restored afterwards. None: the run's streams as they are."""
+    if seed is None:
+        yield None
+        return
+    cuda = device.type == "cuda"
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if cuda else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield torch.Generator().manual_seed(seed)
 
 
 class _StopFlag:
@@ -273,10 +377,17 @@ def _stop_signals():
         yield flag
         return
 
+    first = {"t": 0.0}
+
     def handler(signum, frame):
-        if flag.requested:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
+        # A second Ctrl-C stops now; one within a second of the first is the same request
+        # delivered twice (torchrun forwards the terminal's SIGINT to workers that got it too).
+        if flag.requested:
+            if time.time() - first["t"] > 1.0:
+                raise KeyboardInterrupt
+            return
         flag.requested = signal.Signals(signum).name
+        first["t"] = time.time()
 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -314,10 +425,13 @@ def prepare_run_dir(cfg) -> tuple[Path, bool]:
 def _check_same_config(cfg, d: Path) -> None:
     from omegaconf import OmegaConf
 
-    stored = OmegaConf.to_container(OmegaConf.load(d / "config.yaml"), resolve=True)
+    from ltune_cli.config import load_stored
+    from ltune_cli.distributed import LAYOUT_KEYS
+
+    stored = OmegaConf.to_container(load_stored(d / "config.yaml"), resolve=True)  # + keys added since
     now = OmegaConf.to_container(cfg, resolve=True)
-    diffs = sorted(k for k in _flatten(now).keys() | _flatten(stored).keys()
-                   if k != "resume" and _flatten(now).get(k) != _flatten(stored).get(k))
+    diffs = sorted(k for k in _flatten(now).keys() | _flatten(stored).keys()  # layout: N -> M processes
+                   if k != "resume" and k not in LAYOUT_KEYS and _flatten(now).get(k) != _flatten(stored).get(k))
     if diffs:
         raise LtuneError(f"cannot resume {d}: its config.yaml differs at {', '.join(diffs[:5])}; resume with "
                          f"`ltune train --resume {d}` (uses the stored config) or pick a new out_dir.")
@@ -458,11 +572,11 @@ def git_info() -> dict:
 
 
 @contextlib.contextmanager
-def _progress(console, tc):
+def _progress(console, tc, show: bool = True):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} ex/s"),
-                        TimeRemainingColumn(), console=console, disable=not tc.progress, transient=False)
+                        TimeRemainingColumn(), console=console, disable=not (tc.progress and show), transient=False)
     with progress:
         yield progress

@@ -53,6 +53,14 @@ class Method(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimizer groups: the head at method.head_lr (when set), everything else at lr."""
+        head = {id(p) for p in self.head.parameters()}
+        body = [p for p in self.trainable_parameters() if id(p) not in head]
+        head_lr = self.cfg.head_lr or lr
+        return [g for g in ({"params": body, "lr": lr}, {"params": list(self.head.parameters()), "lr": head_lr})
+                if g["params"]]
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
         names = {id(p) for p in self.trainable_parameters()}
         return {k: v.detach() for k, v in self.named_parameters() if id(v) in names}
@@ -92,6 +100,22 @@ class ClassifierMethod(Method):
 
     def training_loss(self, batch, generator):
         return self.score_loss(self.scores(batch), batch["labels"]).mean()
+
+
+@torch.no_grad()
+def fit_linear(layer: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Set `layer` to the minimum-norm least-squares map with layer(x) = y (exact when rows are few).
+
+    x: (N, in), y: (N, out). L-Tuning's maps only ever see the K fixed label states, so with
+    N <= in this reproduces the targets exactly: the warm start of `init_from_label`.
+    """
+    x, y = x.double(), y.double()
+    if layer.bias is not None:
+        x = torch.cat([x, x.new_ones(x.shape[0], 1)], 1)
+    w = torch.linalg.pinv(x) @ y  # (in [+1], out)
+    layer.weight.copy_(w[: layer.in_features].T.to(layer.weight.dtype))
+    if layer.bias is not None:
+        layer.bias.copy_(w[layer.in_features].to(layer.bias.dtype))
 
 
 def draw_pairs(labels: torch.Tensor, num_labels: int, generator: torch.Generator):

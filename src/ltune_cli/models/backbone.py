@@ -73,7 +73,7 @@ class Backbone(nn.Module):
         """Last-layer hidden states (B, T, d) of a plain forward (used for label texts)."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask,
                          **self._positions(attention_mask, attention_mask.shape[1]))
-        return out.last_hidden_state
+        return out.last_hidden_state.to(self.device)  # device_map: back from the last block's device
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                token_type_ids: torch.Tensor | None = None,
@@ -103,21 +103,20 @@ class Backbone(nn.Module):
             if token_type_ids is not None and self.family.uses_token_type_ids:
                 kwargs["token_type_ids"] = token_type_ids
             if prefix is not None:
-                from transformers import DynamicCache
-
                 P = prefix[0][0].shape[2]
                 pm = prefix_mask if prefix_mask is not None else attention_mask.new_ones(B, P)
                 full = torch.cat([pm, attention_mask], dim=1)
-                # A fresh cache per forward: transformers appends the text's keys to it in place.
-                cache = DynamicCache(ddp_cache_data=[(k.to(self.dtype), v.to(self.dtype)) for k, v in prefix])
-                # Decoders continue counting positions after the prefix; encoders keep the
-                # text at positions 0.. (their learned positions were trained from 0).
-                counted = full if self.geo.kind == "decoder" else attention_mask
+                # A read-only cache per forward: each layer attends to [prefix; text], nothing is
+                # appended, so a block recomputed in backward (gradient checkpointing) sees the same.
+                cache = prefix_cache_class()(ddp_cache_data=[(k.to(self.dtype), v.to(self.dtype))
+                                                             for k, v in prefix])
+                # Text positions continue after the prefix, as if the prefix had been read
+                # first (what a label-initialised L-Tuning prefix is at step 0).
                 kwargs.update(attention_mask=full, past_key_values=cache, use_cache=True,
-                              **self._positions(counted, T))
+                              **self._positions(full, T))
             else:
                 kwargs.update(attention_mask=attention_mask, **self._positions(attention_mask, T))
-        hidden = self.model(**kwargs).last_hidden_state  # (B, T', d)
+        hidden = self.model(**kwargs).last_hidden_state.to(self.device)  # (B, T', d)
         return self.pool(hidden, text_mask)
 
     def _positions(self, mask: torch.Tensor, length: int) -> dict:
@@ -167,6 +166,25 @@ class Backbone(nn.Module):
         self.train(was_training)
         return LabelStates(states=states, mask=mask, ids=ids)
 
+    @torch.no_grad()
+    def reading_kv(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The key/values the frozen LM writes when it reads `ids`: (N, l, L, 2, kv_heads, head_dim).
+
+        An empty cache handed to the forward is filled by every attention layer (encoders
+        included), which is exactly the prefix under which a text reads as "label, then text".
+        """
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+                   **self._positions(mask, mask.shape[1]))
+        layers = [torch.stack([layer.keys, layer.values], 0) for layer in cache.layers]  # (2, N, kvh, l, hd)
+        if len(layers) != self.geo.layers or layers[0].shape[2] != self.geo.kv_heads:
+            raise LtuneError(f"the {self.geo.family} cache layout ({len(layers)} layers, "
+                             f"{layers[0].shape[2]} key/value heads) does not match the family table "
+                             f"({self.geo.layers}, {self.geo.kv_heads}); set method.init_from_label=false.")
+        return torch.stack(layers, 0).permute(2, 4, 0, 1, 3, 5).float().to(self.device)
+
 
 def _pad_id(tokenizer) -> int:
     for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
@@ -177,9 +195,10 @@ def _pad_id(tokenizer) -> int:
 
 
 def resolve_device(device: str) -> torch.device:
+    """auto/cuda/cpu/cuda:N -> a device; plain "cuda" is this process's GPU (torchrun's LOCAL_RANK)."""
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())  # distributed.session set it per rank
     if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
         return torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LtuneError(f"hardware.device={device} but no CUDA device is visible; use hardware=cpu "
@@ -197,18 +216,129 @@ def load_backbone(model_cfg, hardware_cfg=None, *, model=None, tokenizer=None) -
     """Load the frozen base + tokenizer from model_cfg.path (hub id, folder or offline:<key>).
 
     `model`/`tokenizer` may be given directly (tests build tiny random models this way).
+    Large-model settings of hardware_cfg (docs/gpu.md): load_in=8bit|4bit (bitsandbytes),
+    device_map=auto (accelerate places/offloads the base), strategy=fsdp (blocks sharded over
+    the processes), gradient_checkpointing (blocks recomputed in backward).
     """
-    device = resolve_device(hardware_cfg.device if hardware_cfg else "cpu")
-    dtype = DTYPES[hardware_cfg.dtype] if hardware_cfg else torch.float32
+    hw = hardware_cfg
+    device = resolve_device(hw.device if hw else "cpu")
+    dtype = DTYPES[hw.dtype] if hw else torch.float32
+    placement = _placement(hw, device, dtype)  # from_pretrained places quantized / device-mapped bases
     if model is None:
-        model, tokenizer = _from_pretrained(model_cfg, dtype)
+        model, tokenizer = _from_pretrained(model_cfg, dtype, **placement)
     geo = geometry(model.config, getattr(model_cfg, "family", "auto"))
-    model.to(device=device, dtype=dtype)
+    _check_arch(model_cfg, geo)
+    if not placement:
+        model.to(device=device, dtype=dtype)
+    if getattr(model.config, "use_cache", None):
+        # Nothing is generated: plain forwards keep no key/value cache (prefix forwards pass their own).
+        model.config.use_cache = False
+    from ltune_cli import distributed
+
+    if getattr(hw, "strategy", "single") == "fsdp" and distributed.state().enabled:
+        distributed.shard_frozen(model)
+    if getattr(hw, "gradient_checkpointing", False):
+        enable_checkpointing(model)
+    if getattr(hw, "compile", False):
+        # torch.compile the frozen base (dynamic shapes: batches are padded to their own longest).
+        # Off by default: on a 2-core CPU MiniLM compiles for ~80 s to save ~8% a step (BENCHMARKS.md).
+        model.compile(dynamic=True)
     return Backbone(model, tokenizer, geo, pooling=model_cfg.pooling, max_length=model_cfg.max_length,
                     padding_side=model_cfg.padding_side)
 
 
-def _from_pretrained(model_cfg, dtype):
+def _check_arch(model_cfg, geo: Geometry) -> None:
+    """Warn when the loaded model is not the one conf/model/<name>.yaml's `arch` describes."""
+    arch = getattr(model_cfg, "arch", None) or {}
+    got = {"model_type": geo.family, "layers": geo.layers, "hidden": geo.hidden, "heads": geo.heads,
+           "kv_heads": geo.kv_heads}
+    diff = [f"{k} {got[k]} (expected {arch[k]})" for k in got if k in arch and arch[k] != got[k]]
+    if diff:
+        import logging
+
+        logging.getLogger("ltune").warning("model.path=%s is not the %s architecture of model=%s: %s",
+                                           model_cfg.path, model_cfg.name, model_cfg.name, ", ".join(diff))
+
+
+def _placement(hw, device: torch.device, dtype: torch.dtype) -> dict:
+    """from_pretrained arguments for an 8/4-bit or device-mapped base ({} = load, then .to(device))."""
+    import importlib.util
+
+    load_in = getattr(hw, "load_in", "none") if hw else "none"
+    device_map = getattr(hw, "device_map", "none") if hw else "none"
+    if load_in != "none":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise LtuneError(f"hardware.load_in={load_in} loads the frozen base through bitsandbytes, which is not "
+                             f"installed: pip install 'ltune-cli[quant]' (needs a CUDA GPU), or drop "
+                             f"hardware.load_in.")
+        if device.type != "cuda":
+            raise LtuneError(f"hardware.load_in={load_in} (bitsandbytes) needs a CUDA device; this run is on "
+                             f"{device}. Drop hardware.load_in, or use hardware.dtype=bf16 on a GPU.")
+        from transformers import BitsAndBytesConfig
+
+        compute = dtype if dtype != torch.float32 else torch.bfloat16
+        q = (BitsAndBytesConfig(load_in_8bit=True) if load_in == "8bit" else
+             BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute))
+        return {"quantization_config": q, "device_map": {"": device}}
+    if device_map != "none":
+        if importlib.util.find_spec("accelerate") is None:
+            raise LtuneError(f"hardware.device_map={device_map} needs accelerate: pip install accelerate.")
+        kw: dict = {"device_map": device_map}
+        if getattr(hw, "offload_folder", None):
+            kw["offload_folder"] = hw.offload_folder
+        return kw
+    return {}
+
+
+def enable_checkpointing(model: nn.Module) -> int:
+    """Recompute each transformer block in backward instead of keeping its activations.
+
+    Not transformers' gradient_checkpointing_enable(): that only acts in training mode (the
+    frozen base stays in eval mode, no dropout) and it drops the key/value cache inside a
+    checkpointed block, which is how prefix methods pass their prefix. Here each block's
+    forward is wrapped in torch.utils.checkpoint (non-reentrant); the prefix cache is
+    read-only (prefix_cache_class), so the recomputation sees the same prefix. Returns the
+    number of blocks wrapped.
+    """
+    from torch.utils.checkpoint import checkpoint
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    inner = {id(c) for b in blocks for c in b.modules() if c is not b}
+    blocks = [b for b in blocks if id(b) not in inner]
+    if not blocks:
+        raise LtuneError(f"hardware.gradient_checkpointing: {type(model).__name__} has no transformer blocks "
+                         f"transformers can recompute; set hardware.gradient_checkpointing=false.")
+    for b in blocks:
+        def forward(*args, _forward=b.forward, **kwargs):
+            if not torch.is_grad_enabled():
+                return _forward(*args, **kwargs)
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        b.forward = forward
+    return len(blocks)
+
+
+_PREFIX_CACHE: type | None = None
+
+
+def prefix_cache_class() -> type:
+    """A DynamicCache that holds the prefix and never grows: update() returns [prefix; new]."""
+    global _PREFIX_CACHE
+    if _PREFIX_CACHE is None:
+        from transformers import DynamicCache
+
+        class PrefixCache(DynamicCache):
+            def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+                layer = self.layers[layer_idx]
+                return (torch.cat([layer.keys.to(key_states.device), key_states], dim=-2),
+                        torch.cat([layer.values.to(value_states.device), value_states], dim=-2))
+
+        _PREFIX_CACHE = PrefixCache
+    return _PREFIX_CACHE
+
+
+def _from_pretrained(model_cfg, dtype, **placement):
     import os
     from pathlib import Path
 
@@ -231,7 +361,7 @@ def _from_pretrained(model_cfg, dtype):
     kw = dict(revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kw)
-        model = AutoModel.from_pretrained(path, dtype=dtype, **kw)
+        model = AutoModel.from_pretrained(path, dtype=dtype, **kw, **placement)
     except OSError as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise LtuneError(

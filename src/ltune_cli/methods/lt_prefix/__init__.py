@@ -18,7 +18,7 @@ from __future__ import annotations
 from torch import nn
 
 from ltune_cli.methods import register
-from ltune_cli.methods.base import PairMethod
+from ltune_cli.methods.base import PairMethod, fit_linear
 
 
 @register("lt_prefix")
@@ -34,6 +34,22 @@ class LTPrefix(PairMethod):
             self.Z = nn.Linear(self.label_len, self.label_len * out, bias=False)
         else:
             self.Z = nn.Linear(g.hidden, out)
+        if cfg.init_from_label:
+            self._start_from_reading()
+
+    def _start_from_reading(self) -> None:
+        """Fit Z so that each label's prefix is, at step 0, the key/values the frozen LM writes
+        when it reads that label text: the text is then encoded as "label, then text" (an NLI
+        input the LM understands), instead of under random vectors the head cannot tell apart."""
+        lab = self.labels_frozen
+        target = self.backbone.reading_kv(lab.ids, lab.mask)  # (K, l, L, 2, kvh, hd)
+        K, l = lab.mask.shape
+        if self.variant == "paper":
+            pooled = (self.F(lab.states).squeeze(-1) * lab.mask).detach()  # (K, l)
+            fit_linear(self.Z, pooled, target.reshape(K, -1))
+        else:
+            real = lab.mask.bool()
+            fit_linear(self.Z, lab.states[real], target[real].reshape(int(real.sum()), -1))
 
     def transform(self, states, mask):
         """(N, l, d) label states -> (N, l, L, 2, kv_heads, head_dim) prefix."""
@@ -53,5 +69,6 @@ class LTPrefix(PairMethod):
         # The paper variant's l positions are all produced by Z: every one is attended.
         pmask = mask if self.variant != "paper" else mask.new_ones(mask.shape)
         kv = prefix.permute(2, 3, 0, 4, 1, 5)  # (L, 2, N, kv_heads, l, head_dim)
-        return self.backbone.encode(**self.text_inputs(batch), prefix=[(x[0], x[1]) for x in kv],
-                                    prefix_mask=pmask)
+        # unbind, not x[0]/x[1]: indexing's backward zero-fills a full-size copy per layer.
+        layers = [tuple(x.unbind(0)) for x in kv.unbind(0)]
+        return self.backbone.encode(**self.text_inputs(batch), prefix=layers, prefix_mask=pmask)

@@ -1,7 +1,8 @@
 """L-Tuning for prompt: label states -> trainable G (d x d) -> soft prompt before the text.
 
 Trainable (paper A.5): G d*d + head C 2d (+2 biases) = d(d+2) + 2.
-G starts as the identity, so the first prompt is the label's own frozen representation.
+With init_from_label (default) G starts as the map that turns each label state into that
+label token's input embedding; otherwise as the identity.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from ltune_cli.methods import register
-from ltune_cli.methods.base import PairMethod
+from ltune_cli.methods.base import PairMethod, fit_linear
 
 
 @register("lt_prompt")
@@ -19,8 +20,15 @@ class LTPrompt(PairMethod):
         super().__init__(backbone, cfg, label_texts)
         d = backbone.geo.hidden
         self.G = nn.Linear(d, d, bias=False)
-        with torch.no_grad():
-            self.G.weight.copy_(torch.eye(d))
+        if cfg.init_from_label:
+            # At step 0 the prompt is the label's own input embeddings: the text reads as
+            # "label, then text". (G maps the fixed label states; min-norm least squares.)
+            lab = self.labels_frozen
+            real = lab.mask.bool()
+            fit_linear(self.G, lab.states[real], backbone.embed(lab.ids)[real].float())
+        else:
+            with torch.no_grad():
+                self.G.weight.copy_(torch.eye(d))
 
     def transform(self, states, mask):
         return self.G(states) * mask[..., None]  # (N, l, d)

@@ -23,6 +23,8 @@ class Prefix(ClassifierMethod):
 
     def encode(self, batch):
         B = batch["input_ids"].shape[0]
-        kv = self.prefix.unsqueeze(2).expand(-1, -1, B, -1, -1, -1)  # (L, 2, B, kvh, P, hd)
-        prefix = [(layer[0], layer[1]) for layer in kv]
+        # Per layer (key, value), each a view (B, kvh, P, hd). unbind + expand, not indexing an
+        # expanded (L, 2, B, ...) tensor: the backward of x[i] zero-fills a B-times copy per layer.
+        prefix = [tuple(t.unsqueeze(0).expand(B, -1, -1, -1) for t in layer.unbind(0))
+                  for layer in self.prefix.unbind(0)]
         return self.backbone.encode(**self.text_inputs(batch), prefix=prefix)

@@ -1,0 +1,187 @@
+"""What the benchmark runs: one training step of an ltune method or of HF PEFT, and an eval pass.
+
+`LtuneTrain.step` is the engine's step (engine._train with grad_accum=1): collate the batch,
+method.training_loss under the run's autocast, backward, loss.item(), gradient clipping,
+AdamW step, LR-schedule step, zero_grad. `PeftTrain.step` is the same step around a PEFT
+PromptTuning/PrefixTuning model for sequence classification on the same weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from ltune_cli.batching import Encoded, collate
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype):
+    """The engine's autocast (engine.build): none in fp32, torch.autocast otherwise."""
+
+    def autocast():
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
+
+    return autocast
+
+
+def matmul_params(model: torch.nn.Module) -> int:
+    """Parameters the per-token matmuls use: all but embedding tables and the [CLS]-only pooler."""
+    skip = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Embedding) or name.split(".")[-1] == "pooler":
+            skip |= {id(p) for p in mod.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
+class LtuneTrain:
+    impl = "ltune"
+
+    def __init__(self, cfg, backbone, label_texts: list[str], enc: Encoded, device, autocast,
+                 fused_adamw: bool = False):
+        from ltune_cli.engine import lr_lambda, seed_everything
+        from ltune_cli.methods import build_method
+
+        self.cfg, self.enc, self.backbone, self.autocast = cfg, enc, backbone, autocast
+        self.device = device
+        seed_everything(cfg.seed)  # as engine.build: method init independent of what ran before
+        self.method = build_method(cfg.method, backbone, label_texts).to(device)
+        self.params = self.method.trainable_parameters()
+        tc = cfg.train
+        lr = tc.lr if tc.lr is not None else cfg.method.lr
+        # The engine's optimizer; fused_adamw=True is a what-if (one pass per step, no temporaries).
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=tc.weight_decay,
+                                     **({"fused": True} if fused_adamw else {}))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lr_lambda(int(tc.warmup_ratio * tc.max_steps), tc.max_steps))
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.max_grad_norm = tc.max_grad_norm
+        self.method.train()
+        # Positions each example adds in front of its text that go through every layer's weights.
+        name = cfg.method.name
+        if name == "prompt":
+            self.extra_positions = float(cfg.method.num_virtual_tokens)
+        elif name == "lt_prompt":
+            self.extra_positions = self.method.labels_frozen.mask.sum(1).float().mean().item()
+        else:  # prefixes only add keys/values to attention
+            self.extra_positions = 0.0
+        self.label_tokens = (int(self.method.label_len) if hasattr(self.method, "label_len") else None)
+
+    def num_trainable(self) -> int:
+        return self.method.num_trainable()
+
+    def step(self, idx: np.ndarray) -> None:
+        b = self.backbone
+        batch = collate(self.enc, idx, b.pad_id, b.padding_side, self.device)
+        with self.autocast():
+            loss = self.method.training_loss(batch, self.gen) * (len(idx) / len(idx))
+        loss.backward()
+        loss_val = loss.item()
+        if not np.isfinite(loss_val):
+            raise FloatingPointError(f"non-finite loss {loss_val}")
+        if self.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+class PeftTrain:
+    """HF PEFT PromptTuning / PrefixTuning + AutoModelForSequenceClassification, same step."""
+
+    impl = "peft"
+
+    def __init__(self, kind: str, cfg, backbone, num_labels: int, enc: Encoded, device, dtype, autocast):
+        from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+        from transformers import AutoModelForSequenceClassification
+        from transformers.utils import logging as hf_logging
+
+        from ltune_cli.engine import lr_lambda, seed_everything
+        from ltune_cli.models.offline import resolve
+
+        self.enc, self.device, self.autocast = enc, device, autocast
+        self.pad_id = backbone.pad_id
+        # Decoders' classification heads pool the last position when given inputs_embeds (prompt
+        # tuning): left padding makes that the last real token. Same tokens, same cost.
+        self.padding_side = "left" if backbone.geo.kind == "decoder" else "right"
+        seed_everything(cfg.seed)
+        path = resolve(cfg.model.path)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, dtype=backbone.dtype, revision=cfg.model.revision,
+                trust_remote_code=cfg.model.trust_remote_code)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = backbone.pad_id
+        P = cfg.method.num_virtual_tokens
+        pcfg = (PrefixTuningConfig if kind == "prefix" else PromptTuningConfig)(
+            task_type=TaskType.SEQ_CLS, num_virtual_tokens=P)
+        self.model = get_peft_model(model, pcfg).to(device)
+        self.model.train()  # as HF Trainer runs it (the base's dropout is on where it has any)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        tc = cfg.train
+        lr = tc.lr if tc.lr is not None else cfg.method.lr
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=tc.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lr_lambda(int(tc.warmup_ratio * tc.max_steps), tc.max_steps))
+        self.max_grad_norm = tc.max_grad_norm
+        self.extra_positions = float(P) if kind == "prompt" else 0.0
+        self.label_tokens = None
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    def step(self, idx: np.ndarray) -> None:
+        batch = collate(self.enc, idx, self.pad_id, self.padding_side, self.device)
+        with self.autocast():
+            loss = self.model(**batch).loss
+        loss.backward()
+        loss_val = loss.item()
+        if not np.isfinite(loss_val):
+            raise FloatingPointError(f"non-finite loss {loss_val}")
+        if self.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def real_tokens(enc: Encoded, idx: np.ndarray) -> int:
+    return int(sum(len(enc.input_ids[i]) for i in idx))
+
+
+def padded_tokens(enc: Encoded, idx: np.ndarray) -> int:
+    return int(len(idx) * max(len(enc.input_ids[i]) for i in idx))
+
+
+def subset(enc: Encoded, idx) -> Encoded:
+    idx = list(idx)
+    tt = [enc.token_type_ids[i] for i in idx] if enc.token_type_ids is not None else None
+    return Encoded([enc.input_ids[i] for i in idx], tt, enc.labels[np.asarray(idx)], 0)
+
+
+class EvalPass:
+    """engine.evaluate over a fixed text set, with `K` label texts."""
+
+    def __init__(self, cfg, backbone, label_texts: list[str], enc: Encoded, device, autocast,
+                 batch_size: int | None = None):
+        from ltune_cli.engine import Setup, seed_everything
+        from ltune_cli.methods import build_method
+
+        seed_everything(cfg.seed)
+        method = build_method(cfg.method, backbone, label_texts).to(device)
+        method.eval()
+        self.setup = Setup(cfg, None, backbone, method, None, enc, device, autocast)
+        self.pairs = len(enc) * len(label_texts)
+        self.texts = len(enc)
+        self.batch_size = batch_size
+
+    def run(self) -> None:
+        from ltune_cli.engine import evaluate
+
+        evaluate(self.setup, batch_size=self.batch_size)

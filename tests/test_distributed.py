@@ -1,0 +1,236 @@
+"""Data parallel for real on CPU: torchrun workers over gloo against one process.
+
+`ltune train hardware=ddp hardware.nproc=2` (a subprocess: the CLI starts two workers through
+torch.distributed.run) must compute what one process computes with the same global batch cut
+into the same micro-batches (batch_size=4 x grad_accum=2), write one run folder, and resume
+checkpoints across process counts. FSDP (the frozen base sharded with FSDP2) runs over gloo
+on CPU too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import save_tiny_model, tiny_overrides, write_sentiment_csv
+from ltune_cli import checkpoint, distributed, engine, runfolder
+from ltune_cli.config import compose
+from ltune_cli.errors import LtuneError
+
+TIMING = {"time_s", "examples_per_s"}
+# One thread per process on both sides (torchrun's default for its workers): then the sums inside
+# each matmul are ordered alike and 2 processes reproduce 1 bit for bit. (With more threads in
+# the single process, metrics agree to ~1e-7, and Adam turns near-zero gradients' last-bit
+# differences into weight differences of ~1e-4.)
+TWO = {"hardware": "ddp", "hardware.nproc": 2, "hardware.device": "cpu", "hardware.dtype": "fp32",
+       "hardware.batch_size": 4, "hardware.eval_batch_size": 16, "hardware.num_threads": 1}
+ONE = {"hardware": "cpu", "hardware.batch_size": 4, "hardware.grad_accum": 2, "hardware.eval_batch_size": 16,
+       "hardware.num_threads": 1}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dist-data")
+    return write_sentiment_csv(d / "train.csv", 96, seed=1), write_sentiment_csv(d / "dev.csv", 32, seed=2)
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("dist-bert"), "bert")
+
+
+def ov(files, out, model_dir, layout: dict, method="lt_prefix", steps=6, **extra) -> list[str]:
+    """tiny_overrides with the keys of `layout`/`extra` replaced (Hydra refuses a key twice)."""
+    train, dev = files
+    repl = {"model.path": model_dir, "method.dropout": 0.1, **layout, **extra}
+    base = [o for o in tiny_overrides(train, dev, out, method=method, steps=steps)
+            if o.split("=", 1)[0] not in repl]
+    return base + [f"{k}={v}" for k, v in repl.items()]
+
+
+def cli(args, cwd, timeout=300, **popen):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LTUNE_OUTPUTS": str(cwd / "outputs")}
+    return subprocess.Popen([sys.executable, "-m", "ltune_cli", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+
+
+def run_cli(args, cwd, timeout=300):
+    p = cli(args, cwd)
+    out = p.communicate(timeout=timeout)[0]
+    return p.returncode, out
+
+
+def records(run):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in runfolder.read_metrics(run)]
+
+
+def assert_same_run(a, b, tol=0.0):
+    """Same records, final scores, predictions and trainable weights (exactly, by default)."""
+    ra, rb = records(a), records(b)
+    assert [(r["kind"], r["step"]) for r in ra] == [(r["kind"], r["step"]) for r in rb]
+    for x, y in zip(ra, rb, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            if isinstance(x[k], str):
+                assert x[k] == y[k]
+            else:
+                assert x[k] == pytest.approx(y[k], rel=tol, abs=tol), (x["step"], k)
+    fa, fb = runfolder.read_results(a)["final"], runfolder.read_results(b)["final"]
+    assert fa.keys() == fb.keys()
+    assert all(fa[k] == pytest.approx(fb[k], rel=tol, abs=tol) for k in fa)
+    pa, pb = (json.loads((r / "predictions.json").read_text()) for r in (a, b))
+    assert pa["pred"] == pb["pred"]
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a / "trainable.safetensors")), load_file(str(b / "trainable.safetensors"))
+    assert wa.keys() == wb.keys()
+    assert all(np.allclose(wa[k].numpy(), wb[k].numpy(), rtol=tol, atol=tol) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def one_proc(files, bert_dir, tmp_path_factory):
+    """The reference: one process, global batch 8 = 4 x 2 accumulated micro-batches."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    return engine.train(compose(ov(files, out, bert_dir, ONE)))
+
+
+def test_two_processes_equal_one_and_write_one_folder(files, bert_dir, one_proc, tmp_path):
+    out = tmp_path / "two"
+    code, log = run_cli(["train", *ov(files, out, bert_dir, TWO)], tmp_path)
+    assert code == 0, log
+    assert log.strip().splitlines()[-1] == f"run folder: {out}"
+    assert log.count("run folder: ") == 1  # the launching process reports, the workers do not
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two"]  # one folder, nothing under outputs/
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["config.yaml", "metrics.jsonl", "results.json", "predictions.json", "trainable.safetensors"])
+    res = runfolder.read_results(out)
+    assert res["status"] == "completed"
+    assert res["distributed"] == {"strategy": "ddp", "world_size": 2, "backend": "gloo", "global_batch": 8}
+    assert res["memory"]["estimate_bytes"] > res["memory"]["frozen_bytes"] > 0
+    assert_same_run(out, one_proc)
+
+
+def test_fsdp_two_processes_equal_one(files, tmp_path_factory, tmp_path):
+    """The frozen base sharded over 2 gloo processes (FSDP2, one group per block) computes the same."""
+    llama = save_tiny_model(tmp_path_factory.mktemp("dist-llama"), "llama")
+    ref = engine.train(compose(ov(files, tmp_path / "one", llama, ONE, method="prefix")))
+    out = tmp_path / "fsdp"
+    code, log = run_cli(["train", *ov(files, out, llama, {**TWO, "hardware": "fsdp"}, method="prefix")], tmp_path)
+    assert code == 0, log
+    assert "fsdp: 2 blocks sharded over 2 processes" in log
+    assert runfolder.read_results(out)["distributed"]["strategy"] == "fsdp"
+    assert_same_run(out, ref)
+
+
+def test_one_process_checkpoint_resumes_on_two(files, bert_dir, one_proc, tmp_path, monkeypatch):
+    """A checkpoint of 1 process (2 micro-batches per step) continues on 2 (1 each): same run."""
+    cfg = compose(ov(files, tmp_path / "cut", bert_dir, ONE, **{"train.checkpoint_every": 2}))
+    real, calls = engine._step, {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise SystemExit("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "_step", dying)
+    with pytest.raises(SystemExit):
+        engine.train(cfg)
+    monkeypatch.undo()
+    assert [p.name for p in checkpoint.list_checkpoints(cfg.out_dir)] == ["step-00000002.pt"]
+    code, log = run_cli(["train", "--resume", cfg.out_dir, "hardware.strategy=ddp", "hardware.nproc=2"], tmp_path)
+    assert code == 0, log
+    assert runfolder.read_results(cfg.out_dir)["distributed"]["world_size"] == 2
+    assert_same_run(tmp_path / "cut", one_proc)
+
+
+def test_two_process_checkpoint_resumes_on_one_after_sigint(files, bert_dir, tmp_path):
+    """Ctrl-C to `ltune train hardware=ddp`: both workers stop at the same step, rank 0 checkpoints;
+    one process then finishes the run exactly as one process would have run it throughout."""
+    steps, extra = 150, {"train.checkpoint_every": 1, "train.eval_every": 50, "train.log_every": 10}
+    ref = engine.train(compose(ov(files, tmp_path / "ref", bert_dir, ONE, steps=steps, **extra)))
+    run = tmp_path / "int"
+    p = cli(["train", *ov(files, run, bert_dir, TWO, steps=steps, **extra)], tmp_path)
+    t = time.time()
+    while not checkpoint.list_checkpoints(run) and p.poll() is None and time.time() - t < 120:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    out = p.communicate(timeout=120)[0]
+    assert p.returncode == 130, out
+    assert f"ltune train --resume {run}" in out
+    assert checkpoint.list_checkpoints(run) and not (run / "results.json").exists()
+    cfg = compose(ov(files, run, bert_dir, TWO, steps=steps, **extra))
+    cfg.hardware.strategy, cfg.hardware.nproc, cfg.resume = "single", 1, True
+    engine.train(cfg)
+    assert_same_run(run, ref)
+
+
+def test_worker_failure_is_one_clear_error(files, tmp_path):
+    out = tmp_path / "bad"
+    code, log = run_cli(["train", *ov(files, out, tmp_path / "no-such-model", TWO)], tmp_path)
+    assert code == 2, log
+    assert "error: the 2 workers failed (exit code 2): " in log
+    assert "no such folder" in log  # the workers' own one-line error
+    assert runfolder.read_results(out)["status"] == "failed"
+
+
+# --------------------------------------------------------------------------- no processes needed
+def test_micro_batches_are_the_one_process_cut():
+    idx = np.arange(10)
+    one = distributed.micro_batches(idx, 4, 1)
+    two = distributed.micro_batches(idx, 2, 2)
+    assert [m.tolist() for m in one] == [m.tolist() for m in two]
+    d1 = distributed.Dist(rank=1, world=2)
+    assert list(distributed.my_micro_batches(d1, 2)) == [2, 3]
+    assert distributed.shard(list(range(7)), d1) == [1, 3, 5]
+
+
+def test_resume_on_another_process_count_keeps_micro_batches():
+    assert distributed.resume_grad_accum(2, 1, 1) == 2  # 2 processes x 1 -> 1 process x 2
+    assert distributed.resume_grad_accum(4, 2, 1) == 2
+    assert distributed.resume_grad_accum(2, 2, 1) == 1
+    with pytest.raises(LtuneError, match="cannot split evenly"):
+        distributed.resume_grad_accum(3, 2, 1)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["hardware.nproc=2"], "use hardware=ddp"),
+    (["hardware=ddp", "hardware.device_map=auto"], "cannot be combined with hardware.strategy=ddp"),
+    (["hardware=fsdp", "hardware.load_in=8bit"], "cannot be sharded with FSDP"),
+    (["hardware=ddp", "hardware.nodes=2"], "srun torchrun --nnodes 2"),
+    (["hardware=ddp", "hardware.device=cpu"], "hardware.nproc=0 means one process per GPU"),
+])
+def test_impossible_layouts_are_refused_before_anything_starts(overrides, match, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    if "hardware.nproc=0" in match:
+        monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    with pytest.raises(LtuneError, match=match):
+        distributed.needs_launch(compose(overrides).hardware)
+
+
+def test_under_torchrun_nothing_is_launched(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert not distributed.needs_launch(compose(["hardware=ddp", "hardware.nproc=2"]).hardware)
+    assert distributed.is_quiet_worker()
+
+
+def test_resume_takes_only_layout_overrides(tmp_path, files, bert_dir):
+    from typer.testing import CliRunner
+
+    from ltune_cli.cli import app
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    res = CliRunner().invoke(app, ["train", "--resume", str(run), "train.lr=0.1"])
+    assert res.exit_code == 2
+    assert "only the process layout can" in res.output

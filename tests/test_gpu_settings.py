@@ -1,0 +1,159 @@
+"""Large-model settings of hardware/: 8/4-bit loading, device_map, gradient checkpointing, and the
+memory estimate printed before a run (checked against measured peaks in the slow test)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from conftest import FAMILIES, tiny_backbone, tiny_overrides
+from ltune_cli import engine, memory, runfolder
+from ltune_cli.config import MethodConfig, compose
+from ltune_cli.errors import LtuneError
+from ltune_cli.methods import build_method
+from ltune_cli.models.backbone import enable_checkpointing
+
+LABELS = ["negative", "positive", "not neutral"]
+METHODS = [("prefix", "per_token"), ("prompt", "per_token"), ("lt_prefix", "per_token"),
+           ("lt_prefix", "paper"), ("lt_prompt", "per_token")]
+
+
+def cfg_for(files, out, model_dir, **extra):
+    train, dev = files
+    return compose(tiny_overrides(train, dev, out, **{"model.path": model_dir, **extra}))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
+@pytest.mark.parametrize("bits", ["8bit", "4bit"])
+def test_quantised_loading_without_bitsandbytes_names_the_extra(sentiment_files, tmp_path, tiny_llama_dir, bits):
+    cfg = cfg_for(sentiment_files, tmp_path / "q", tiny_llama_dir, **{"hardware.load_in": bits})
+    with pytest.raises(LtuneError, match=r"hardware.load_in=.* bitsandbytes, which is not installed: "
+                                         r"pip install 'ltune-cli\[quant\]'"):
+        engine.train(cfg)
+    assert runfolder.read_results(cfg.out_dir)["status"] == "failed"
+
+
+def test_quantised_presets_compose():
+    for preset, bits in (("gpu_8bit", "8bit"), ("gpu_4bit", "4bit")):
+        hw = compose([f"hardware={preset}"]).hardware
+        assert hw.load_in == bits and hw.dtype == "bf16" and hw.gradient_checkpointing
+
+
+def test_device_map_auto_loads_through_accelerate_and_trains(sentiment_files, tmp_path, tiny_llama_dir):
+    cfg = cfg_for(sentiment_files, tmp_path / "dm", tiny_llama_dir, method="prefix",
+                  **{"hardware.device_map": "auto", "hardware.device": "auto"})
+    run = engine.train(cfg)
+    assert runfolder.read_results(run)["status"] == "completed"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradient_checkpointing_gives_identical_gradients(family):
+    """Prefix methods included: the prefix rides in a read-only cache, so a recomputed block
+    attends to the same prefix (transformers' own gradient_checkpointing_enable() drops the
+    cache inside checkpointed blocks and the prefix forward fails)."""
+    for name, variant in METHODS:
+        if family == "deberta-v2" and "prefix" in name:
+            continue
+        out = []
+        for gc in (False, True):
+            bb = tiny_backbone(family)
+            if gc:
+                assert enable_checkpointing(bb.model) == 2
+            torch.manual_seed(0)
+            m = build_method(MethodConfig(name=name, variant=variant, num_virtual_tokens=3), bb, LABELS)
+            tok = bb.tokenizer
+            enc = tok(["the movie was good", "bad film", "it was a very dull plot"], padding=True, return_tensors="pt")
+            batch = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+            batch["labels"] = torch.tensor([1, 0, 2])
+            with memory.count_saved() as saved:
+                loss = m.training_loss(batch, torch.Generator().manual_seed(0))
+            loss.backward()
+            out.append((loss.item(), {k: p.grad.clone() for k, p in m.named_parameters() if p.requires_grad},
+                        saved["bytes"]))
+        (l0, g0, s0), (l1, g1, s1) = out
+        assert l0 == l1, (family, name)
+        assert all(torch.equal(g0[k], g1[k]) for k in g0), (family, name)
+        assert s1 < s0, (family, name)  # and it does keep less for backward
+
+
+def test_gradient_checkpointing_run_equals_plain_run(sentiment_files, tmp_path, tiny_llama_dir):
+    plain = engine.train(cfg_for(sentiment_files, tmp_path / "a", tiny_llama_dir, method="lt_prefix"))
+    gc = engine.train(cfg_for(sentiment_files, tmp_path / "b", tiny_llama_dir, method="lt_prefix",
+                              **{"hardware.gradient_checkpointing": True}))
+    strip = ("time_s", "examples_per_s")
+    rec = [[{k: v for k, v in r.items() if k not in strip} for r in runfolder.read_metrics(x)] for x in (plain, gc)]
+    assert rec[0] == rec[1]
+    ma, mb = (runfolder.read_results(x)["memory"] for x in (plain, gc))
+    assert mb["train_activation_bytes"] < ma["train_activation_bytes"]
+
+
+def test_estimate_is_printed_and_recorded(sentiment_files, tmp_path, tiny_bert_dir, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="ltune")
+    run = engine.train(cfg_for(sentiment_files, tmp_path / "m", tiny_bert_dir))
+    assert any("memory estimate per process" in r.getMessage() for r in caplog.records)
+    m = runfolder.read_results(run)["memory"]
+    parts = ("frozen_bytes", "trainable_bytes", "grad_bytes", "optimizer_bytes", "other_bytes", "activation_bytes")
+    assert m["estimate_bytes"] == pytest.approx(sum(m[k] for k in parts), abs=len(parts))
+    bb = tiny_backbone("bert")
+    assert m["frozen_bytes"] == sum(t.numel() * t.element_size() for t in [*bb.parameters(), *bb.buffers()])
+    assert m["optimizer_bytes"] == 2 * m["trainable_bytes"] and m["peak_rss_bytes"] > 0
+
+
+# --------------------------------------------------------------------------- estimate vs measured
+def _measured_peak(cfg) -> tuple[dict, dict]:
+    """Run training with the CPU allocator traced by torch.profiler (profile_memory): the peak
+    of live tensor bytes within every step (forward + backward) and every evaluation, on top of
+    what persists (frozen base, trainable weights, AdamW moments, label states)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    peaks = {"step": 0, "eval": 0}
+
+    def traced(fn, name):
+        def wrapper(*a, **k):
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                r = fn(*a, **k)
+            cur = peak = 0
+            for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+                cur += e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+                peak = max(peak, cur)
+            peaks[name] = max(peaks[name], peak)
+            return r
+
+        return wrapper
+
+    real_step, real_eval = engine._step, engine.evaluate
+    engine._step, engine.evaluate = traced(real_step, "step"), traced(real_eval, "eval")
+    try:
+        run = engine.train(cfg)
+    finally:
+        engine._step, engine.evaluate = real_step, real_eval
+    est = runfolder.read_results(run)["memory"]
+    persistent = est["frozen_bytes"] + est["trainable_bytes"] + est["optimizer_bytes"] + est["other_bytes"]
+    return est, {"activations_and_grads": max(peaks.values()), "peak": persistent + max(peaks.values())}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["minilm", "smollm2_135m"])
+def test_estimate_within_25_percent_of_measured_peak(model, tmp_path):
+    """Default batch sizes (16 / 64), SST-2 texts; the epoch is covered so the longest batch runs.
+    Figures go to docs/gpu.md (run with -s to see them)."""
+    try:
+        cfg = compose([f"model={model}", "dataset=sst2", "dataset.train_limit=64", "dataset.eval_limit=64",
+                       "train.max_steps=4", "train.eval_every=4", "train.progress=false", "hardware=cpu",
+                       f"out_dir={tmp_path / 'run'}"])
+        est, meas = _measured_peak(cfg)
+    except LtuneError as e:
+        if "not installed" in str(e):
+            pytest.skip(str(e))
+        raise
+    ratio = est["estimate_bytes"] / meas["peak"]
+    print(json.dumps({"model": model, "estimate_MiB": est["estimate_bytes"] / 2**20,
+                      "measured_peak_MiB": meas["peak"] / 2**20, "ratio": ratio,
+                      "activation_estimate_MiB": (est["activation_bytes"] + est["grad_bytes"]) / 2**20,
+                      "activation_measured_MiB": meas["activations_and_grads"] / 2**20}))
+    assert 0.75 <= ratio <= 1.25
