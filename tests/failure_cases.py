@@ -8,9 +8,9 @@ error must contain. All exit with code 2 and print no traceback.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 
 @dataclass

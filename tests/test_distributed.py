@@ -234,3 +234,63 @@ def test_resume_takes_only_layout_overrides(tmp_path, files, bert_dir):
     res = CliRunner().invoke(app, ["train", "--resume", str(run), "train.lr=0.1"])
     assert res.exit_code == 2
     assert "only the process layout can" in res.output
+
+
+# --------------------------------------------------------------------------- SLURM (compose only)
+SLURM_FROM_HARDWARE = ["hydra.launcher.gpus_per_node=${hardware.gpus_per_node}",
+                       "hydra.launcher.timeout_min=${hardware.time_min}",
+                       "hydra.launcher.partition=${hardware.partition}",
+                       "hydra.launcher.cpus_per_task=${hardware.cpus_per_task}",
+                       "hydra.launcher.tasks_per_node=1", "hydra.launcher.nodes=1"]
+
+
+def test_slurm_sweep_takes_gpus_time_and_partition_from_hardware(tmp_path):
+    """`ltune sweep +sweep=bloom_sizes hydra/launcher=submitit_slurm hardware=ddp ...` (docs/gpu.md):
+    one SLURM job per run, sized by the hardware preset; nothing is submitted here."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from ltune_cli.config import _register, check
+    from ltune_cli.paths import conf_dir
+
+    _register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", return_hydra_config=True, overrides=[
+            "+sweep=bloom_sizes", "hydra/launcher=submitit_slurm", "hardware=ddp", "hardware.gpus_per_node=4",
+            "hardware.partition=a100", "hardware.time_min=600", *SLURM_FROM_HARDWARE,
+            f"hydra.sweep.dir={tmp_path / 'sw'}"])
+    GlobalHydra.instance().clear()
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert (launcher["gpus_per_node"], launcher["timeout_min"], launcher["partition"]) == (4, 600, "a100")
+    assert launcher["tasks_per_node"] == 1 and launcher["cpus_per_task"] == 16
+    assert list(cfg.hydra.sweeper.params.model.split(",")) == ["bloom_560m", "bloom_1b1", "bloom_1b7", "bloom_3b",
+                                                               "bloom_7b1"]
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    check(job)
+    # inside each job, engine.train starts one DDP worker per GPU SLURM gave it (nproc 0)
+    assert job.hardware.strategy == "ddp" and job.hardware.nproc == 0
+
+
+def test_each_sweep_job_launches_its_ddp_run(tmp_path, monkeypatch, files, bert_dir):
+    """What a SLURM job does: engine.train with hardware=ddp starts torchrun workers that
+    continue the run folder it made (workers replaced by a stub here)."""
+    calls = []
+
+    def fake_launch(hw, args):
+        calls.append(args)
+        return 0
+
+    monkeypatch.setattr(distributed, "launch", fake_launch)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cfg = compose(ov(files, tmp_path / "job", bert_dir, {"hardware": "ddp"}))
+    assert engine.train(cfg) == tmp_path / "job"
+    assert (tmp_path / "job" / "config.yaml").is_file()
+    (args,) = calls
+    assert args[:3] == ["train", "--resume", str(tmp_path / "job")]
+    assert "hardware.strategy=ddp" in args and "hardware.nproc=0" in args

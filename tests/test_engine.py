@@ -13,8 +13,8 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_overrides
 
+from conftest import tiny_overrides
 from ltune_cli import checkpoint, engine, runfolder
 from ltune_cli.config import compose
 from ltune_cli.errors import LtuneError

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from failure_cases import CASES
 from typer.testing import CliRunner
 
+from failure_cases import CASES
 from ltune_cli.cli import app
 
 
@@ -34,7 +34,6 @@ def test_prefix_methods_refuse_deberta_clearly(tmp_path, sentiment_files):
 
 def test_overlong_rows_are_truncated_and_counted(caplog):
     from conftest import make_tokenizer
-
     from ltune_cli.batching import encode_examples
     from ltune_cli.data import Example
 

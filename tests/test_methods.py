@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DECODERS, FAMILIES, tiny_backbone
 
+from conftest import DECODERS, FAMILIES, tiny_backbone
 from ltune_cli.config import MethodConfig
 from ltune_cli.errors import LtuneError
 from ltune_cli.methods import build_method

@@ -165,3 +165,22 @@ def test_offline_models_match_their_real_config(name, key):
     assert real["intermediate_size"] == arch["intermediate"]
     assert real["vocab_size"] == arch["vocab"]
 
+
+
+# Published sizes (model cards; the bare model without its LM/MLM head).
+PUBLISHED = {"minilm": 22.7e6, "smollm2_135m": 134.5e6, "bert_base": 109.5e6, "roberta_base": 124.6e6,
+             "deberta_v3_base": 184e6, "gpt2": 124.4e6, "bloom_560m": 559e6, "bloom_1b1": 1065e6,
+             "bloom_1b7": 1722e6, "bloom_3b": 3003e6, "bloom_7b1": 7069e6, "falcon_1b": 1312e6,
+             "falcon_7b": 6922e6, "llama2_7b": 6607e6}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_arch_gives_the_published_parameter_count(name):
+    """The whole architecture built on the meta device (no memory, no download) from `arch`
+    has the published number of parameters: the table is the real model, not a look-alike."""
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        model = AutoModel.from_config(hf_config(model_cfg(name).arch, tiny=False))
+    n = sum(p.numel() for p in model.parameters())
+    assert n == pytest.approx(PUBLISHED[name], rel=0.01), (name, n)

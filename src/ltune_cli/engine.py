@@ -66,7 +66,7 @@ def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
         backbone = load_backbone(cfg.model, hw)
     device = backbone.device
     seed_everything(cfg.seed)  # method init does not depend on how many draws loading took
-    method = build_method(cfg.method, backbone, data.label_texts).to(device)
+    method = _to_device(build_method(cfg.method, backbone, data.label_texts), backbone, device)
     tok, L = backbone.tokenizer, cfg.model.max_length
     train_enc = encode_examples(data.train, tok, L, what="train") if with_train else None
     eval_enc = encode_examples(data.eval, tok, L, what="eval")
@@ -78,6 +78,20 @@ def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
         return torch.autocast(device.type, dtype=dtype)
 
     return Setup(cfg, data, backbone, method, train_enc, eval_enc, device, autocast)
+
+
+def _to_device(method, backbone, device: torch.device):
+    """Move the method's own weights; the frozen base stays where loading put it (it may be
+    spread over devices by device_map, quantized, or sharded by FSDP)."""
+    for child in method.children():
+        if child is not backbone:
+            child.to(device)
+    with torch.no_grad():
+        for p in method.parameters(recurse=False):
+            p.data = p.data.to(device)
+    for name, b in list(method.named_buffers(recurse=False)):
+        method._buffers[name] = b.to(device)
+    return method
 
 
 # --------------------------------------------------------------------------- evaluation

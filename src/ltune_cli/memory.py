@@ -4,20 +4,22 @@
                      FSDP shard), counted from its tensors: exact
     trainable        the method's fp32 weights, + their gradients (same size)
     optimizer        AdamW's two fp32 moments per trainable weight
+    other            the method's constants (cached label states)
     activations      what autograd keeps for backward in one micro-batch (hardware.batch_size
-                     texts of the longest training length), plus one block's worth of
-                     transient tensors, or the evaluation forward if that is larger
+                     texts of the longest training length) plus one block's transient tensors
+                     and their gradients, or the evaluation forward if that is larger
 
-Activations are measured, not guessed from a formula: two small probe forwards (1 and 2 of
-the longest training texts) run through `method.training_loss` under a saved-tensors hook
-that adds up what autograd stores (the frozen weights it references are not counted
-twice), and the per-text difference is scaled to the batch. So every family, attention
-implementation, method, prefix length and gradient checkpointing is covered by the same
-code. The evaluation forward keeps nothing, so its peak is one block's tensors for
-eval_batch_size texts (x K labels for L-Tuning), taken from a probe of `method.scores`.
+Activations are measured, not taken from a formula: probe forwards of `method.scores` on
+the longest one and two training texts run under a saved-tensors hook that adds up the
+storage autograd keeps (frozen weights it references are not counted again); the
+difference is one text's worth, divided by the sequences the frozen LM ran per text
+(L-Tuning scores K (text, label) pairs per text, trains on one), scaled to the batch. So
+every family, attention implementation, method, prefix length and gradient checkpointing
+goes through the same code. Evaluation keeps nothing: its peak is about one block's tensors
+for eval_batch_size texts, from a probe on the longest eval text.
 
-docs/gpu.md compares the estimate with measured peaks (CPU RSS here; on CUDA, results.json
-also records torch.cuda.max_memory_allocated).
+docs/gpu.md compares the estimate with measured peaks (torch's CPU allocator traced by the
+profiler, and RSS); on CUDA, results.json also records torch.cuda.max_memory_allocated.
 """
 
 from __future__ import annotations

@@ -39,18 +39,24 @@ def run(st: BenchSettings, out_dir: str | Path, say=print, command: str | None =
            "settings": st.to_dict(), "versions": measure.versions(), "machine": None,
            "conventions": {"flops": runner.FLOPS_CONVENTION,
                            "spread": "(max - min) / median over the repeats",
-                           "eval_texts": "a seeded sample of training texts, so pairs/s compares with "
-                                         "training examples/s on the same text lengths"},
+                           "eval_texts": "training texts from the length band of the median timed training "
+                                         "batch, so eval pairs/s compares with training examples/s on "
+                                         "texts of the same lengths"},
            "models": []}
-    for spec in st.models:
-        mr = runner.bench_model(spec, st, say)
-        if res["machine"] is None:
-            res["machine"] = measure.machine(torch.device(mr["info"]["device"]))
-            res["machine"]["load_average_at_start"] = load_start
-        res["models"].append(mr)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # e.g. PEFT prompt tuning's padding notice, once per model
+    try:
+        for spec in st.models:
+            res["models"].append(runner.bench_model(spec, st, say))
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    res["machine"] = measure.machine(torch.device(res["models"][0]["info"]["device"]) if res["models"]
+                                     else torch.device("cpu"))
+    res["machine"]["load_average_at_start"] = load_start
+    res["machine"]["load_average_at_end"] = measure.load_average()
     res["wall_s"] = time.time() - t0
-    if res["machine"] is not None:
-        res["machine"]["load_average_at_end"] = measure.load_average()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(res, indent=1, default=float) + "\n")

@@ -28,8 +28,10 @@ def render(res: dict) -> str:
         + f", load average (1/5/15 min) at start {m.get('load_average_at_start')}, at end "
           f"{m.get('load_average_at_end')}  ",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + "  ",
-        f"Settings: {st['repeats']} interleaved repeats x {st['steps']} timed steps (after {st['warmup']} "
-        f"warm-up) per variant, the same length-grouped batches for every variant; eval {st['eval_texts']} "
+        f"Settings: {st['repeats']} repeats x {st['steps']} timed steps (after {st['warmup']} warm-up) per "
+        f"variant, interleaved step by step (each round: every variant one step on the round's batch, the "
+        f"random-batching row on its own); "
+        f"eval {st['eval_texts']} "
         f"texts x K labels, {st['eval_repeats']} repeats; overrides {st['overrides'] or 'none'}  ",
         "Numbers: median (min-max) over repeats; ratios are per-repeat ratios (same repeat, "
         "same batches), then median (min-max).  ",
@@ -48,7 +50,9 @@ def _model(mr: dict) -> list[str]:
            f"{i['dataset']}, batch {i['batch_size']}, {i['dtype']} on {i['device']}; timed batches "
            f"(size, longest) {i['timed_batches']} (mean {i['timed_mean_tokens']:.1f} tokens; all train texts "
            f"{i['train_mean_tokens']:.1f}). "
-           f"Dense matmul peak: {_ms(mr['matmul_peak_flops'], 1, 1e-9)} GFLOP/s.", ""]
+           f"Dense matmul peak ({mr['matmul_peak_flops']['n']} probes, one before each round of steps): "
+           f"{_ms(mr['matmul_peak_flops'], 1, 1e-9)} GFLOP/s; utilisation divides by its repeat's probes.",
+           ""]
     mem = mr.get("memory") or {}
     out += ["### Training step (engine step: collate, loss, backward, clip, AdamW, schedule)", "",
             "| variant | label tokens | trainable | examples/s | ms/step | GFLOP/s | utilisation | "
@@ -79,7 +83,7 @@ def _model(mr: dict) -> list[str]:
     elif mem:
         out.append(f"\nPeak RSS = a fresh process's runtime + data ({mem['rss_runtime_mib']:.0f} MiB) + frozen "
                    f"base ({mem['rss_backbone_mib']:.0f} MiB; PEFT rows load their own copy) + the variant's "
-                   f"build and the peak over {mem['steps']} steps (step MiB = that peak over the built state).")
+                   f"build and the peak over its {mem['steps']} longest timed steps (step MiB = that peak over the built state).")
     out += ["", "### Ratios (per repeat, same batches)", "", "| comparison | median (min-max) |", "|---|---:|"]
     for k, s in mr["ratios"].items():
         out.append(f"| {k} | {_ms(s, 2)} |")
@@ -107,12 +111,13 @@ def _model(mr: dict) -> list[str]:
         out += ["", f"### Evaluation (engine.evaluate, inference mode: {mr['info']['eval_texts']} training texts of "
                 f"{band[0]}-{band[1]} tokens, the band of the median timed training batch, x K labels, all "
                 f"pairs in one batch)", "",
-                "| method | K | pairs/s | us/pair | train ex/s, same texts' lengths | pairs/s / train ex/s "
-                "(per repeat) |",
-                "|---|---:|---:|---:|---:|---:|"]
+                "| method | K | label tokens | pairs/s | us/pair | utilisation (2*N*tokens) | train ex/s, same "
+                "texts' lengths | pairs/s / train ex/s (per repeat) |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for e in mr["eval"]:
-            out.append(f"| {e['method']} | {e['K']} | {_ms(e['pairs_per_s'])} | {_f(e['us_per_pair'], 0)} | "
-                       f"{_f(e.get('train_examples_per_s_same_lengths'))} | "
+            out.append(f"| {e['method']} | {e['K']} | {e.get('label_tokens') or '-'} | {_ms(e['pairs_per_s'])} | "
+                       f"{_f(e['us_per_pair'], 0)} | "
+                       f"{_ms(e.get('utilisation'), 2)} | {_f(e.get('train_examples_per_s_same_lengths'))} | "
                        f"{_ms(e['vs_train_examples_per_s'], 2)} |")
         out.append("\nprefix / prompt score all K labels with one K-way head (one forward per text whatever K): "
                    "timed at the smallest K only.")

@@ -2,9 +2,10 @@
 
 Per model: load the frozen base once, tokenise SST-2 (or the configured dataset) once, draw
 the training batches once (length-grouped, seeded, as `ltune train` does), build every
-variant, then time them in interleaved repeats (order reversed every other repeat, a
-matmul-peak probe at the start of each repeat) on the same batches. Ratios are computed
-per repeat, so machine load that drifts between repeats cancels out of them.
+variant, then time them on the same batches, interleaved step by step: a round is a dense
+matmul probe, then every variant taking one step on the round's batch (order reversed every
+other round); a repeat is `steps` rounds. Ratios are computed per repeat, so machine load
+that drifts (a shared machine) hits both sides of a ratio alike.
 """
 
 from __future__ import annotations
@@ -45,10 +46,24 @@ FLOPS_CONVENTION = ("4*N*tokens per training step, forward 2N + input-gradient b
                     "excluding embedding tables and the [CLS]-only pooler; tokens = real (non-pad) "
                     "text tokens + prompt positions that pass through the layers (prompt / lt_prompt). "
                     "Attention score FLOPs and the re-encoding mode's extra label forward are not counted.")
-# Label sets for the K-label evaluation: the dataset's own label texts first, then these.
-EXTRA_LABELS = ["neutral", "mixed", "angry", "happy", "sad", "funny", "boring", "exciting", "scary",
-                "romantic", "violent", "calm", "confusing", "clear", "long", "short", "old", "new",
-                "loud", "quiet", "bright", "dark"]
+# Label sets for the K-label evaluation: the dataset's own label texts first, then words from
+# this list that tokenise to as many tokens as they do (so that K is all that changes with K).
+EXTRA_LABELS = ["neutral", "mixed", "angry", "happy", "sad", "funny", "boring", "exciting", "scary", "calm",
+                "clear", "long", "short", "old", "new", "loud", "quiet", "bright", "dark", "good", "bad",
+                "great", "poor", "strong", "weak", "simple", "hard", "easy", "warm", "cold", "fast", "slow",
+                "rich", "free", "true", "false", "real", "fresh", "dull", "sharp", "safe", "wild", "young",
+                "big", "small", "romantic", "violent", "confusing"]
+
+
+def label_pool(words: list[str], tokenizer) -> list[str]:
+    """The dataset's label words, then EXTRA_LABELS of the same token length, then the rest."""
+    def n_tokens(t: str) -> int:
+        return len(tokenizer(t)["input_ids"])
+
+    longest = max(n_tokens(w) for w in words)
+    extra = [w for w in EXTRA_LABELS if w not in words]
+    same = [w for w in extra if n_tokens(w) == longest]
+    return words + same + [w for w in extra if w not in same]
 
 
 def describe(label: str) -> str:
@@ -70,6 +85,7 @@ class TrainVariant:
     skipped: str | None = None
     times: list[float] = field(default_factory=list)  # per repeat, all timed steps
     step_times: list[list[float]] = field(default_factory=list)  # per repeat, per timed step
+    peaks: list[float] = field(default_factory=list)  # per repeat: mean of its matmul probes
     cuda_peak: int = 0
     extra: dict = field(default_factory=dict)
     mem_spec: dict | None = None
@@ -211,25 +227,32 @@ def bench_model(spec: str, st: BenchSettings, say) -> dict:
             for idx in batches[v.batching][: st.warmup]:
                 v.runner.step(idx)
         v.extra["warmup_s"] = c.seconds
+    # A repeat = st.steps rounds; a round = every variant takes one step on the round's batch
+    # (order reversed every other round), after a dense matmul probe. Steps of different
+    # variants are seconds apart, so load that drifts on a shared machine hits all alike.
     peaks: list[float] = []
     for r in range(st.repeats):
-        peaks.append(measure.matmul_peak(device, dtype))
-        for v in (live if r % 2 == 0 else live[::-1]):
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            per_step = []
-            for idx in batches[v.batching][st.warmup:]:
+        per_step: dict[str, list[float]] = {v.key: [] for v in live}
+        probes = []
+        for j in range(st.steps):
+            probes.append(measure.matmul_peak(device, dtype, st.probe_n, reps=2))
+            for v in (live if (r * st.steps + j) % 2 == 0 else live[::-1]):
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
                 with measure.Clock(device) as c:
-                    v.runner.step(idx)
-                per_step.append(c.seconds)
-            v.times.append(sum(per_step))
-            v.step_times.append(per_step)
-            if device.type == "cuda":
-                v.cuda_peak = max(v.cuda_peak, torch.cuda.max_memory_allocated(device))
-        say(f"[{cfg0.model.name}] repeat {r + 1}/{st.repeats}: matmul peak {peaks[-1] / 1e9:.1f} GFLOP/s, "
+                    v.runner.step(batches[v.batching][st.warmup + j])
+                per_step[v.key].append(c.seconds)
+                if device.type == "cuda":
+                    v.cuda_peak = max(v.cuda_peak, torch.cuda.max_memory_allocated(device))
+        peaks += probes
+        for v in live:
+            v.times.append(sum(per_step[v.key]))
+            v.step_times.append(per_step[v.key])
+            v.peaks.append(float(np.mean(probes)))  # utilisation divides by this repeat's probes
+        say(f"[{cfg0.model.name}] repeat {r + 1}/{st.repeats}: matmul peak {np.median(probes) / 1e9:.1f} GFLOP/s, "
             + ", ".join(f"{v.key} {_eps(v, batches, st):.1f}" for v in live[:6]) + " ex/s")
 
-    train_rows = [_train_row(v, batches, st, N, peaks) for v in variants]
+    train_rows = [_train_row(v, batches, st, N) for v in variants]
     by_key = {v.key: v for v in variants}
 
     def ratio(a: str, b: str) -> dict | None:
@@ -272,16 +295,16 @@ def bench_model(spec: str, st: BenchSettings, say) -> dict:
     rng = np.random.default_rng(seed)
     eval_idx = np.sort(rng.choice(band, size=min(st.eval_texts, len(band)), replace=False))
     eval_enc = subset(enc, eval_idx)
-    label_pool = words + [w for w in EXTRA_LABELS if w not in words]
+    pool = label_pool(words, backbone.tokenizer)
     passes = []
-    ks = sorted(k for k in st.eval_ks if k <= len(label_pool))
+    ks = sorted(k for k in st.eval_ks if k <= len(pool))
     for m in ("prefix", "prompt", "lt_prefix", "lt_prompt"):
         # prefix / prompt score every label with one K-way head (one forward per text, any K):
         # timed at the smallest K only. The pair methods run K forwards per text.
         for K in (ks if m.startswith("lt_") else ks[:1]):
             if by_key[f"ltune {m}"].skipped:
                 continue
-            passes.append((m, K, EvalPass(cfg_for(m), backbone, label_pool[:K], eval_enc, device, autocast,
+            passes.append((m, K, EvalPass(cfg_for(m), backbone, pool[:K], eval_enc, device, autocast,
                                           batch_size=len(eval_enc))))
     say(f"[{cfg0.model.name}] timing evaluation: {len(passes)} passes over {len(eval_enc)} texts, K in {ks}")
     eval_times: dict[tuple, list[float]] = {(m, K): [] for m, K, _ in passes}
@@ -293,12 +316,14 @@ def bench_model(spec: str, st: BenchSettings, say) -> dict:
     # Each repeat also re-times the method's training step on the reference batch, so eval pairs/s
     # over training examples/s is a same-repeat ratio (load drifting between phases cancels).
     train_ref: dict[str, list[float]] = {m: [] for m, _, _ in passes}
+    eval_peaks: dict[tuple, list[float]] = {(m, K): [] for m, K, _ in passes}
     for r in range(st.eval_repeats):
         for m, K, p in (passes if r % 2 == 0 else passes[::-1]):
             if len(train_ref[m]) == r:
                 with measure.Clock(device) as c:
                     by_key[f"ltune {m}"].runner.step(ref)
                 train_ref[m].append(c.seconds)
+            eval_peaks[(m, K)].append(measure.matmul_peak(device, dtype, st.probe_n, reps=2))
             with measure.Clock(device) as c:
                 p.run()
             eval_times[(m, K)].append(c.seconds)
@@ -308,7 +333,14 @@ def bench_model(spec: str, st: BenchSettings, say) -> dict:
         ts = eval_times[(m, K)]
         pps = measure.summary([p.pairs / t for t in ts])
         train = measure.summary([len(ref) / t for t in train_ref[m]])
+        # 2*N per token of a forward; the tokens a pair puts through the layers: its text + prompt
+        # (prefix / prompt: one forward per text, however many labels it is scored against).
+        seqs = p.pairs if m.startswith("lt_") else p.texts
+        flops = 2 * N * (eval_tokens * seqs / p.texts + p.extra_positions * seqs)
         eval_rows.append({"method": m, "K": K, "texts": p.texts, "pairs": p.pairs,
+                          "utilisation": measure.summary(
+                              [flops / t / pk for t, pk in zip(ts, eval_peaks[(m, K)], strict=True)]),
+                          "label_tokens": int(p.setup.method.label_len) if m.startswith("lt_") else None,
                           "pairs_per_s": pps, "us_per_pair": 1e6 / pps["median"],
                           "text_tokens_per_s": eval_tokens * K / float(np.median(ts)),
                           "train_examples_per_s_same_lengths": train["median"],
@@ -324,7 +356,7 @@ def bench_model(spec: str, st: BenchSettings, say) -> dict:
         for key in ("ltune lt_prefix", "ltune prompt"):
             v = by_key.get(key)
             if v and v.runner is not None:
-                idx = batches["grouped"][st.warmup]
+                idx = batches["grouped"][st.warmup + st.steps // 2]  # the median timed batch
                 prof[key] = measure.profile_steps(lambda v=v, idx=idx: v.runner.step(idx), device)
                 prof[key]["batch_shape"] = [len(idx), int(max(len(enc.input_ids[i]) for i in idx))]
         profile = prof
@@ -358,7 +390,7 @@ def bench_model(spec: str, st: BenchSettings, say) -> dict:
     if st.memory:
         say(f"[{cfg0.model.name}] peak memory: {len(mem_variants)} variants, each from a clean state "
             f"in a child process")
-        mem = run_memory_child(base_ov, mem_variants, batches["grouped"][st.warmup:][: st.memory_steps],
+        mem = run_memory_child(base_ov, mem_variants, batches["grouped"][st.warmup:][-st.memory_steps:],
                                len(words), hw.num_threads)
         result["memory"] = mem
         for row in train_rows:
@@ -387,7 +419,7 @@ def _row(rows: list[dict], key: str) -> dict:
     return next(r for r in rows if r["key"] == key)
 
 
-def _train_row(v: TrainVariant, batches, st: BenchSettings, N: int, peaks: list[float]) -> dict:
+def _train_row(v: TrainVariant, batches, st: BenchSettings, N: int) -> dict:
     row = {"key": v.key, "group": v.group, "method": v.method, "impl": v.impl, "batching": v.batching,
            "label_tokens": v.label_tokens, "skipped": v.skipped, **v.extra}
     if v.skipped or not v.times:
@@ -404,7 +436,8 @@ def _train_row(v: TrainVariant, batches, st: BenchSettings, N: int, peaks: list[
         "examples_per_s": measure.summary([ex / t for t in v.times]),
         "ms_per_step": measure.summary([1e3 * t / len(timed) for t in v.times]),
         "flops_per_s": measure.summary([flops / t for t in v.times]),
-        "utilisation": measure.summary([flops / t / p for t, p in zip(v.times, peaks, strict=True)]),
+        "utilisation": measure.summary([flops / t / p for t, p in zip(v.times, v.peaks, strict=True)]),
+        "matmul_peak_flops": measure.summary(v.peaks),
     })
     if v.cuda_peak:
         row["cuda_max_allocated_mib"] = v.cuda_peak / 2**20

@@ -21,6 +21,7 @@ class BenchSettings:
     memory_steps: int = 2
     profile: bool = True
     compile: bool = False  # also time prefix / lt_prefix on a torch.compile'd base (slow to compile)
+    probe_n: int | None = None  # matmul probe size (None: 2048 on CPU, 8192 on CUDA)
     quick: bool = False
 
     def to_dict(self) -> dict:
@@ -32,4 +33,4 @@ def quick(models: list[str] | None = None, overrides: list[str] | None = None) -
     return BenchSettings(models=models or ["minilm"],
                          overrides=["dataset.train_limit=512", *(overrides or [])],
                          steps=2, warmup=1, repeats=2, label_lens=[4], eval_ks=[2, 5], eval_texts=8,
-                         eval_repeats=1, memory_steps=1, quick=True)
+                         eval_repeats=1, memory_steps=1, probe_n=256, quick=True)

@@ -59,14 +59,7 @@ class LtuneTrain:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.max_grad_norm = tc.max_grad_norm
         self.method.train()
-        # Positions each example adds in front of its text that go through every layer's weights.
-        name = cfg.method.name
-        if name == "prompt":
-            self.extra_positions = float(cfg.method.num_virtual_tokens)
-        elif name == "lt_prompt":
-            self.extra_positions = self.method.labels_frozen.mask.sum(1).float().mean().item()
-        else:  # prefixes only add keys/values to attention
-            self.extra_positions = 0.0
+        self.extra_positions = extra_positions(self.method)
         self.label_tokens = (int(self.method.label_len) if hasattr(self.method, "label_len") else None)
 
     def num_trainable(self) -> int:
@@ -151,6 +144,16 @@ class PeftTrain:
         self.opt.zero_grad(set_to_none=True)
 
 
+def extra_positions(method) -> float:
+    """Positions a method puts in front of each text that go through every layer's weights
+    (prompt: its virtual tokens, lt_prompt: the label's tokens; prefixes only add keys/values)."""
+    if method.name == "prompt":
+        return float(method.cfg.num_virtual_tokens)
+    if method.name == "lt_prompt":
+        return method.labels_frozen.mask.sum(1).float().mean().item()
+    return 0.0
+
+
 def real_tokens(enc: Encoded, idx: np.ndarray) -> int:
     return int(sum(len(enc.input_ids[i]) for i in idx))
 
@@ -179,6 +182,7 @@ class EvalPass:
         self.setup = Setup(cfg, None, backbone, method, None, enc, device, autocast)
         self.pairs = len(enc) * len(label_texts)
         self.texts = len(enc)
+        self.extra_positions = extra_positions(method)
         self.batch_size = batch_size
 
     def run(self) -> None:

@@ -149,7 +149,7 @@ class Backbone(nn.Module):
         every label (MiniLM: cosine 1.000 between "negative" and "positive"; 0.72 framed).
         """
         enc = [self.tokenizer(t)["input_ids"] for t in label_texts]
-        for t, ids in zip(label_texts, enc):
+        for t, ids in zip(label_texts, enc, strict=True):
             if not ids:
                 raise LtuneError(f"label text '{t}' tokenizes to nothing (dataset.label_texts).")
         length = label_len or max(len(ids) for ids in enc)

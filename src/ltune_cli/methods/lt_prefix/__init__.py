@@ -43,7 +43,7 @@ class LTPrefix(PairMethod):
         input the LM understands), instead of under random vectors the head cannot tell apart."""
         lab = self.labels_frozen
         target = self.backbone.reading_kv(lab.ids, lab.mask)  # (K, l, L, 2, kvh, hd)
-        K, l = lab.mask.shape
+        K = lab.mask.shape[0]
         if self.variant == "paper":
             pooled = (self.F(lab.states).squeeze(-1) * lab.mask).detach()  # (K, l)
             fit_linear(self.Z, pooled, target.reshape(K, -1))
