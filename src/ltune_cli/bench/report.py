@@ -31,8 +31,8 @@ def render(res: dict) -> str:
         f"Settings: {st['repeats']} repeats x {st['steps']} timed steps (after {st['warmup']} warm-up) per "
         f"variant, interleaved step by step (each round: every variant one step on the round's batch, the "
         f"random-batching row on its own); "
-        f"eval {st['eval_texts']} "
-        f"texts x K labels, {st['eval_repeats']} repeats; overrides {st['overrides'] or 'none'}  ",
+        f"eval {st['eval_texts'] or 'hardware.eval_batch_size'} texts x K labels, {st['eval_repeats']} repeats; "
+        f"overrides {st['overrides'] or 'none'}  ",
         "Numbers: median (min-max) over repeats; ratios are per-repeat ratios (same repeat, "
         "same batches), then median (min-max).  ",
         f"FLOPs: {res['conventions']['flops']}",

@@ -293,7 +293,8 @@ def bench_model(spec: str, st: BenchSettings, say) -> dict:
     lo, hi = int(enc.lengths[ref].min()), int(enc.lengths[ref].max())
     band = np.flatnonzero((enc.lengths >= lo) & (enc.lengths <= hi))
     rng = np.random.default_rng(seed)
-    eval_idx = np.sort(rng.choice(band, size=min(st.eval_texts, len(band)), replace=False))
+    n_eval = st.eval_texts or hw.eval_batch_size  # default: one eval batch of the engine's size
+    eval_idx = np.sort(rng.choice(band, size=min(n_eval, len(band)), replace=False))
     eval_enc = subset(enc, eval_idx)
     pool = label_pool(words, backbone.tokenizer)
     passes = []

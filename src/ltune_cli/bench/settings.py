@@ -14,7 +14,7 @@ class BenchSettings:
     repeats: int = 3  # interleaved repeats (median and spread are over these)
     label_lens: list[int] = field(default_factory=lambda: [4, 16])  # descriptive label texts
     eval_ks: list[int] = field(default_factory=lambda: [2, 5, 20])
-    eval_texts: int = 16  # texts per evaluation pass (each scored against K labels)
+    eval_texts: int | None = None  # texts per eval pass (x K pairs); None: hardware.eval_batch_size
     eval_repeats: int = 3
     peft: bool = True
     memory: bool = True  # peak memory, measured in a child process after the timings
@@ -31,6 +31,6 @@ class BenchSettings:
 def quick(models: list[str] | None = None, overrides: list[str] | None = None) -> BenchSettings:
     """A few steps on a small text sample: checks the whole command end to end in seconds."""
     return BenchSettings(models=models or ["minilm"],
-                         overrides=["dataset.train_limit=512", *(overrides or [])],
+                         overrides=["dataset.train_limit=512", "hardware.num_threads=1", *(overrides or [])],
                          steps=2, warmup=1, repeats=2, label_lens=[4], eval_ks=[2, 5], eval_texts=8,
                          eval_repeats=1, memory_steps=1, probe_n=256, quick=True)
