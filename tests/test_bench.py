@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_tokenizer, tiny_config
+from conftest import make_tokenizer, tiny_backbone, tiny_config
 from ltune_cli.cli import app
 
 
@@ -66,3 +66,24 @@ def test_bench_quick_end_to_end(tiny_bert_folder, tmp_path):
 def test_bench_rejects_bad_lists(tmp_path):
     result = CliRunner().invoke(app, ["bench", "--quick", "--eval-k", "1,x", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--eval-k" in result.output
+
+
+@pytest.mark.parametrize("family,name", [("bert", "lt_prefix"), ("llama", "lt_prompt"), ("gpt2", "lt_prefix")])
+def test_scores_in_chunks_equal_one_forward(family, name, monkeypatch):
+    """PairMethod.scores cuts many pairs into bounded forwards (CPU cache): same scores."""
+    from ltune_cli.config import MethodConfig
+    from ltune_cli.methods import build_method
+    from ltune_cli.methods.base import PairMethod
+
+    bb = tiny_backbone(family)
+    labels = ["negative", "positive", "not neutral", "sports", "world"]
+    method = build_method(MethodConfig(name=name), bb, labels).eval()
+    bb.tokenizer.padding_side = "right"
+    enc = bb.tokenizer(["the movie was good", "bad film", "it was a very dull plot and so sad"] * 3,
+                       padding=True, return_tensors="pt")
+    batch = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    monkeypatch.setattr(PairMethod, "SCORE_CHUNK_POSITIONS", {})
+    whole = method.scores(batch)
+    monkeypatch.setattr(PairMethod, "SCORE_CHUNK_POSITIONS", {"cpu": 40})  # 5-pair chunks here
+    chunked = method.scores(batch)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)

@@ -41,6 +41,7 @@ def main(spec_path: str, out_path: str) -> None:
     gc.collect()
     rss_runtime = measure.rss_bytes()
     backbone = load_backbone(cfg0.model, cfg0.hardware)
+    _touch(backbone.model)
     device = backbone.device
     cuda = device.type == "cuda"
     enc = encode_examples([data.train[i] for i in used], backbone.tokenizer, cfg0.model.max_length)
@@ -61,6 +62,7 @@ def main(spec_path: str, out_path: str) -> None:
         cfg = compose(base + v["overrides"])
         if v["kind"] == "peft":
             runner = PeftTrain(v["peft"], cfg, backbone, spec["num_labels"], enc, device, dtype, autocast)
+            _touch(runner.model)
             floor = rss_runtime  # PEFT loads its own copy of the weights: counted in its build
             cfloor = 0
         else:
@@ -80,6 +82,16 @@ def main(spec_path: str, out_path: str) -> None:
     out["ru_maxrss_mib"] = _ru_maxrss() / 2**20
     with open(out_path, "w") as f:
         json.dump(out, f)
+
+
+def _touch(model) -> None:
+    """Read every weight once. safetensors loads are memory-mapped: pages count in RSS only when
+    first touched, which would otherwise land in the step of whichever variant runs first."""
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.sum()
 
 
 def _ru_maxrss() -> int:

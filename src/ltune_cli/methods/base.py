@@ -159,11 +159,16 @@ class PairMethod(Method):
     def select(self, conditioning, idx: torch.Tensor):
         raise NotImplementedError
 
-    def _conditioning(self, label_idx: torch.Tensor):
-        """What each pair's text is encoded with, for labels `label_idx` (N,)."""
+    def _label_maps(self):
+        """The K labels' trainable maps of their cached frozen states (transform of all K)."""
+        return self.transform(self.labels_frozen.states, self.labels_frozen.mask)
+
+    def _conditioning(self, label_idx: torch.Tensor, maps=None):
+        """What each pair's text is encoded with, for labels `label_idx` (N,); `maps`: the K
+        label maps when the caller already computed them (_label_maps)."""
         if self.cfg.cache_label_states:
             # K label maps once, then a gather: the frozen states never change.
-            cond = self.transform(self.labels_frozen.states, self.labels_frozen.mask)
+            cond = self._label_maps() if maps is None else maps
             return self.select(cond, label_idx), self.labels_frozen.mask[label_idx]
         # Reference design: the label text goes through the frozen LM again for every pair.
         ids, mask = self.labels_frozen.ids[label_idx], self.labels_frozen.mask[label_idx]
@@ -171,8 +176,8 @@ class PairMethod(Method):
             states = self.backbone.hidden_states(ids, mask).float() * mask[..., None]
         return self.transform(states, mask), mask
 
-    def pair_logits(self, batch: dict, label_idx: torch.Tensor) -> torch.Tensor:
-        cond, mask = self._conditioning(label_idx)
+    def pair_logits(self, batch: dict, label_idx: torch.Tensor, maps=None) -> torch.Tensor:
+        cond, mask = self._conditioning(label_idx, maps)
         z = self.head(self.dropout(self.encode_with(batch, cond, mask).float()))  # (N, 2)
         return z[:, 1] - z[:, 0]
 
@@ -180,12 +185,25 @@ class PairMethod(Method):
         label_idx, target = draw_pairs(batch["labels"], self.num_labels, generator)
         return F.binary_cross_entropy_with_logits(self.pair_logits(batch, label_idx), target)
 
+    # Scoring cuts the B*K pairs of a batch into forwards of at most this many positions
+    # (pairs x (text + label) length) on these devices; elsewhere all pairs go in one forward.
+    # On a CPU a forward of a few thousand positions stays in the last-level cache: 20 labels x
+    # 64 texts (~11k positions) in one piece ran 15-20% slower per pair (BENCHMARKS.md).
+    SCORE_CHUNK_POSITIONS = {"cpu": 4096}
+
     def scores(self, batch: dict) -> torch.Tensor:
-        """(B, K): every text against every label, all pairs in one batched forward."""
-        B, K = batch["input_ids"].shape[0], self.num_labels
+        """(B, K): every text against every label, all pairs batched (in bounded chunks)."""
+        B, T = batch["input_ids"].shape
+        K, device = self.num_labels, batch["input_ids"].device
         expanded = {k: v.repeat_interleave(K, dim=0) for k, v in self.text_inputs(batch).items()}
-        label_idx = torch.arange(K, device=batch["input_ids"].device).repeat(B)
-        return self.pair_logits(expanded, label_idx).view(B, K)
+        label_idx = torch.arange(K, device=device).repeat(B)
+        n, limit = B * K, self.SCORE_CHUNK_POSITIONS.get(device.type)
+        per = n if limit is None else max(K, limit // (T + self.label_len))
+        # The K label maps once per batch, shared by its chunks.
+        maps = self._label_maps() if self.cfg.cache_label_states else None
+        logits = [self.pair_logits({k: v[i:i + per] for k, v in expanded.items()}, label_idx[i:i + per], maps)
+                  for i in range(0, n, per)]
+        return (logits[0] if len(logits) == 1 else torch.cat(logits)).view(B, K)
 
     def score_loss(self, scores, labels):
         """Mean BCE over the K pairs of each text (for K=2: one true, one wrong, as in training)."""

@@ -71,8 +71,8 @@ class Backbone(nn.Module):
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last-layer hidden states (B, T, d) of a plain forward (used for label texts)."""
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                         **self._positions(attention_mask, attention_mask.shape[1]))
+        out = self._forward(input_ids=input_ids, attention_mask=attention_mask,
+                            **self._positions(attention_mask, attention_mask.shape[1]))
         return out.last_hidden_state.to(self.device)  # device_map: back from the last block's device
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
@@ -116,8 +116,19 @@ class Backbone(nn.Module):
                               **self._positions(full, T))
             else:
                 kwargs.update(attention_mask=attention_mask, **self._positions(attention_mask, T))
-        hidden = self.model(**kwargs).last_hidden_state.to(self.device)  # (B, T', d)
+        hidden = self._forward(**kwargs).last_hidden_state.to(self.device)  # (B, T', d)
         return self.pool(hidden, text_mask)
+
+    def _forward(self, **kwargs):
+        """The frozen model's forward. On a CPU in bf16/fp16, SDPA's math kernel: torch's CPU
+        flash-attention backward in reduced precision ran 1.4-1.9x slower per training step at
+        these lengths (BENCHMARKS.md); fp32 is unaffected (both kernels took the same time)."""
+        if self.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.float16):
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel([SDPBackend.MATH]):
+                return self.model(**kwargs)
+        return self.model(**kwargs)
 
     def _positions(self, mask: torch.Tensor, length: int) -> dict:
         """position_ids of the last `length` columns of `mask`, counting real tokens only, so
