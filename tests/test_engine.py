@@ -132,19 +132,23 @@ def _cli(*args, **kw):
                             stderr=subprocess.STDOUT, text=True, env=env, **kw)
 
 
-def _wait_for_checkpoint(run, proc, timeout=120):
+def _wait_for_checkpoint(run, proc, step=1, timeout=120):
+    """Until the run has written the checkpoint of `step` (or a later one), or has ended."""
     t = time.time()
     while time.time() - t < timeout:
-        if checkpoint.list_checkpoints(run) or proc.poll() is not None:
+        found = checkpoint.list_checkpoints(run)
+        if (found and int(found[-1].stem.split("-")[1]) >= step) or proc.poll() is not None:
             return
-        time.sleep(0.05)
+        time.sleep(0.01)
 
 
 def test_sigkill_then_resume_is_bit_identical(sentiment_files, tmp_path, tiny_bert_dir):
-    """A subprocess killed with SIGKILL after a random checkpoint resumes to the same metrics."""
+    """A subprocess killed with SIGKILL after a random checkpoint resumes to the same metrics.
+    The kill follows a random checkpoint among the first half, so the run cannot finish first
+    however fast the machine is."""
     import random
 
-    steps = 30
+    steps = 120
     extra = {"train.checkpoint_every": 1, "train.eval_every": 5}
     train, dev = sentiment_files
     ov = tiny_overrides(train, dev, tmp_path / "ref", steps=steps, **{"model.path": tiny_bert_dir, **extra})
@@ -153,8 +157,7 @@ def test_sigkill_then_resume_is_bit_identical(sentiment_files, tmp_path, tiny_be
     run = tmp_path / "killed"
     ov = tiny_overrides(train, dev, run, steps=steps, **{"model.path": tiny_bert_dir, **extra})
     proc = _cli("train", *ov)
-    _wait_for_checkpoint(run, proc)
-    time.sleep(random.Random().uniform(0.0, 1.0))
+    _wait_for_checkpoint(run, proc, step=random.Random().randint(1, steps // 2))
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (run / "results.json").exists(), "the run finished before the kill; make it longer"

@@ -93,13 +93,54 @@ def test_decoders_pool_last_real_token_either_padding_side(family, name):
     torch.testing.assert_close(right, left, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("family", sorted(DECODERS))
+@pytest.mark.parametrize("name", ["prompt", "lt_prompt"])
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("cached", [True, False])
+def test_decoder_reads_a_shared_prompt_once_same_as_prepending_it(family, name, padding_side, cached,
+                                                                   monkeypatch):
+    """A causal decoder reads a prompt once per forward and hands its keys/values to every text
+    behind it: the same loss, gradients and scores as prepending it to each text."""
+    from ltune_cli.models.backbone import Backbone
+
+    bb, method = build(family, name, cache_label_states=cached)
+    method.eval()  # no dropout: the two runs must see the same computation
+    batch = make_batch(bb, padding_side=padding_side)
+    rows = []
+    bb.model.register_forward_pre_hook(
+        lambda m, a, kw: rows.append((kw.get("input_ids") if kw.get("input_ids") is not None
+                                      else kw["inputs_embeds"]).shape[0]), with_kwargs=True)
+
+    def run():
+        method.zero_grad()
+        loss = method.training_loss(batch, torch.Generator().manual_seed(0))
+        loss.backward()
+        with torch.no_grad():
+            scores = method.scores(batch)
+        return loss.detach(), scores, {k: p.grad.clone() for k, p in method.named_parameters()
+                                       if p.requires_grad}
+
+    assert bb.shares_prompt
+    shared = run()
+    distinct = 1 if name == "prompt" else (len(LABELS) if cached else 3)  # re-encoding: one per pair
+    assert rows[0] == distinct and rows[1] == 3, rows  # the prompt(s) once, then the 3 texts
+    monkeypatch.setattr(Backbone, "shares_prompt", property(lambda self: False))
+    rows.clear()
+    prepended = run()
+    assert rows[0] == 3  # one forward of prompt + text per text
+    torch.testing.assert_close(shared[0], prepended[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(shared[1], prepended[1], atol=1e-4, rtol=1e-4)
+    for k in prepended[2]:
+        torch.testing.assert_close(shared[2][k], prepended[2][k], atol=1e-5, rtol=1e-3, msg=k)
+
+
 @pytest.mark.parametrize("family", ["bert", "llama"])
 def test_prefix_changes_the_encoding(family):
     bb, method = build(family, "lt_prefix")
     batch = make_batch(bb)
     plain = bb.encode(batch["input_ids"], batch["attention_mask"])
-    cond, mask = method._conditioning(torch.tensor([0, 1, 2]))
-    with_prefix = method.encode_with(method.text_inputs(batch), cond, mask)
+    table, mask, idx = method._conditioning(torch.tensor([0, 1, 2]))
+    with_prefix = method.encode_with(method.text_inputs(batch), table, mask, idx)
     assert (plain - with_prefix).abs().max() > 1e-3
 
 

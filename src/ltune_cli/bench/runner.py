@@ -43,9 +43,11 @@ log = logging.getLogger("ltune")
 SCHEMA = "ltune.bench/1"
 FLOPS_CONVENTION = ("4*N*tokens per training step, forward 2N + input-gradient backward 2N per token "
                     "(frozen weights: no weight-gradient GEMMs). N = parameters of the frozen LM "
-                    "excluding embedding tables and the [CLS]-only pooler; tokens = real (non-pad) "
-                    "text tokens + prompt positions that pass through the layers (prompt / lt_prompt). "
-                    "Attention score FLOPs and the re-encoding mode's extra label forward are not counted.")
+                    "excluding embedding tables and the [CLS]-only pooler; tokens = the real (non-pad) "
+                    "positions the step's forwards put through the layers, counted by a hook: the texts' "
+                    "tokens + prompt positions (prompt / lt_prompt; a prompt a decoder reads once per "
+                    "forward counts once). Attention score FLOPs and the re-encoding mode's extra label "
+                    "forward (no grad) are not counted.")
 # Label sets for the K-label evaluation: the dataset's own label texts first, then words from
 # this list that tokenise to as many tokens as they do (so that K is all that changes with K).
 EXTRA_LABELS = ["neutral", "mixed", "angry", "happy", "sad", "funny", "boring", "exciting", "scary", "calm",
@@ -178,7 +180,7 @@ def bench_model(spec: str, st: BenchSettings, say) -> dict:
             v.label_tokens = v.runner.label_tokens
         except LtuneError as e:
             v.skipped = str(e)
-        except Exception as e:  # noqa: BLE001 - a what-if this machine lacks (fused AdamW, compile)
+        except Exception as e:  # noqa: BLE001 - a what-if this machine lacks (compile)
             if group != "whatif":
                 raise
             v.skipped = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -207,8 +209,9 @@ def bench_model(spec: str, st: BenchSettings, say) -> dict:
                 tag = "ltune" if impl == "ltune" else "re-encode"
                 add_ltune(f"{tag} {m} l={n}", "label_len", m, described, [f"method.label_len={n}", *extra], impl)
     add_ltune("ltune lt_prefix, random batches", "batching", "lt_prefix", words, batching="random")
-    # What-ifs (not what `ltune train` runs): a fused AdamW step, and torch.compile (--compile).
-    add_ltune("ltune lt_prefix, fused AdamW", "whatif", "lt_prefix", words, fused_adamw=True)
+    # What-ifs (not what `ltune train` runs): torch's default for-loop AdamW (the engine's is fused
+    # where torch has it), and torch.compile (--compile).
+    add_ltune("ltune lt_prefix, for-loop AdamW", "whatif", "lt_prefix", words, loop_adamw=True)
     if st.compile:
         compiled = load_backbone(cfg_for("prefix", "hardware.compile=true").model,
                                  cfg_for("prefix", "hardware.compile=true").hardware)
@@ -267,7 +270,8 @@ def bench_model(spec: str, st: BenchSettings, say) -> dict:
         "ltune prompt / peft prompt": ratio("ltune prompt", "peft prompt"),
         "lt_prefix / prefix": ratio("ltune lt_prefix", "ltune prefix"),
         "lt_prompt / prompt": ratio("ltune lt_prompt", "ltune prompt"),
-        "lt_prefix with fused AdamW / engine's AdamW": ratio("ltune lt_prefix, fused AdamW", "ltune lt_prefix"),
+        "lt_prefix with the engine's AdamW / for-loop AdamW": ratio("ltune lt_prefix",
+                                                                     "ltune lt_prefix, for-loop AdamW"),
         "prefix compiled / eager": ratio("ltune prefix, compiled", "ltune prefix"),
         "lt_prefix compiled / eager": ratio("ltune lt_prefix, compiled", "ltune lt_prefix"),
         "length-grouped / random batches (lt_prefix)": ratio("ltune lt_prefix", "ltune lt_prefix, random batches"),
@@ -334,10 +338,9 @@ def bench_model(spec: str, st: BenchSettings, say) -> dict:
         ts = eval_times[(m, K)]
         pps = measure.summary([p.pairs / t for t in ts])
         train = measure.summary([len(ref) / t for t in train_ref[m]])
-        # 2*N per token of a forward; the tokens a pair puts through the layers: its text + prompt
-        # (prefix / prompt: one forward per text, however many labels it is scored against).
-        seqs = p.pairs if m.startswith("lt_") else p.texts
-        flops = 2 * N * (eval_tokens * seqs / p.texts + p.extra_positions * seqs)
+        # 2*N per position of a forward, positions counted by the pass's hook: each pair's text (pair
+        # methods) or each text once (K-way heads), + prompt positions.
+        flops = 2 * N * p.positions()
         eval_rows.append({"method": m, "K": K, "texts": p.texts, "pairs": p.pairs,
                           "utilisation": measure.summary(
                               [flops / t / pk for t, pk in zip(ts, eval_peaks[(m, K)], strict=True)]),
@@ -429,7 +432,7 @@ def _train_row(v: TrainVariant, batches, st: BenchSettings, N: int) -> dict:
     ex = sum(len(b) for b in timed)
     real = sum(real_tokens(v.runner.enc, b) for b in timed)
     padded = sum(padded_tokens(v.runner.enc, b) for b in timed)
-    through = real + v.runner.extra_positions * ex
+    through = sum(v.runner.count.positions(b) for b in timed)
     flops = 4 * N * through
     row.update({
         "trainable_params": v.runner.num_trainable(),

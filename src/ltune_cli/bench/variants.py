@@ -36,12 +36,48 @@ def matmul_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)
 
 
+class PositionCount:
+    """Counts the positions a model's forwards put through its layers: the real (unmasked) new
+    columns of each forward's attention mask (a prefix's keys/values are not positions; a prompt
+    a decoder reads once counts once). With `grad_only`, forwards run without grad are left out
+    (the re-encoding mode's label forward is not part of the 4*N*tokens of a training step).
+    Counted per batch as a tensor (no device sync in the timed step)."""
+
+    def __init__(self, module: torch.nn.Module, grad_only: bool):
+        self.module, self.grad_only = module, grad_only
+        self.by_batch: dict[tuple, torch.Tensor | int] = {}
+        self._now: torch.Tensor | int = 0
+
+    def _hook(self, module, args, kwargs) -> None:
+        if self.grad_only and not torch.is_grad_enabled():
+            return
+        x = kwargs.get("input_ids")
+        if x is None:
+            x = args[0] if args and args[0] is not None else kwargs.get("inputs_embeds")
+        mask = kwargs.get("attention_mask")
+        T = x.shape[1]
+        self._now = self._now + (mask[:, -T:].sum() if mask is not None else x.shape[0] * T)
+
+    @contextlib.contextmanager
+    def batch(self, idx: np.ndarray):
+        self._now = 0
+        handle = self.module.register_forward_pre_hook(self._hook, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+            self.by_batch[tuple(int(i) for i in idx)] = self._now
+
+    def positions(self, idx: np.ndarray) -> float:
+        return float(self.by_batch[tuple(int(i) for i in idx)])
+
+
 class LtuneTrain:
     impl = "ltune"
 
     def __init__(self, cfg, backbone, label_texts: list[str], enc: Encoded, device, autocast,
-                 fused_adamw: bool = False):
-        from ltune_cli.engine import lr_lambda, seed_everything
+                 loop_adamw: bool = False):
+        from ltune_cli.engine import lr_lambda, make_optimizer, seed_everything
         from ltune_cli.methods import build_method
 
         self.cfg, self.enc, self.backbone, self.autocast = cfg, enc, backbone, autocast
@@ -51,15 +87,16 @@ class LtuneTrain:
         self.params = self.method.trainable_parameters()
         tc = cfg.train
         lr = tc.lr if tc.lr is not None else cfg.method.lr
-        # The engine's optimizer; fused_adamw=True is a what-if (one pass per step, no temporaries).
-        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=tc.weight_decay,
-                                     **({"fused": True} if fused_adamw else {}))
+        # The engine's optimizer; loop_adamw=True is the what-if of torch's default for-loop AdamW.
+        groups = self.method.param_groups(lr)
+        self.opt = (torch.optim.AdamW(groups, weight_decay=tc.weight_decay) if loop_adamw
+                    else make_optimizer(groups, tc.weight_decay))
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lr_lambda(int(tc.warmup_ratio * tc.max_steps), tc.max_steps))
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.max_grad_norm = tc.max_grad_norm
         self.method.train()
-        self.extra_positions = extra_positions(self.method)
+        self.count = PositionCount(backbone.model, grad_only=True)
         self.label_tokens = (int(self.method.label_len) if hasattr(self.method, "label_len") else None)
 
     def num_trainable(self) -> int:
@@ -68,9 +105,10 @@ class LtuneTrain:
     def step(self, idx: np.ndarray) -> None:
         b = self.backbone
         batch = collate(self.enc, idx, b.pad_id, b.padding_side, self.device)
-        with self.autocast():
-            loss = self.method.training_loss(batch, self.gen) * (len(idx) / len(idx))
-        loss.backward()
+        with self.count.batch(idx):
+            with self.autocast():
+                loss = self.method.training_loss(batch, self.gen) * (len(idx) / len(idx))
+            loss.backward()
         loss_val = loss.item()
         if not np.isfinite(loss_val):
             raise FloatingPointError(f"non-finite loss {loss_val}")
@@ -91,7 +129,7 @@ class PeftTrain:
         from transformers import AutoModelForSequenceClassification
         from transformers.utils import logging as hf_logging
 
-        from ltune_cli.engine import lr_lambda, seed_everything
+        from ltune_cli.engine import lr_lambda, make_optimizer, seed_everything
         from ltune_cli.models.offline import resolve
 
         self.enc, self.device, self.autocast = enc, device, autocast
@@ -119,11 +157,11 @@ class PeftTrain:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         tc = cfg.train
         lr = tc.lr if tc.lr is not None else cfg.method.lr
-        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=tc.weight_decay)
+        self.opt = make_optimizer([{"params": self.params, "lr": lr}], tc.weight_decay)  # as ltune's
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lr_lambda(int(tc.warmup_ratio * tc.max_steps), tc.max_steps))
         self.max_grad_norm = tc.max_grad_norm
-        self.extra_positions = float(P) if kind == "prompt" else 0.0
+        self.count = PositionCount(self.model.get_base_model().base_model, grad_only=True)
         self.label_tokens = None
 
     def num_trainable(self) -> int:
@@ -131,9 +169,10 @@ class PeftTrain:
 
     def step(self, idx: np.ndarray) -> None:
         batch = collate(self.enc, idx, self.pad_id, self.padding_side, self.device)
-        with self.autocast():
-            loss = self.model(**batch).loss
-        loss.backward()
+        with self.count.batch(idx):
+            with self.autocast():
+                loss = self.model(**batch).loss
+            loss.backward()
         loss_val = loss.item()
         if not np.isfinite(loss_val):
             raise FloatingPointError(f"non-finite loss {loss_val}")
@@ -142,16 +181,6 @@ class PeftTrain:
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
-
-
-def extra_positions(method) -> float:
-    """Positions a method puts in front of each text that go through every layer's weights
-    (prompt: its virtual tokens, lt_prompt: the label's tokens; prefixes only add keys/values)."""
-    if method.name == "prompt":
-        return float(method.cfg.num_virtual_tokens)
-    if method.name == "lt_prompt":
-        return method.labels_frozen.mask.sum(1).float().mean().item()
-    return 0.0
 
 
 def real_tokens(enc: Encoded, idx: np.ndarray) -> int:
@@ -182,10 +211,16 @@ class EvalPass:
         self.setup = Setup(cfg, None, backbone, method, None, enc, device, autocast)
         self.pairs = len(enc) * len(label_texts)
         self.texts = len(enc)
-        self.extra_positions = extra_positions(method)
+        self.count = PositionCount(backbone.model, grad_only=False)
         self.batch_size = batch_size
 
     def run(self) -> None:
         from ltune_cli.engine import evaluate
 
-        evaluate(self.setup, batch_size=self.batch_size)
+        with self.count.batch(np.arange(0)):  # the whole pass
+            evaluate(self.setup, batch_size=self.batch_size)
+
+    def positions(self) -> float:
+        """Positions one pass puts through the layers (texts, once per pair for pair methods,
+        + prompt positions)."""
+        return self.count.positions(np.arange(0))

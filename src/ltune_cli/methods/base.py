@@ -153,10 +153,9 @@ class PairMethod(Method):
         """Trainable map of label states to what the text is encoded with (prompt or prefix)."""
         raise NotImplementedError
 
-    def encode_with(self, batch: dict, conditioning, mask: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def select(self, conditioning, idx: torch.Tensor):
+    def encode_with(self, batch: dict, table, mask: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Pooled encodings of the pairs: text i of `batch` read with row idx[i] of `table` (the
+        transformed labels, mask (U, l))."""
         raise NotImplementedError
 
     def _label_maps(self):
@@ -164,21 +163,21 @@ class PairMethod(Method):
         return self.transform(self.labels_frozen.states, self.labels_frozen.mask)
 
     def _conditioning(self, label_idx: torch.Tensor, maps=None):
-        """What each pair's text is encoded with, for labels `label_idx` (N,); `maps`: the K
-        label maps when the caller already computed them (_label_maps)."""
+        """(table, mask, idx): transformed labels, their mask, and the row each pair reads.
+        `maps`: the K label maps when the caller already computed them (_label_maps)."""
         if self.cfg.cache_label_states:
-            # K label maps once, then a gather: the frozen states never change.
+            # K label maps once; each pair reads its row (a gather, or a shared prompt read once).
             cond = self._label_maps() if maps is None else maps
-            return self.select(cond, label_idx), self.labels_frozen.mask[label_idx]
+            return cond, self.labels_frozen.mask, label_idx
         # Reference design: the label text goes through the frozen LM again for every pair.
         ids, mask = self.labels_frozen.ids[label_idx], self.labels_frozen.mask[label_idx]
         with torch.no_grad():
             states = self.backbone.hidden_states(ids, mask).float() * mask[..., None]
-        return self.transform(states, mask), mask
+        return self.transform(states, mask), mask, None
 
     def pair_logits(self, batch: dict, label_idx: torch.Tensor, maps=None) -> torch.Tensor:
-        cond, mask = self._conditioning(label_idx, maps)
-        z = self.head(self.dropout(self.encode_with(batch, cond, mask).float()))  # (N, 2)
+        table, mask, idx = self._conditioning(label_idx, maps)
+        z = self.head(self.dropout(self.encode_with(batch, table, mask, idx).float()))  # (N, 2)
         return z[:, 1] - z[:, 0]
 
     def training_loss(self, batch, generator):

@@ -75,23 +75,45 @@ class Backbone(nn.Module):
                             **self._positions(attention_mask, attention_mask.shape[1]))
         return out.last_hidden_state.to(self.device)  # device_map: back from the last block's device
 
+    @property
+    def shares_prompt(self) -> bool:
+        """Whether a prompt is read once and handed to its texts as a key/value prefix.
+
+        In a causal decoder the prompt's positions never attend to the text after them, so
+        their keys/values are the same for every text behind the same prompt: `prompt` reads
+        its P soft tokens once per forward (not once per text), `lt_prompt` its K label
+        prompts. The text then attends to them exactly as in one concatenated forward
+        (tests/test_methods.py checks scores and gradients). Needs a key/value cache and
+        last-token pooling (the pooled state is then a text position)."""
+        return self.geo.kind == "decoder" and self.family.kv_cache and self.pooling == "last"
+
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                token_type_ids: torch.Tensor | None = None,
                prompt: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None,
+               prompt_index: torch.Tensor | None = None,
                prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
                prefix_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled representation (B, d) of a text batch.
 
-        input_ids, attention_mask: (B, T). prompt: (B, P, d) soft embeddings placed before the
-        text, prompt_mask (B, P). prefix: per layer (key, value), each (B, kv_heads, P, head_dim),
-        prefix_mask (B, P). The attention mask always covers prefix/prompt + text.
+        input_ids, attention_mask: (B, T). prompt: (U, P, d) soft embeddings placed before the
+        text, prompt_mask (U, P); text i reads prompt prompt_index[i] (default: prompt i, or
+        the one prompt when U == 1). prefix: per layer (key, value), each (B, kv_heads, P,
+        head_dim), prefix_mask (B, P). The attention mask always covers prefix/prompt + text.
         """
         B, T = input_ids.shape
         kwargs: dict = {}
         if prompt is not None:
+            U, P = prompt.shape[:2]
+            pm = prompt_mask if prompt_mask is not None else attention_mask.new_ones(U, P)
+            if self.shares_prompt:  # read the U prompts once; texts attend to their keys/values
+                prefix = [(_rows(k, prompt_index, B), _rows(v, prompt_index, B))
+                          for k, v in self.prompt_kv(prompt, pm)]
+                prefix_mask, prompt = _rows(pm, prompt_index, B), None
+            else:
+                prompt, pm = _rows(prompt.to(self.dtype), prompt_index, B), _rows(pm, prompt_index, B)
+        if prompt is not None:
             P = prompt.shape[1]
-            pm = prompt_mask if prompt_mask is not None else attention_mask.new_ones(B, P)
-            embeds = torch.cat([prompt.to(self.dtype), self.embed(input_ids)], dim=1)
+            embeds = torch.cat([prompt, self.embed(input_ids)], dim=1)
             mask = torch.cat([pm, attention_mask], dim=1)
             kwargs.update(inputs_embeds=embeds, attention_mask=mask, **self._positions(mask, P + T))
             if token_type_ids is not None and self.family.uses_token_type_ids:
@@ -118,6 +140,14 @@ class Backbone(nn.Module):
                 kwargs.update(attention_mask=attention_mask, **self._positions(attention_mask, T))
         hidden = self._forward(**kwargs).last_hidden_state.to(self.device)  # (B, T', d)
         return self.pool(hidden, text_mask)
+
+    def prompt_kv(self, prompt: torch.Tensor, mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The per-layer (key, value), each (U, kv_heads, P, head_dim), that the frozen LM writes
+        when it reads the soft tokens `prompt` (U, P, d); differentiable in `prompt`."""
+        cache = reading_cache_class()()
+        self._forward(inputs_embeds=prompt.to(self.dtype), attention_mask=mask, past_key_values=cache,
+                      use_cache=True, **self._positions(mask, mask.shape[1]))
+        return [cache.read[i] for i in range(len(cache.read))]
 
     def _forward(self, **kwargs):
         """The frozen model's forward. On a CPU in bf16/fp16, SDPA's math kernel: torch's CPU
@@ -195,6 +225,13 @@ class Backbone(nn.Module):
                              f"{layers[0].shape[2]} key/value heads) does not match the family table "
                              f"({self.geo.layers}, {self.geo.kv_heads}); set method.init_from_label=false.")
         return torch.stack(layers, 0).permute(2, 4, 0, 1, 3, 5).float().to(self.device)
+
+
+def _rows(x: torch.Tensor, index: torch.Tensor | None, n: int) -> torch.Tensor:
+    """Rows `index` of x; without an index, x itself, broadcast to n rows when it has one."""
+    if index is not None:
+        return x[index]
+    return x.expand(n, *x.shape[1:]) if x.shape[0] == 1 else x
 
 
 def _pad_id(tokenizer) -> int:
@@ -331,6 +368,27 @@ def enable_checkpointing(model: nn.Module) -> int:
 
 
 _PREFIX_CACHE: type | None = None
+_READING_CACHE: type | None = None
+
+
+def reading_cache_class() -> type:
+    """A cache that records what each layer writes and returns it unchanged; a block recomputed
+    in backward (gradient checkpointing) writes the same again, so a repeated write replaces."""
+    global _READING_CACHE
+    if _READING_CACHE is None:
+        from transformers import DynamicCache
+
+        class ReadingCache(DynamicCache):
+            def __init__(self):
+                super().__init__()
+                self.read: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+            def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+                self.read[layer_idx] = (key_states, value_states)
+                return key_states, value_states
+
+        _READING_CACHE = ReadingCache
+    return _READING_CACHE
 
 
 def prefix_cache_class() -> type:

@@ -62,10 +62,9 @@ class LTPrefix(PairMethod):
             flat = self.Z(states)  # (N, l, L * 2 * kv_dim)
         return flat.view(N, l, g.layers, 2, g.kv_heads, g.head_dim)
 
-    def select(self, prefix, idx):
-        return prefix[idx]
-
-    def encode_with(self, batch, prefix, mask):
+    def encode_with(self, batch, prefix, mask, idx):
+        if idx is not None:
+            prefix, mask = prefix[idx], mask[idx]
         # The paper variant's l positions are all produced by Z: every one is attended.
         pmask = mask if self.variant != "paper" else mask.new_ones(mask.shape)
         kv = prefix.permute(2, 3, 0, 4, 1, 5)  # (L, 2, N, kv_heads, l, head_dim)

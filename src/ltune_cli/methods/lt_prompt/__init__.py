@@ -33,8 +33,7 @@ class LTPrompt(PairMethod):
     def transform(self, states, mask):
         return self.G(states) * mask[..., None]  # (N, l, d)
 
-    def select(self, prompt, idx):
-        return prompt[idx]
-
-    def encode_with(self, batch, prompt, mask):
-        return self.backbone.encode(**self.text_inputs(batch), prompt=prompt, prompt_mask=mask)
+    def encode_with(self, batch, prompt, mask, idx):
+        # The K label prompts go to the backbone whole: a decoder reads each once (shares_prompt).
+        return self.backbone.encode(**self.text_inputs(batch), prompt=prompt, prompt_mask=mask,
+                                    prompt_index=idx)

@@ -28,6 +28,5 @@ class Prompt(ClassifierMethod):
         self.prompt = nn.Parameter(init)
 
     def encode(self, batch):
-        B = batch["input_ids"].shape[0]
-        prompt = self.prompt.unsqueeze(0).expand(B, -1, -1)
-        return self.backbone.encode(**self.text_inputs(batch), prompt=prompt)
+        # One prompt for every text (a decoder reads it once per forward: Backbone.shares_prompt).
+        return self.backbone.encode(**self.text_inputs(batch), prompt=self.prompt.unsqueeze(0))
