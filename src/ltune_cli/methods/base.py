@@ -184,11 +184,11 @@ class PairMethod(Method):
         label_idx, target = draw_pairs(batch["labels"], self.num_labels, generator)
         return F.binary_cross_entropy_with_logits(self.pair_logits(batch, label_idx), target)
 
-    # Scoring cuts the B*K pairs of a batch into forwards of at most this many positions
+    # Scoring cuts the B*K pairs of a batch into equal forwards of at most this many positions
     # (pairs x (text + label) length) on these devices; elsewhere all pairs go in one forward.
-    # On a CPU a forward of a few thousand positions stays in the last-level cache: 20 labels x
-    # 64 texts (~11k positions) in one piece ran 15-20% slower per pair (BENCHMARKS.md).
-    SCORE_CHUNK_POSITIONS = {"cpu": 4096}
+    # On a CPU a forward of 1-4k positions keeps its activations in cache: MiniLM, 20 labels x
+    # 64 texts (~16k positions) in one piece cost 14-25% more per pair (BENCHMARKS.md).
+    SCORE_CHUNK_POSITIONS = {"cpu": 2048}
 
     def scores(self, batch: dict) -> torch.Tensor:
         """(B, K): every text against every label, all pairs batched (in bounded chunks)."""
@@ -197,7 +197,8 @@ class PairMethod(Method):
         expanded = {k: v.repeat_interleave(K, dim=0) for k, v in self.text_inputs(batch).items()}
         label_idx = torch.arange(K, device=device).repeat(B)
         n, limit = B * K, self.SCORE_CHUNK_POSITIONS.get(device.type)
-        per = n if limit is None else max(K, limit // (T + self.label_len))
+        chunks = 1 if limit is None else -(-n * (T + self.label_len) // limit)
+        per = -(-n // chunks)  # equal chunks: no small remainder forward
         # The K label maps once per batch, shared by its chunks.
         maps = self._label_maps() if self.cfg.cache_label_states else None
         logits = [self.pair_logits({k: v[i:i + per] for k, v in expanded.items()}, label_idx[i:i + per], maps)

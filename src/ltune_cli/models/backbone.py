@@ -289,7 +289,8 @@ def load_backbone(model_cfg, hardware_cfg=None, *, model=None, tokenizer=None) -
         enable_checkpointing(model)
     if getattr(hw, "compile", False):
         # torch.compile the frozen base (dynamic shapes: batches are padded to their own longest).
-        # Off by default: on a 2-core CPU MiniLM compiles for ~80 s to save ~8% a step (BENCHMARKS.md).
+        # Off by default: on one CPU thread MiniLM spent ~11 s compiling before its first step to
+        # save ~7% a step afterwards (BENCHMARKS.md, benchmarks/results-compile-minilm).
         model.compile(dynamic=True)
     return Backbone(model, tokenizer, geo, pooling=model_cfg.pooling, max_length=model_cfg.max_length,
                     padding_side=model_cfg.padding_side)
