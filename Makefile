@@ -33,7 +33,7 @@ test-all: install
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: install
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests scripts
 
 bench: install
 	$(BIN)/ltune bench $(ARGS)

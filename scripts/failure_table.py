@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from failure_cases import CASES  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
+from failure_cases import CASES  # noqa: E402
 from ltune_cli.cli import app  # noqa: E402
 
 EXTRA = [
