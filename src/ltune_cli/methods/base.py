@@ -187,7 +187,7 @@ class PairMethod(Method):
     # Scoring cuts the B*K pairs of a batch into equal forwards of at most this many positions
     # (pairs x (text + label) length) on these devices; elsewhere all pairs go in one forward.
     # On a CPU a forward of 1-4k positions keeps its activations in cache: MiniLM, 20 labels x
-    # 64 texts (~16k positions) in one piece cost 14-25% more per pair (BENCHMARKS.md).
+    # 64 texts (~16k positions) in one piece cost 6-20% more per pair (scripts/eval_chunk_sizes.py).
     SCORE_CHUNK_POSITIONS = {"cpu": 2048}
 
     def scores(self, batch: dict) -> torch.Tensor:

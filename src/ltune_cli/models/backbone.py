@@ -150,9 +150,9 @@ class Backbone(nn.Module):
         return [cache.read[i] for i in range(len(cache.read))]
 
     def _forward(self, **kwargs):
-        """The frozen model's forward. On a CPU in bf16/fp16, SDPA's math kernel: torch's CPU
-        flash-attention backward in reduced precision ran 1.4-1.9x slower per training step at
-        these lengths (BENCHMARKS.md); fp32 is unaffected (both kernels took the same time)."""
+        """The frozen model's forward. On a CPU in bf16/fp16, SDPA's math kernel: with torch's
+        default (flash) kernel a MiniLM training step ran 1.4-1.8x slower at these lengths
+        (scripts/bf16_attention_kernel.py, BENCHMARKS.md); fp32 keeps torch's choice."""
         if self.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.float16):
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
