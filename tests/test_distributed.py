@@ -117,12 +117,15 @@ def test_two_processes_equal_one_and_write_one_folder(files, bert_dir, one_proc,
     assert_same_run(out, one_proc)
 
 
-def test_fsdp_two_processes_equal_one(files, tmp_path_factory, tmp_path):
-    """The frozen base sharded over 2 gloo processes (FSDP2, one group per block) computes the same."""
+@pytest.mark.parametrize("method", ["prefix", "lt_prompt"])
+def test_fsdp_two_processes_equal_one(files, tmp_path_factory, tmp_path, method):
+    """The frozen base sharded over 2 gloo processes (FSDP2, one group per block) computes the same.
+    lt_prompt on a decoder runs the sharded base twice a step (the shared label prompts, then the
+    texts) before one backward."""
     llama = save_tiny_model(tmp_path_factory.mktemp("dist-llama"), "llama")
-    ref = engine.train(compose(ov(files, tmp_path / "one", llama, ONE, method="prefix")))
+    ref = engine.train(compose(ov(files, tmp_path / "one", llama, ONE, method=method)))
     out = tmp_path / "fsdp"
-    code, log = run_cli(["train", *ov(files, out, llama, {**TWO, "hardware": "fsdp"}, method="prefix")], tmp_path)
+    code, log = run_cli(["train", *ov(files, out, llama, {**TWO, "hardware": "fsdp"}, method=method)], tmp_path)
     assert code == 0, log
     assert "fsdp: 2 blocks sharded over 2 processes" in log
     assert runfolder.read_results(out)["distributed"]["strategy"] == "fsdp"

@@ -131,7 +131,10 @@ def estimate(s, cfg, world: int = 1) -> dict:
     train_act = saved + transient_train
     # Evaluation keeps nothing: about one block's tensors at a time (x1.2: the embeddings and
     # the pooled output around it; calibrated on MiniLM and SmolLM2, docs/gpu.md).
-    eval_act = 1.2 * max(0, e1 - fixed) * E / layers
+    # Scoring may cut an eval batch into several forwards (PairMethod.scores on a CPU): the peak
+    # is one forward's worth of texts.
+    e_texts = min(E, method.texts_per_forward(E, int(s.eval_enc.lengths.max()), s.device))
+    eval_act = 1.2 * max(0, e1 - fixed) * e_texts / layers
     activations = max(train_act, eval_act)
     grads = trainable
     optimizer = 2 * n_train * 4

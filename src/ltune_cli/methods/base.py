@@ -49,6 +49,10 @@ class Method(nn.Module):
         """Per-example extra eval numbers (summed and averaged by the engine)."""
         return {}
 
+    def texts_per_forward(self, texts: int, length: int, device: torch.device) -> float:
+        """How many of `texts` texts of `length` tokens one scoring forward holds (memory.estimate)."""
+        return float(texts)
+
     # --- trainable weights ---------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -196,14 +200,22 @@ class PairMethod(Method):
         K, device = self.num_labels, batch["input_ids"].device
         expanded = {k: v.repeat_interleave(K, dim=0) for k, v in self.text_inputs(batch).items()}
         label_idx = torch.arange(K, device=device).repeat(B)
-        n, limit = B * K, self.SCORE_CHUNK_POSITIONS.get(device.type)
-        chunks = 1 if limit is None else -(-n * (T + self.label_len) // limit)
-        per = -(-n // chunks)  # equal chunks: no small remainder forward
+        n = B * K
+        per = self._pairs_per_forward(n, T, device)
         # The K label maps once per batch, shared by its chunks.
         maps = self._label_maps() if self.cfg.cache_label_states else None
         logits = [self.pair_logits({k: v[i:i + per] for k, v in expanded.items()}, label_idx[i:i + per], maps)
                   for i in range(0, n, per)]
         return (logits[0] if len(logits) == 1 else torch.cat(logits)).view(B, K)
+
+    def _pairs_per_forward(self, n: int, length: int, device: torch.device) -> int:
+        """Pairs in each of the equal scoring forwards of n pairs (no small remainder forward)."""
+        limit = self.SCORE_CHUNK_POSITIONS.get(device.type)
+        chunks = 1 if limit is None else -(-n * (length + self.label_len) // limit)
+        return -(-n // chunks)
+
+    def texts_per_forward(self, texts, length, device):
+        return self._pairs_per_forward(texts * self.num_labels, length, device) / self.num_labels
 
     def score_loss(self, scores, labels):
         """Mean BCE over the K pairs of each text (for K=2: one true, one wrong, as in training)."""
