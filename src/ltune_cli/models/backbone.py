@@ -230,7 +230,7 @@ class Backbone(nn.Module):
 def _rows(x: torch.Tensor, index: torch.Tensor | None, n: int) -> torch.Tensor:
     """Rows `index` of x; without an index, x itself, broadcast to n rows when it has one."""
     if index is not None:
-        return x[index]
+        return x[index.to(x.device)]  # device_map: a layer's keys may sit on another device
     return x.expand(n, *x.shape[1:]) if x.shape[0] == 1 else x
 
 
@@ -289,8 +289,8 @@ def load_backbone(model_cfg, hardware_cfg=None, *, model=None, tokenizer=None) -
         enable_checkpointing(model)
     if getattr(hw, "compile", False):
         # torch.compile the frozen base (dynamic shapes: batches are padded to their own longest).
-        # Off by default: on one CPU thread MiniLM spent ~11 s compiling before its first step to
-        # save ~7% a step afterwards (BENCHMARKS.md, benchmarks/results-compile-minilm).
+        # Off by default: on one CPU thread MiniLM spent ~14 s compiling before its first step to
+        # run ~15% faster a step afterwards (BENCHMARKS.md, benchmarks/results-compile-minilm).
         model.compile(dynamic=True)
     return Backbone(model, tokenizer, geo, pooling=model_cfg.pooling, max_length=model_cfg.max_length,
                     padding_side=model_cfg.padding_side)
