@@ -66,6 +66,15 @@ def count_saved():
     box["bytes"] = sum(seen.values())
 
 
+def forward_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The (B, T[, d]) input of a model forward seen by a forward pre-hook: input_ids, or
+    inputs_embeds when the ids are absent (given by keyword, or as the first positional)."""
+    x = kwargs.get("input_ids")
+    if x is None and args:
+        x = args[0]
+    return x if x is not None else kwargs.get("inputs_embeds")
+
+
 def _probe(s, enc, idx) -> tuple[int, int]:
     """(bytes autograd saves, sequences the frozen LM runs) for `method.scores` on rows idx."""
     from ltune_cli.batching import collate
@@ -74,11 +83,7 @@ def _probe(s, enc, idx) -> tuple[int, int]:
     seqs = {"n": 0}
 
     def count(module, args, kwargs):
-        x = kwargs.get("input_ids")
-        if x is None:
-            x = kwargs.get("inputs_embeds")
-        if x is None and args:
-            x = args[0]
+        x = forward_input(args, kwargs)
         if x is not None and torch.is_grad_enabled():
             seqs["n"] += x.shape[0]
 

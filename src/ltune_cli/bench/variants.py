@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ltune_cli.batching import Encoded, collate
+from ltune_cli.memory import forward_input
 
 
 def autocast_for(device: torch.device, dtype: torch.dtype):
@@ -51,9 +52,7 @@ class PositionCount:
     def _hook(self, module, args, kwargs) -> None:
         if self.grad_only and not torch.is_grad_enabled():
             return
-        x = kwargs.get("input_ids")
-        if x is None:
-            x = args[0] if args and args[0] is not None else kwargs.get("inputs_embeds")
+        x = forward_input(args, kwargs)
         mask = kwargs.get("attention_mask")
         T = x.shape[1]
         self._now = self._now + (mask[:, -T:].sum() if mask is not None else x.shape[0] * T)
@@ -72,42 +71,29 @@ class PositionCount:
         return float(self.by_batch[tuple(int(i) for i in idx)])
 
 
-class LtuneTrain:
-    impl = "ltune"
+class _TrainStep:
+    """What both runners share: the engine's optimizer and schedule, and the step around the
+    runner's own loss (collate, loss under autocast, backward, loss.item(), clipping, AdamW,
+    schedule, zero_grad)."""
 
-    def __init__(self, cfg, backbone, label_texts: list[str], enc: Encoded, device, autocast,
-                 loop_adamw: bool = False):
-        from ltune_cli.engine import lr_lambda, make_optimizer, seed_everything
-        from ltune_cli.methods import build_method
+    def _optimizer(self, groups: list[dict], tc, loop_adamw: bool = False) -> None:
+        from ltune_cli.engine import lr_lambda, make_optimizer
 
-        self.cfg, self.enc, self.backbone, self.autocast = cfg, enc, backbone, autocast
-        self.device = device
-        seed_everything(cfg.seed)  # as engine.build: method init independent of what ran before
-        self.method = build_method(cfg.method, backbone, label_texts).to(device)
-        self.params = self.method.trainable_parameters()
-        tc = cfg.train
-        lr = tc.lr if tc.lr is not None else cfg.method.lr
         # The engine's optimizer; loop_adamw=True is the what-if of torch's default for-loop AdamW.
-        groups = self.method.param_groups(lr)
         self.opt = (torch.optim.AdamW(groups, weight_decay=tc.weight_decay) if loop_adamw
                     else make_optimizer(groups, tc.weight_decay))
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lr_lambda(int(tc.warmup_ratio * tc.max_steps), tc.max_steps))
-        self.gen = torch.Generator().manual_seed(cfg.seed)
         self.max_grad_norm = tc.max_grad_norm
-        self.method.train()
-        self.count = PositionCount(backbone.model, grad_only=True)
-        self.label_tokens = (int(self.method.label_len) if hasattr(self.method, "label_len") else None)
 
-    def num_trainable(self) -> int:
-        return self.method.num_trainable()
+    def loss(self, batch: dict, n: int) -> torch.Tensor:
+        raise NotImplementedError
 
     def step(self, idx: np.ndarray) -> None:
-        b = self.backbone
-        batch = collate(self.enc, idx, b.pad_id, b.padding_side, self.device)
+        batch = collate(self.enc, idx, self.pad_id, self.padding_side, self.device)
         with self.count.batch(idx):
             with self.autocast():
-                loss = self.method.training_loss(batch, self.gen) * (len(idx) / len(idx))
+                loss = self.loss(batch, len(idx))
             loss.backward()
         loss_val = loss.item()
         if not np.isfinite(loss_val):
@@ -119,7 +105,44 @@ class LtuneTrain:
         self.opt.zero_grad(set_to_none=True)
 
 
-class PeftTrain:
+class LtuneTrain(_TrainStep):
+    impl = "ltune"
+
+    def __init__(self, cfg, backbone, label_texts: list[str], enc: Encoded, device, autocast,
+                 loop_adamw: bool = False):
+        from ltune_cli.engine import seed_everything
+        from ltune_cli.methods import build_method
+
+        self.cfg, self.enc, self.backbone, self.autocast = cfg, enc, backbone, autocast
+        self.device = device
+        seed_everything(cfg.seed)  # as engine.build: method init independent of what ran before
+        self.method = build_method(cfg.method, backbone, label_texts).to(device)
+        self.params = self.method.trainable_parameters()
+        tc = cfg.train
+        lr = tc.lr if tc.lr is not None else cfg.method.lr
+        self._optimizer(self.method.param_groups(lr), tc, loop_adamw)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.method.train()
+        self.count = PositionCount(backbone.model, grad_only=True)
+        self.label_tokens = (int(self.method.label_len) if hasattr(self.method, "label_len") else None)
+
+    @property
+    def pad_id(self) -> int:
+        return self.backbone.pad_id
+
+    @property
+    def padding_side(self) -> str:
+        return self.backbone.padding_side
+
+    def num_trainable(self) -> int:
+        return self.method.num_trainable()
+
+    def loss(self, batch, n):
+        # engine._step's scaling of a micro-batch's loss, with one micro-batch
+        return self.method.training_loss(batch, self.gen) * (n / n)
+
+
+class PeftTrain(_TrainStep):
     """HF PEFT PromptTuning / PrefixTuning + AutoModelForSequenceClassification, same step."""
 
     impl = "peft"
@@ -129,7 +152,7 @@ class PeftTrain:
         from transformers import AutoModelForSequenceClassification
         from transformers.utils import logging as hf_logging
 
-        from ltune_cli.engine import lr_lambda, make_optimizer, seed_everything
+        from ltune_cli.engine import seed_everything
         from ltune_cli.models.offline import resolve
 
         self.enc, self.device, self.autocast = enc, device, autocast
@@ -157,30 +180,15 @@ class PeftTrain:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         tc = cfg.train
         lr = tc.lr if tc.lr is not None else cfg.method.lr
-        self.opt = make_optimizer([{"params": self.params, "lr": lr}], tc.weight_decay)  # as ltune's
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lr_lambda(int(tc.warmup_ratio * tc.max_steps), tc.max_steps))
-        self.max_grad_norm = tc.max_grad_norm
+        self._optimizer([{"params": self.params, "lr": lr}], tc)  # as ltune's
         self.count = PositionCount(self.model.get_base_model().base_model, grad_only=True)
         self.label_tokens = None
 
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.params)
 
-    def step(self, idx: np.ndarray) -> None:
-        batch = collate(self.enc, idx, self.pad_id, self.padding_side, self.device)
-        with self.count.batch(idx):
-            with self.autocast():
-                loss = self.model(**batch).loss
-            loss.backward()
-        loss_val = loss.item()
-        if not np.isfinite(loss_val):
-            raise FloatingPointError(f"non-finite loss {loss_val}")
-        if self.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
+    def loss(self, batch, n):
+        return self.model(**batch).loss
 
 
 def real_tokens(enc: Encoded, idx: np.ndarray) -> int:
