@@ -157,9 +157,9 @@ class PairMethod(Method):
         """Trainable map of label states to what the text is encoded with (prompt or prefix)."""
         raise NotImplementedError
 
-    def encode_with(self, batch: dict, table, mask: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def encode_with(self, batch: dict, table, mask: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
         """Pooled encodings of the pairs: text i of `batch` read with row idx[i] of `table` (the
-        transformed labels, mask (U, l))."""
+        transformed labels, mask (U, l)); idx None: row i (one table row per pair)."""
         raise NotImplementedError
 
     def _label_maps(self):
