@@ -84,6 +84,13 @@ class Method(nn.Module):
         return sum(p.numel() for p in self.trainable_parameters())
 
     # --- helpers -------------------------------------------------------------------------
+    def maps_to(self, device: torch.device) -> None:
+        """Move the method's own modules (not the frozen base) to `device`: a method's warm start
+        runs on the label states the base computed there, before the engine moves anything."""
+        for child in self.children():
+            if child is not self.backbone:
+                child.to(device)
+
     def text_inputs(self, batch: dict) -> dict:
         return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
 
@@ -107,19 +114,48 @@ class ClassifierMethod(Method):
 
 
 @torch.no_grad()
-def fit_linear(layer: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> None:
-    """Set `layer` to the minimum-norm least-squares map with layer(x) = y (exact when rows are few).
+def ridge_operator(x: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """A (in, N) fp32 with W = A @ y minimising |x W - y|^2 + lam |W|^2, lam = ridge * mean |x_i|^2.
 
-    x: (N, in), y: (N, out). L-Tuning's maps only ever see the K fixed label states, so with
-    N <= in this reproduces the targets exactly: the warm start of `init_from_label`.
+    x: (N, in) with few rows N (the label tokens): the dual form W = x^T (x x^T + lam I)^+ y,
+    so the only matrix decomposed is N x N (float64, on x's device); lam is relative to the
+    rows' scale, so `ridge` means the same for any model. ridge=0 is the minimum-norm
+    least-squares fit (eigenvalues below 1e-10 of the largest count as zero: duplicate rows,
+    e.g. a shared first token, are fine).
     """
-    x, y = x.double(), y.double()
+    xd = x.double()
+    gram = xd @ xd.T  # (N, N)
+    lam = ridge * gram.diagonal().mean()  # tensors throughout: no host sync, any device
+    evals, evecs = torch.linalg.eigh(gram)
+    keep = evals > 1e-10 * evals.abs().max()
+    inv = torch.where(keep, 1.0 / (evals.clamp(min=0) + lam).clamp(min=1e-300), torch.zeros_like(evals))
+    return ((xd.T @ evecs) * inv @ evecs.T).float()
+
+
+@torch.no_grad()
+def fit_linear(layer: nn.Linear, x: torch.Tensor, y: torch.Tensor, ridge: float = 0.0,
+               rows: torch.Tensor | None = None, chunk: int = 1 << 14) -> None:
+    """Set `layer` to the ridge fit layer(x) ~ y (ridge_operator), bias as a column of ones.
+
+    x: (N, in), y: (N, out); rows (N,) 0/1 picks the rows that count (a zeroed row, bias
+    column included, is one the fit ignores: same shapes on every device, no boolean
+    indexing). L-Tuning's maps only ever see the K fixed label states, so with N <= in and
+    ridge=0 this reproduces the targets exactly: the warm start of `init_from_label`.
+    Written `chunk` output rows of the weight at a time, in fp32 on the layer's device: no
+    float64 copy of y or of the weight, whatever the map's width (a 7B model's L*2*kv_dim is
+    262,144, its per_token Z 4 GiB in fp32).
+    """
+    dev = layer.weight.device
+    w_rows = (rows if rows is not None else x.new_ones(x.shape[0])).to(dev, torch.float32)[:, None]
+    x = x.to(dev, torch.float32) * w_rows
     if layer.bias is not None:
-        x = torch.cat([x, x.new_ones(x.shape[0], 1)], 1)
-    w = torch.linalg.pinv(x) @ y  # (in [+1], out)
-    layer.weight.copy_(w[: layer.in_features].T.to(layer.weight.dtype))
-    if layer.bias is not None:
-        layer.bias.copy_(w[layer.in_features].to(layer.bias.dtype))
+        x = torch.cat([x, w_rows], 1)
+    a = ridge_operator(x, ridge)  # (in [+1], N)
+    for c in range(0, y.shape[1], chunk):
+        w = a @ (y[:, c:c + chunk].to(dev, torch.float32) * w_rows)  # (in [+1], chunk)
+        layer.weight[c:c + chunk].copy_(w[: layer.in_features].T)
+        if layer.bias is not None:
+            layer.bias[c:c + chunk].copy_(w[layer.in_features])
 
 
 def draw_pairs(labels: torch.Tensor, num_labels: int, generator: torch.Generator):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ltune_cli.errors import LtuneError
-from ltune_cli.models.families import FAMILIES, Geometry, geometry
+from ltune_cli.models.families import FAMILIES, Geometry, geometry, position_offset
 
 
 @dataclass
@@ -37,6 +37,7 @@ class Backbone(nn.Module):
         self.tokenizer = tokenizer
         self.geo = geo
         self.family = FAMILIES[geo.family]
+        self.position_offset = position_offset(self.family, model.config)
         self.pooling = ("cls" if geo.kind == "encoder" else "last") if pooling == "auto" else pooling
         self.max_length = max_length
         self.padding_side = padding_side
@@ -115,9 +116,18 @@ class Backbone(nn.Module):
             P = prompt.shape[1]
             embeds = torch.cat([prompt, self.embed(input_ids)], dim=1)
             mask = torch.cat([pm, attention_mask], dim=1)
-            kwargs.update(inputs_embeds=embeds, attention_mask=mask, **self._positions(mask, P + T))
+            types = None
             if token_type_ids is not None and self.family.uses_token_type_ids:
-                kwargs["token_type_ids"] = torch.cat([token_type_ids.new_zeros(B, P), token_type_ids], 1)
+                types = torch.cat([token_type_ids.new_zeros(B, P), token_type_ids], 1)
+            # Real tokens first, in order, pads last: a shorter prompt's pad slots would otherwise
+            # sit between prompt and text, where a model counting positions by slot (DeBERTa's
+            # relative attention) sees them, so a pair's score would depend on the other labels.
+            order = torch.sort(1 - mask.long(), dim=1, stable=True).indices  # (B, P + T)
+            embeds = embeds.gather(1, order[..., None].expand_as(embeds))
+            mask = mask.gather(1, order)
+            kwargs.update(inputs_embeds=embeds, attention_mask=mask, **self._positions(mask, P + T))
+            if types is not None:
+                kwargs["token_type_ids"] = types.gather(1, order)
             text_mask = mask
         else:
             kwargs.update(input_ids=input_ids)
@@ -166,7 +176,7 @@ class Backbone(nn.Module):
         if self.family.positions != "explicit":
             return {}
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
-        return {"position_ids": pos + self.family.position_offset}
+        return {"position_ids": pos + self.position_offset}
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, T, d) -> (B, d): [CLS] (first real token), masked mean, or last real token."""

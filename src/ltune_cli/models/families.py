@@ -21,7 +21,9 @@ class Family:
     #   "mask": positions come from the attention mask inside the model (Bloom's ALiBi)
     #   "relative": no absolute positions (DeBERTa's relative attention)
     positions: str = "explicit"
-    position_offset: int = 0
+    # First text position: a number, or a config attribute whose value + 1 it is (RoBERTa's
+    # position ids start after its padding_idx, which is config.pad_token_id).
+    position_offset: int | str = 0
     # Whether the model's attention accepts a key/value cache (needed for prefix methods).
     kv_cache: bool = True
     # Config attribute holding the number of key/value heads; None = one per attention head.
@@ -35,7 +37,7 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "bert": Family("encoder", uses_token_type_ids=True),
-    "roberta": Family("encoder", position_offset=2),  # padding_idx (1) + 1
+    "roberta": Family("encoder", position_offset="pad_token_id"),  # padding_idx + 1 (2 when pad is 1)
     "deberta-v2": Family("encoder", positions="relative", kv_cache=False, uses_token_type_ids=True,
                          no_cache_reason="DeBERTa-v2's attention in transformers takes no key/value cache"),
     "gpt2": Family("decoder"),
@@ -63,6 +65,13 @@ class Geometry:
     @property
     def kv_dim(self) -> int:
         return self.kv_heads * self.head_dim
+
+
+def position_offset(fam: Family, config) -> int:
+    """The number added to 0-based text positions (Family.position_offset resolved on `config`)."""
+    if isinstance(fam.position_offset, int):
+        return fam.position_offset
+    return int(getattr(config, fam.position_offset)) + 1
 
 
 def family_of(config, requested: str = "auto") -> tuple[str, Family]:

@@ -15,10 +15,11 @@ Two variants of the map from the label's frozen states h (l, d) to its prefix:
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ltune_cli.methods import register
-from ltune_cli.methods.base import PairMethod, fit_linear
+from ltune_cli.methods.base import PairMethod, fit_linear, ridge_operator
 
 
 @register("lt_prefix")
@@ -34,22 +35,41 @@ class LTPrefix(PairMethod):
             self.Z = nn.Linear(self.label_len, self.label_len * out, bias=False)
         else:
             self.Z = nn.Linear(g.hidden, out)
+        # Drawn on the CPU (the same seeded init on any device), then moved to the backbone's
+        # device, where the warm start below runs on the label states.
+        self.maps_to(backbone.device)
         if cfg.init_from_label:
             self._start_from_reading()
 
+    # Ridge of the paper variant's warm start (ridge_operator: lambda = PAPER_RIDGE x the mean
+    # squared norm of the K pooled rows). Without it the K x l pooled matrix of MiniLM's SST-2
+    # labels has smallest singular values 0.03-0.12 and Z entries reach 1e3 (per_token: ~1).
+    PAPER_RIDGE = 1e-2
+
+    @torch.no_grad()
     def _start_from_reading(self) -> None:
         """Fit Z so that each label's prefix is, at step 0, the key/values the frozen LM writes
-        when it reads that label text: the text is then encoded as "label, then text" (an NLI
-        input the LM understands), instead of under random vectors the head cannot tell apart."""
+        when it reads that label text alone (pad slots excluded from the fit; they are masked
+        out of attention). On a causal decoder the text is then encoded exactly as "label, then
+        text"; on a bidirectional encoder the label's keys/values are those of the label read
+        without the text (docs/methods.md): a reading the LM knows, not random vectors."""
         lab = self.labels_frozen
         target = self.backbone.reading_kv(lab.ids, lab.mask)  # (K, l, L, 2, kvh, hd)
-        K = lab.mask.shape[0]
+        K, l = lab.mask.shape
         if self.variant == "paper":
             pooled = (self.F(lab.states).squeeze(-1) * lab.mask).detach()  # (K, l)
-            fit_linear(self.Z, pooled, target.reshape(K, -1))
+            out, chunk = target[0, 0].numel(), 1 << 14
+            # Slot j's outputs are fitted on the labels that have a real token there only (a
+            # zeroed row is one the fit ignores, see fit_linear).
+            for j in range(l):
+                real = lab.mask[:, j, None].float()  # (K, 1)
+                a = ridge_operator(pooled * real, self.PAPER_RIDGE)  # (l, K)
+                y = target[:, j].reshape(K, out) * real
+                for c in range(0, out, chunk):
+                    self.Z.weight[j * out + c: j * out + min(c + chunk, out)] = (a @ y[:, c:c + chunk]).T
         else:
-            real = lab.mask.bool()
-            fit_linear(self.Z, lab.states[real], target[real].reshape(int(real.sum()), -1))
+            fit_linear(self.Z, lab.states.reshape(K * l, -1), target.reshape(K * l, -1),
+                       rows=lab.mask.reshape(-1))
 
     def transform(self, states, mask):
         """(N, l, d) label states -> (N, l, L, 2, kv_heads, head_dim) prefix."""
@@ -65,9 +85,8 @@ class LTPrefix(PairMethod):
     def encode_with(self, batch, prefix, mask, idx):
         if idx is not None:
             prefix, mask = prefix[idx], mask[idx]
-        # The paper variant's l positions are all produced by Z: every one is attended.
-        pmask = mask if self.variant != "paper" else mask.new_ones(mask.shape)
+        # Pad slots of a shorter label are masked out of attention (both variants).
         kv = prefix.permute(2, 3, 0, 4, 1, 5)  # (L, 2, N, kv_heads, l, head_dim)
         # unbind, not x[0]/x[1]: indexing's backward zero-fills a full-size copy per layer.
         layers = [tuple(x.unbind(0)) for x in kv.unbind(0)]
-        return self.backbone.encode(**self.text_inputs(batch), prefix=layers, prefix_mask=pmask)
+        return self.backbone.encode(**self.text_inputs(batch), prefix=layers, prefix_mask=mask)

@@ -20,12 +20,14 @@ class LTPrompt(PairMethod):
         super().__init__(backbone, cfg, label_texts)
         d = backbone.geo.hidden
         self.G = nn.Linear(d, d, bias=False)
+        self.maps_to(backbone.device)  # the warm start runs where the label states are
         if cfg.init_from_label:
             # At step 0 the prompt is the label's own input embeddings: the text reads as
             # "label, then text". (G maps the fixed label states; min-norm least squares.)
             lab = self.labels_frozen
-            real = lab.mask.bool()
-            fit_linear(self.G, lab.states[real], backbone.embed(lab.ids)[real].float())
+            K, l, _ = lab.states.shape
+            fit_linear(self.G, lab.states.reshape(K * l, d), backbone.embed(lab.ids).reshape(K * l, d),
+                       rows=lab.mask.reshape(-1))
         else:
             with torch.no_grad():
                 self.G.weight.copy_(torch.eye(d))
