@@ -190,25 +190,7 @@ def test_draw_pairs_half_true_and_wrong_labels_are_wrong():
     assert not torch.equal(idx, idx3)
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "deberta-v2"])
-@pytest.mark.parametrize("name", ["lt_prefix", "lt_prompt"])
-def test_label_init_reads_label_then_text(family, name):
-    """init_from_label: at step 0 a text under label k's prefix/prompt is encoded exactly as the
-    frozen LM encodes label k's tokens followed by the text (checks positions and masks too)."""
-    bb, method = build(family, name)
-    method.eval()
-    lab = method.labels_frozen
-    enc = bb.tokenizer(["the movie was good"], return_tensors="pt")
-    for k in range(len(LABELS)):
-        n = int(lab.mask[k].sum())
-        got = method.pair_logits({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]},
-                                 torch.tensor([k]))
-        joint = torch.cat([lab.ids[k:k + 1, :n], enc["input_ids"]], 1)
-        hidden = bb.hidden_states(joint, torch.ones_like(joint))
-        text_part = hidden if name == "lt_prompt" else hidden[:, n:]
-        mask = torch.ones(text_part.shape[:2], dtype=torch.long)
-        z = method.head(bb.pool(text_part, mask))
-        torch.testing.assert_close(got, z[:, 1] - z[:, 0], atol=1e-4, rtol=1e-4)
+# The warm start's claims (label, then text) are tested in tests/test_exactness.py.
 
 
 def test_random_init_is_selectable():

@@ -115,7 +115,8 @@ class ClassifierMethod(Method):
 
 @torch.no_grad()
 def ridge_operator(x: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
-    """A (in, N) fp32 with W = A @ y minimising |x W - y|^2 + lam |W|^2, lam = ridge * mean |x_i|^2.
+    """A (in, N) fp32 with W = A @ y minimising |x W - y|^2 + lam |W|^2, lam = ridge * mean |x_i|^2
+    over the nonzero rows x_i.
 
     x: (N, in) with few rows N (the label tokens): the dual form W = x^T (x x^T + lam I)^+ y,
     so the only matrix decomposed is N x N (float64, on x's device); lam is relative to the
@@ -125,7 +126,8 @@ def ridge_operator(x: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
     """
     xd = x.double()
     gram = xd @ xd.T  # (N, N)
-    lam = ridge * gram.diagonal().mean()  # tensors throughout: no host sync, any device
+    sq = gram.diagonal()  # squared row norms; a zeroed row (one fit_linear ignores) does not count
+    lam = ridge * sq.sum() / (sq > 0).sum().clamp(min=1)  # tensors throughout: no host sync, any device
     evals, evecs = torch.linalg.eigh(gram)
     keep = evals > 1e-10 * evals.abs().max()
     inv = torch.where(keep, 1.0 / (evals.clamp(min=0) + lam).clamp(min=1e-300), torch.zeros_like(evals))

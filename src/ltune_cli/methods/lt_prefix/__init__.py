@@ -7,10 +7,16 @@ Two variants of the map from the label's frozen states h (l, d) to its prefix:
   one position per label token. Trainable: d*L*2*kv_dim + L*2*kv_dim (bias) + head 2d + 2.
 - paper (A.5): a pooling F: d -> 1 turns each token into one scalar, and Z maps those l
   scalars to the whole prefix, Z: l -> l * L * 2 * kv_dim. Trainable: F d + Z 2*l^2*L*kv_dim
-  + head 2d + 2 = 2*l^2*m*d + 3d (+2) for kv_dim = d, the paper's count.
-  The prefix is then a linear function of l numbers per label, so labels differ by little
-  more than a scale: on a 5-class task it stayed at chance where per_token learned (see
-  docs/methods.md). Kept selectable for fidelity: method.variant=paper.
+  + head 2d + 2 = 2*l^2*L*kv_dim + 3d (+2); the paper's 2*l^2*m*d is the case kv_dim = d
+  (not so under GQA/MQA). Kept selectable for fidelity: method.variant=paper; how it
+  compares with per_token is measured in docs/methods.md.
+
+Both variants attend only the real slots of a label's prefix (a shorter label's pad slots
+are masked out). With init_from_label (default) the map starts so that each label's prefix
+is the key/values the frozen LM writes reading that label alone: on a causal decoder the
+text is then encoded exactly as "label, then text"; on a bidirectional encoder it is not
+(in one joint forward the label would also attend to the text): the text attends to the
+label's standalone reading (tests/test_exactness.py::test_warm_start_reads_label_then_text).
 """
 
 from __future__ import annotations
@@ -42,8 +48,9 @@ class LTPrefix(PairMethod):
             self._start_from_reading()
 
     # Ridge of the paper variant's warm start (ridge_operator: lambda = PAPER_RIDGE x the mean
-    # squared norm of the K pooled rows). Without it the K x l pooled matrix of MiniLM's SST-2
-    # labels has smallest singular values 0.03-0.12 and Z entries reach 1e3 (per_token: ~1).
+    # squared norm of the pooled rows that count in the slot fitted). Without it the K x l
+    # pooled matrix is ill-conditioned (smallest singular values 0.03-0.12 on MiniLM's labels)
+    # and Z entries reach 1e3 (per_token: ~1); docs/methods.md has the measurements.
     PAPER_RIDGE = 1e-2
 
     @torch.no_grad()
