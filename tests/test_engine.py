@@ -60,7 +60,7 @@ def test_pinned_loss_and_frozen_base(sentiment_files, tmp_path, tiny_bert_dir):
     assert all(torch.equal(v, bb.state_dict()[k]) for k, v in before.items())
     first = runfolder.read_metrics(run)[0]
     assert first["step"] == 1
-    assert first["train_loss"] == pytest.approx(0.72441, abs=1e-4)
+    assert first["train_loss"] == pytest.approx(0.72360, abs=1e-4)  # tiny models at init 0.25 (conftest.INIT)
 
 
 def test_same_seed_same_metrics_other_seed_differs(sentiment_files, tmp_path, tiny_bert_dir):
