@@ -109,10 +109,13 @@ def evaluate(s: Setup, batch_size: int | None = None) -> tuple[dict, np.ndarray]
     method.eval()
     n = len(enc)
     all_scores = np.zeros((n, method.num_labels), dtype=np.float32)
-    for idx in distributed.shard(eval_batches(enc.lengths, batch_size or s.cfg.hardware.eval_batch_size)):
+    batches = eval_batches(enc.lengths, batch_size or s.cfg.hardware.eval_batch_size)
+    for idx, keep in distributed.shard_even(batches):  # FSDP: a rank short of batches runs one unkept
         batch = collate(enc, idx, s.backbone.pad_id, s.backbone.padding_side, s.device)
         with s.autocast():
-            all_scores[idx] = method.scores(batch).float().cpu().numpy()
+            scores = method.scores(batch).float().cpu().numpy()
+        if keep:
+            all_scores[idx] = scores
     method.train(was_training)
     scores = torch.from_numpy(distributed.gather_rows(all_scores))
     labels = torch.from_numpy(enc.labels)
@@ -360,12 +363,14 @@ def _step(s: Setup, method, idx, pairs_gen, hw) -> float:
     try:
         for j in distributed.my_micro_batches(d, hw.grad_accum):
             micro = micros[j]
-            if len(micro) == 0:  # a short last batch of an epoch
-                continue
+            if len(micro) == 0:  # a short last batch of an epoch left this micro-batch empty
+                if d.strategy != "fsdp":
+                    continue
+                micro = idx[:1]  # FSDP: every rank joins every sharded forward/backward; weight 0 below
             batch = collate(s.train_enc, micro, s.backbone.pad_id, s.backbone.padding_side, s.device)
             with _micro_rng(seeds[j] if seeds else None, s.device) as gen:
                 with s.autocast():
-                    loss = method.training_loss(batch, gen or pairs_gen) * (len(micro) / len(idx))
+                    loss = method.training_loss(batch, gen or pairs_gen) * (len(micros[j]) / len(idx))
                 loss.backward()
             loss_val += loss.item()
     except torch.OutOfMemoryError:

@@ -32,14 +32,15 @@ RESULT_KEYS = (
 REQUIRED_FILES = ("config.yaml", "metrics.jsonl", "results.json")
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename: a reader never sees half a file."""
+def atomic_write(path: str | Path, write) -> None:
+    """Call write(f) on a temporary file in the same folder, then rename: a reader never sees half
+    a file, and large contents (checkpoints) stream to disk instead of being built in memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -49,6 +50,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -219,7 +219,8 @@ class Backbone(nn.Module):
         cache = DynamicCache()
         self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
                    **self._positions(mask, mask.shape[1]))
-        layers = [torch.stack([layer.keys, layer.values], 0) for layer in cache.layers]  # (2, N, kvh, l, hd)
+        # (2, N, kvh, l, hd) each; device_map: every layer's cache sits on its own layer's device
+        layers = [torch.stack([layer.keys, layer.values], 0).to(self.device) for layer in cache.layers]
         if len(layers) != self.geo.layers or layers[0].shape[2] != self.geo.kv_heads:
             raise LtuneError(f"the {self.geo.family} cache layout ({len(layers)} layers, "
                              f"{layers[0].shape[2]} key/value heads) does not match the family table "
@@ -273,18 +274,18 @@ def load_backbone(model_cfg, hardware_cfg=None, *, model=None, tokenizer=None) -
     dtype = DTYPES[hw.dtype] if hw else torch.float32
     placement = _placement(hw, device, dtype)  # from_pretrained places quantized / device-mapped bases
     if model is None:
-        model, tokenizer = _from_pretrained(model_cfg, dtype, **placement)
+        model, tokenizer = _from_pretrained(model_cfg, dtype, **(placement or _direct(hw, device)))
     geo = geometry(model.config, getattr(model_cfg, "family", "auto"))
     _check_arch(model_cfg, geo)
-    if not placement:
-        model.to(device=device, dtype=dtype)
     if getattr(model.config, "use_cache", None):
         # Nothing is generated: plain forwards keep no key/value cache (prefix forwards pass their own).
         model.config.use_cache = False
     from ltune_cli import distributed
 
-    if getattr(hw, "strategy", "single") == "fsdp" and distributed.state().enabled:
-        distributed.shard_frozen(model)
+    if _fsdp(hw):  # on the CPU until sharded: each block goes to the device as its shard
+        distributed.shard_frozen(model.to(dtype=dtype), device)
+    elif not placement:
+        model.to(device=device, dtype=dtype)  # a no-op when from_pretrained loaded it there
     if getattr(hw, "gradient_checkpointing", False):
         enable_checkpointing(model)
     if getattr(hw, "compile", False):
@@ -307,6 +308,21 @@ def _check_arch(model_cfg, geo: Geometry) -> None:
 
         logging.getLogger("ltune").warning("model.path=%s is not the %s architecture of model=%s: %s",
                                            model_cfg.path, model_cfg.name, model_cfg.name, ", ".join(diff))
+
+
+def _fsdp(hw) -> bool:
+    from ltune_cli import distributed
+
+    return getattr(hw, "strategy", "single") == "fsdp" and distributed.state().enabled
+
+
+def _direct(hw, device: torch.device) -> dict:
+    """from_pretrained arguments that load a plain base straight onto its GPU, tensor by tensor,
+    instead of building it in host RAM and copying it over (every rank of a ddp run did that).
+    FSDP loads on the CPU: each block then goes to the GPU as its shard (shard_frozen)."""
+    if device.type != "cuda" or _fsdp(hw):
+        return {}
+    return {"device_map": {"": device}}
 
 
 def _placement(hw, device: torch.device, dtype: torch.dtype) -> dict:
