@@ -436,3 +436,83 @@ def test_label_key_values_gather_layers_from_several_devices(monkeypatch):
     monkeypatch.setattr(Backbone, "device", property(lambda self: torch.device("meta")))
     got = bb.reading_kv(ids, mask)
     assert got.device.type == "meta" and got.shape == expected == (2, 3, 2, 2, 2, 8)
+
+
+# --------------------------------------------------------------------------- FSDP memory
+FSDP_PROBE = '''
+import json, sys, torch
+from ltune_cli import distributed
+from ltune_cli.config import compose
+from ltune_cli.models.backbone import load_backbone
+
+def local_bytes(params):
+    return sum((p.to_local() if hasattr(p, "to_local") else p).nbytes for p in params)
+
+moves, real_to = [], torch.nn.Module.to
+def spy(self, *args, **kwargs):  # bytes of whole (not yet sharded) weights each device move carries
+    if "device" in kwargs or any(isinstance(a, (str, torch.device)) for a in args):
+        moves.append(sum(p.nbytes for p in self.parameters() if not hasattr(p, "to_local")))
+    return real_to(self, *args, **kwargs)
+
+cfg = compose(["hardware=fsdp", "hardware.nproc=2", "hardware.device=cpu", "hardware.dtype=fp32",
+               "hardware.num_threads=1", f"model.path={sys.argv[1]}"])
+with distributed.session(cfg.hardware) as d:
+    torch.nn.Module.to = spy
+    bb = load_backbone(cfg.model, cfg.hardware)
+    torch.nn.Module.to = real_to
+    blocks = bb.model.layers
+    ids = torch.tensor([[3, 4, 5, 6], [7, 8, 9, 0]])
+    with torch.no_grad():
+        bb.encode(ids, (ids > 0).long())
+    json.dump({"blocks_after_forward": local_bytes(blocks.parameters()), "largest_move": max(moves, default=0)},
+              open(f"{sys.argv[2]}/rank{d.rank}.json", "w"))
+'''
+
+
+def test_fsdp_rank_holds_its_share_of_the_base(tmp_path_factory, tmp_path):
+    """After a forward each of 2 ranks holds half the blocks' weights (a block's gathered weights are
+    freed after its forward; before, every block was its own FSDP root and kept them: the whole
+    base per rank), and loading moves no more than the embeddings or one block to the device at
+    a time (before: the whole base, then sharded)."""
+    from transformers import AutoModel
+
+    llama = save_tiny_model(tmp_path_factory.mktemp("probe-llama"), "llama")
+    base = AutoModel.from_pretrained(llama)
+    whole_blocks = sum(p.nbytes for p in base.layers.parameters())
+    one_block = max(sum(p.nbytes for p in b.parameters()) for b in base.layers)
+    embeddings = sum(p.nbytes for p in base.get_input_embeddings().parameters())
+    (tmp_path / "probe.py").write_text(FSDP_PROBE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(tmp_path / "probe.py"), str(llama), str(tmp_path)], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["blocks_after_forward"] == whole_blocks / 2, (got, whole_blocks)
+        assert 0 < got["largest_move"] <= max(embeddings, one_block), (got, embeddings, one_block)
+
+
+def test_plain_gpu_base_loads_straight_onto_its_device(monkeypatch):
+    """One GPU per process (hardware=gpu / ddp): from_pretrained places each tensor on this process's
+    GPU as it reads it (device_map {"": cuda:N}) instead of building the whole base in host RAM and
+    copying it over, on every rank. No GPU here: the load is stopped where it would start."""
+    import torch
+
+    from ltune_cli.models import backbone
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def from_pretrained(model_cfg, dtype, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(backbone, "resolve_device", lambda device: torch.device("cuda", 1))
+    monkeypatch.setattr(backbone, "_from_pretrained", from_pretrained)
+    cfg = compose(["hardware=ddp", "model=smollm2_135m"])
+    with pytest.raises(Stop):
+        backbone.load_backbone(cfg.model, cfg.hardware)
+    assert seen == {"device_map": {"": torch.device("cuda", 1)}}
