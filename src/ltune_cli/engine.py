@@ -153,14 +153,14 @@ def train(cfg, *, backbone=None, console=None) -> Path:
         return _launch(cfg)
     t_start = time.time()
     with distributed.session(cfg.hardware) as d:
-        run_dir, resuming = distributed.on_main(lambda: prepare_run_dir(cfg))
+        run_dir, resuming = distributed.on_main(lambda: runfolder.prepare_run_dir(cfg))
         try:
             return _train(cfg, run_dir, t_start, backbone, console, resuming)
         except RunInterrupted:
             raise  # not a failure: the checkpoint is the state, and resume continues it
         except BaseException as e:
             if d.is_main:
-                _record_failure(run_dir, cfg, e, t_start)
+                runfolder.record_failure(run_dir, cfg, e, t_start)
             raise
 
 
@@ -173,7 +173,7 @@ def _launch(cfg) -> Path:
     from ltune_cli import distributed
 
     t_start = time.time()
-    run_dir, _ = prepare_run_dir(cfg)
+    run_dir, _ = runfolder.prepare_run_dir(cfg)
     layout = [f"{k}={_override_value(OmegaConf.select(cfg, k))}" for k in distributed.LAYOUT_KEYS]
     code = distributed.launch(cfg.hardware, ["train", "--resume", str(run_dir), *layout])
     if code == 0:
@@ -184,7 +184,7 @@ def _launch(cfg) -> Path:
     err = LtuneError(f"the {distributed.resolve_nproc(cfg.hardware)} workers failed (exit code {code}): "
                      f"{res.get('error') or 'see their output above'} (run folder {run_dir}).")
     if not res:  # rank 0 was stopped before it could record the failure
-        _record_failure(run_dir, cfg, err, t_start)
+        runfolder.record_failure(run_dir, cfg, err, t_start)
     raise err
 
 
@@ -326,10 +326,10 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
         m, preds = evaluate(s)
 
     if d.is_main:
-        save_trainable(method, run_dir)
+        runfolder.save_trainable(method, run_dir)
         runfolder.write_json(run_dir / "predictions.json",
                              {"gold": s.eval_enc.labels, "pred": preds, "label_texts": s.data.label_texts})
-        results = result_record(cfg, s, status="completed", history=history, steps=tc.max_steps,
+        results = runfolder.result_record(cfg, s, status="completed", history=history, steps=tc.max_steps,
                                 wall=time.time() - t_start, train_time=train_time)
         results["distributed"] = {"strategy": d.strategy, "world_size": d.world, "backend": d.backend,
                                   "global_batch": hw.batch_size * hw.grad_accum * d.world}
@@ -424,180 +424,6 @@ def _stop_signals():
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
-
-
-# --------------------------------------------------------------------------- run folders
-def run_name(cfg) -> str:
-    return cfg.name or f"{cfg.method.name}-{cfg.model.name}-{cfg.dataset.name}-s{cfg.seed}"
-
-
-def prepare_run_dir(cfg) -> tuple[Path, bool]:
-    """A new run folder, or (cfg.resume) the existing one in out_dir; returns (folder, resuming)."""
-    if cfg.resume:
-        if not cfg.out_dir:
-            raise LtuneError("resume=true needs out_dir=<run folder> (or use `ltune train --resume <run folder>`).")
-        d = Path(cfg.out_dir)
-        if (d / "config.yaml").is_file():
-            _check_same_config(cfg, d)
-            if (d / "results.json").is_file():
-                status = runfolder.read_results(d).get("status")
-                if status == "completed":
-                    raise LtuneError(f"{d} already holds a completed run; nothing to resume.")
-                (d / "results.json").unlink()  # a failed run: continue from its last checkpoint
-            return d, True
-    d = make_run_dir(cfg)
-    runfolder.atomic_write_text(d / "config.yaml", _yaml(cfg))
-    (d / "metrics.jsonl").write_text("")
-    return d, False
-
-
-def _check_same_config(cfg, d: Path) -> None:
-    from omegaconf import OmegaConf
-
-    from ltune_cli.config import load_stored
-    from ltune_cli.distributed import LAYOUT_KEYS
-
-    stored = OmegaConf.to_container(load_stored(d / "config.yaml"), resolve=True)  # + keys added since
-    now = OmegaConf.to_container(cfg, resolve=True)
-    diffs = sorted(k for k in _flatten(now).keys() | _flatten(stored).keys()  # layout: N -> M processes
-                   if k != "resume" and k not in LAYOUT_KEYS and _flatten(now).get(k) != _flatten(stored).get(k))
-    if diffs:
-        raise LtuneError(f"cannot resume {d}: its config.yaml differs at {', '.join(diffs[:5])}; resume with "
-                         f"`ltune train --resume {d}` (uses the stored config) or pick a new out_dir.")
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def make_run_dir(cfg) -> Path:
-    from ltune_cli.paths import outputs_dir
-
-    if cfg.out_dir:
-        d = Path(cfg.out_dir)
-        if (d / "results.json").exists() or (d / "checkpoints").is_dir():
-            raise LtuneError(f"out_dir={d} already holds a run; choose another out_dir, remove that folder, "
-                             f"or continue it with `ltune train --resume {d}`.")
-    else:
-        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-        d = outputs_dir() / f"{stamp}_{run_name(cfg)}"
-        k = 1
-        while d.exists():
-            d = outputs_dir() / f"{stamp}_{run_name(cfg)}_{k}"
-            k += 1
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def save_trainable(method, run_dir: Path) -> None:
-    from safetensors.torch import save
-
-    state = {k: v.detach().float().cpu().contiguous() for k, v in method.trainable_state().items()}
-    runfolder.atomic_write_bytes(run_dir / "trainable.safetensors", save(state, metadata={"format": "pt"}))
-
-
-def load_trainable(method, run_dir: Path) -> None:
-    from safetensors.torch import load_file
-
-    path = run_dir / "trainable.safetensors"
-    if not path.is_file():
-        raise LtuneError(f"{path} is missing: the run did not finish; re-run it (or resume it).")
-    state = load_file(str(path))
-    try:
-        method.load_trainable_state({k: v.to(method.backbone.device) for k, v in state.items()})
-    except ValueError as e:
-        raise LtuneError(f"{path} does not fit the run's method/model: {e}") from None
-
-
-def result_record(cfg, s: Setup, *, status: str, history: list[dict], steps: int, wall: float,
-                  train_time: float, error: str | None = None) -> dict:
-    primary = cfg.dataset.primary_metric
-    evals = [h for h in history if h.get("kind", "eval") == "eval"]
-    keep = ("step", "accuracy", "mcc", "macro_f1", "val_loss", "pair_accuracy")
-    final = {k: evals[-1][k] for k in keep if k in evals[-1]} if evals else None
-    best = None
-    if evals:
-        b = max(evals, key=lambda h: h[primary])
-        best = {k: b[k] for k in keep if k in b}
-    total = sum(p.numel() for p in s.backbone.parameters()) + s.method.num_trainable() if s else None
-    return {
-        "schema": runfolder.SCHEMA, "status": status, "error": error,
-        "ltune_version": _version(), "versions": versions(), "git": git_info(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "run": {"name": run_name(cfg), "method": cfg.method.name,
-                "variant": cfg.method.variant if cfg.method.name == "lt_prefix" else None,
-                "model": cfg.model.name, "model_path": cfg.model.path,
-                "family": s.backbone.geo.family if s else None, "dataset": cfg.dataset.name, "seed": cfg.seed},
-        "seed": cfg.seed,
-        "trainable_params": s.method.num_trainable() if s else None, "total_params": total,
-        "steps": steps, "train_examples": len(s.train_enc) if s and s.train_enc else None,
-        "eval_examples": len(s.eval_enc) if s else None,
-        "primary_metric": primary, "final": final, "best": best,
-        "wall_time_s": wall, "train_time_s": train_time,
-    }
-
-
-def _record_failure(run_dir: Path, cfg, e: BaseException, t_start: float) -> None:
-    import traceback
-
-    msg = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
-    if isinstance(e, KeyboardInterrupt):
-        msg = "interrupted (KeyboardInterrupt)"
-    (run_dir / "error.txt").write_text(msg + "\n\n" + "".join(traceback.format_exception(e)))
-    if not (run_dir / "results.json").exists():
-        runfolder.write_json(run_dir / "results.json", {
-            "schema": runfolder.SCHEMA, "status": "failed", "error": msg, "ltune_version": _version(),
-            "versions": versions(), "git": git_info(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "run": {"name": run_name(cfg), "method": cfg.method.name,
-                    "variant": cfg.method.variant if cfg.method.name == "lt_prefix" else None,
-                    "model": cfg.model.name, "model_path": cfg.model.path, "family": None,
-                    "dataset": cfg.dataset.name, "seed": cfg.seed},
-            "seed": cfg.seed, "trainable_params": None, "total_params": None, "steps": None,
-            "train_examples": None, "eval_examples": None,
-            "primary_metric": cfg.dataset.primary_metric, "final": None, "best": None,
-            "wall_time_s": time.time() - t_start, "train_time_s": None})
-
-
-def _yaml(cfg) -> str:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_yaml(cfg, resolve=True)
-
-
-def _version() -> str:
-    from ltune_cli import __version__
-
-    return __version__
-
-
-def versions() -> dict:
-    import platform
-
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "numpy": np.__version__}
-
-
-def git_info() -> dict:
-    import subprocess
-
-    from ltune_cli.paths import REPO_ROOT
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                                    capture_output=True, text=True, timeout=5).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {"commit": commit, "dirty": dirty}
 
 
 @contextlib.contextmanager

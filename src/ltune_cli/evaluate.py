@@ -49,10 +49,10 @@ def evaluate_run(run, overrides=(), *, backbone=None) -> dict:
     run = Path(run)
     cfg, res = load_run_config(run, overrides)
     s = engine.build(cfg, backbone=backbone, with_train=False)
-    engine.load_trainable(s.method, run)
+    runfolder.load_trainable(s.method, run)
     scores, _ = engine.evaluate(s)
     out = {"run": str(run), "eval_examples": len(s.eval_enc), "scores": scores,
-           "versions": engine.versions(), "overrides": list(overrides)}
+           "versions": runfolder.versions(), "overrides": list(overrides)}
     final = res.get("final") or {}
     if res.get("eval_examples") == len(s.eval_enc) and final:
         out["stored_final"] = final

@@ -231,11 +231,9 @@ def clear_run_dir(run_dir: Path) -> None:
 
 
 def _record_early_failure(run_dir: Path, cfg, e: Exception, t0: float) -> None:
-    from ltune_cli import engine
-
     run_dir.mkdir(parents=True, exist_ok=True)
     runfolder.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    engine._record_failure(run_dir, cfg, e, t0)
+    runfolder.record_failure(run_dir, cfg, e, t0)
 
 
 def _add_result(record: dict, run_dir: Path) -> None:
