@@ -148,6 +148,9 @@ def eval_(run: Path = typer.Argument(..., help="A run folder written by `ltune t
     out.print(_scores_table(f"{run}: eval ({result['eval_examples']} examples)", result["scores"]))
     if result.get("reproduces") is not None:
         out.print("matches results.json final scores: " + ("yes" if result["reproduces"] else "NO"))
+    if result.get("not_written"):
+        raise LtuneError(f"{result['not_written']}; the scores above are not saved: make the run folder "
+                         f"writable (or copy it somewhere writable) and run `ltune eval` there.")
     print(f"eval written: {Path(run) / 'eval.json'}")
 
 

@@ -136,7 +136,7 @@ def lr_lambda(warmup: int, total: int):
 
 
 class RunInterrupted(LtuneError):
-    """Ctrl-C / SIGTERM: a checkpoint was saved; the message says how to resume."""
+    """Ctrl-C / SIGTERM / SIGHUP: the run stopped where resume can continue it; the message says how."""
 
     exit_code = 130
 
@@ -152,16 +152,42 @@ def train(cfg, *, backbone=None, console=None) -> Path:
     if distributed.needs_launch(cfg.hardware):
         return _launch(cfg)
     t_start = time.time()
+    # Workers that `ltune train` started (_launch) write under the lock their launcher holds.
+    lock = not os.environ.get(distributed.LAUNCHED_ENV)
     with distributed.session(cfg.hardware) as d:
-        run_dir, resuming = distributed.on_main(lambda: runfolder.prepare_run_dir(cfg))
+        run_dir, resuming = distributed.on_main(lambda: runfolder.prepare_run_dir(cfg, lock=lock))
         try:
-            return _train(cfg, run_dir, t_start, backbone, console, resuming)
+            with _stop_signals() as stop:
+                try:
+                    return _train(cfg, run_dir, t_start, backbone, console, resuming, stop)
+                except KeyboardInterrupt:
+                    if stop.hard is None:
+                        raise
+                    raise _hard_stop(stop, run_dir) from None
         except RunInterrupted:
             raise  # not a failure: the checkpoint is the state, and resume continues it
         except BaseException as e:
+            err = runfolder.os_error_for_user(e, run_dir)  # a full disk, a read-only folder
             if d.is_main:
-                runfolder.record_failure(run_dir, cfg, e, t_start)
+                runfolder.record_failure(run_dir, cfg, err or e, t_start)
+            if err is not None:
+                raise err from None
             raise
+        finally:
+            if d.is_main:
+                runfolder.release(run_dir)
+
+
+def _hard_stop(stop: _StopFlag, run_dir: Path) -> RunInterrupted:
+    """A signal that stopped the run at once (during setup, or a second Ctrl-C): nothing new was
+    saved; the newest checkpoint (or step 0) is where resume continues."""
+    from ltune_cli import checkpoint
+
+    last = checkpoint.list_checkpoints(run_dir)
+    where = f"at step {stop.step} (a second signal)" if stop.in_loop else "while loading the model and data"
+    since = f"its last checkpoint ({last[-1].name})" if last else "step 0"
+    return RunInterrupted(f"{stop.hard} {where}: stopped without saving; continue from {since} with "
+                          f"`{runfolder.resume_command(run_dir)}`")
 
 
 def _launch(cfg) -> Path:
@@ -173,13 +199,22 @@ def _launch(cfg) -> Path:
     from ltune_cli import distributed
 
     t_start = time.time()
-    run_dir, _ = runfolder.prepare_run_dir(cfg)
-    layout = [f"{k}={_override_value(OmegaConf.select(cfg, k))}" for k in distributed.LAYOUT_KEYS]
-    code = distributed.launch(cfg.hardware, ["train", "--resume", str(run_dir), *layout])
+    run_dir, _ = runfolder.prepare_run_dir(cfg)  # resolved, locked: the workers all get this one folder
+    try:
+        layout = [f"{k}={_override_value(OmegaConf.select(cfg, k))}" for k in distributed.LAYOUT_KEYS]
+        code = distributed.launch(cfg.hardware, ["train", "--resume", str(run_dir), *layout])
+        return _launched(cfg, run_dir, code, t_start)
+    finally:
+        runfolder.release(run_dir)
+
+
+def _launched(cfg, run_dir: Path, code: int, t_start: float) -> Path:
+    from ltune_cli import distributed
+
     if code == 0:
         return run_dir
     if code == RunInterrupted.exit_code:
-        raise RunInterrupted(f"interrupted: checkpoint saved; continue with `ltune train --resume {run_dir}`")
+        raise RunInterrupted(f"interrupted: checkpoint saved; continue with `{runfolder.resume_command(run_dir)}`")
     res = runfolder.read_results(run_dir) if (run_dir / "results.json").is_file() else {}
     err = LtuneError(f"the {distributed.resolve_nproc(cfg.hardware)} workers failed (exit code {code}): "
                      f"{res.get('error') or 'see their output above'} (run folder {run_dir}).")
@@ -207,7 +242,7 @@ def make_optimizer(groups: list[dict], weight_decay: float) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, weight_decay=weight_decay, **({"fused": True} if fused else {}))
 
 
-def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool) -> Path:
+def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool, stop: _StopFlag) -> Path:
     from ltune_cli import checkpoint, distributed, memory
 
     d = distributed.state()
@@ -269,11 +304,13 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
     method.train()
     t_train, window_t = time.time(), time.time()
     preds = None
-    with _progress(console, tc, show=d.is_main) as progress, _stop_signals() as stop:
+    stop.in_loop, stop.step = True, step
+    with _progress(console, tc, show=d.is_main) as progress:
         task = progress.add_task("train", total=tc.max_steps, completed=step, loss=float("nan"), rate=0.0)
         while step < tc.max_steps:
             idx = next(order)
             step += 1
+            stop.step = step
             loss_val = _step(s, method, idx, pairs_gen, hw)
             if not math.isfinite(loss_val):
                 opt.zero_grad(set_to_none=True)
@@ -320,7 +357,7 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
                 distributed.barrier()
             if stopping:
                 raise RunInterrupted(f"{stopping} at step {step}: checkpoint saved; continue with "
-                                     f"`ltune train --resume {run_dir}`")
+                                     f"`{runfolder.resume_command(run_dir)}`")
     train_time = time.time() - t_train
     if preds is None:  # resumed exactly at the end: score the final weights once more
         m, preds = evaluate(s)
@@ -392,12 +429,18 @@ def _micro_rng(seed: int | None, device: torch.device):
 
 
 class _StopFlag:
-    requested: str | None = None
+    requested: str | None = None  # a signal asked the loop to checkpoint and stop after this step
+    hard: str | None = None  # a signal stopped the run at once (KeyboardInterrupt raised)
+    in_loop: bool = False  # False while loading: nothing to checkpoint yet, so a signal stops at once
+    step: int = 0
 
 
 @contextlib.contextmanager
 def _stop_signals():
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and exits cleanly."""
+    """SIGINT/SIGTERM/SIGHUP (Ctrl-C, a scheduler, a closed terminal) during the training loop set
+    a flag: the loop finishes its step, checkpoints and exits cleanly. Before the loop (loading)
+    or on a second signal they raise KeyboardInterrupt at once, which train() turns into the
+    same resume hint (nothing new is saved then)."""
     import signal
     import threading
 
@@ -409,16 +452,21 @@ def _stop_signals():
     first = {"t": 0.0}
 
     def handler(signum, frame):
-        # A second Ctrl-C stops now; one within a second of the first is the same request
-        # delivered twice (torchrun forwards the terminal's SIGINT to workers that got it too).
-        if flag.requested:
-            if time.time() - first["t"] > 1.0:
-                raise KeyboardInterrupt
+        name = signal.Signals(signum).name
+        if flag.requested and flag.hard is None:
+            # One within a second of the first is the same request delivered twice (torchrun
+            # forwards the terminal's SIGINT to workers that got it too); later: stop now.
+            if time.time() - first["t"] <= 1.0:
+                return
+        elif flag.in_loop and flag.hard is None:
+            flag.requested = name
+            first["t"] = time.time()
             return
-        flag.requested = signal.Signals(signum).name
-        first["t"] = time.time()
+        flag.hard = name
+        raise KeyboardInterrupt(name)
 
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    sigs = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    old = {sig: signal.signal(sig, handler) for sig in sigs}
     try:
         yield flag
     finally:

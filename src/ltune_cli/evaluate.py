@@ -58,5 +58,8 @@ def evaluate_run(run, overrides=(), *, backbone=None) -> dict:
         out["stored_final"] = final
         out["reproduces"] = all(abs(final[k] - scores[k]) <= 1e-6 for k in ("accuracy", "mcc", "macro_f1")
                                 if k in final)
-    runfolder.write_json(run / "eval.json", out)
+    try:
+        runfolder.write_json(run / "eval.json", out)
+    except OSError as e:  # a read-only run folder: the scores are still printed (cli.eval_)
+        out["not_written"] = f"{run / 'eval.json'} could not be written ({runfolder.os_reason(e)})"
     return out
