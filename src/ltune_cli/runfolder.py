@@ -5,6 +5,7 @@ Layout of `outputs/<run>/` (schema `ltune.results/1`)::
     config.yaml            the resolved config (what `ltune eval` rebuilds the method from)
     metrics.jsonl          one JSON object per line, in step order:
                              {"kind": "train", "step", "train_loss", "lr", "examples_per_s", "time_s"}
+                             (train_loss null when train.on_nonfinite=skip skipped every batch since the last)
                              {"kind": "eval",  "step", "val_loss", "accuracy", "mcc", "macro_f1",
                               ["pair_accuracy"], "time_s"}
     results.json           fixed schema, see `RESULT_KEYS`
@@ -12,12 +13,15 @@ Layout of `outputs/<run>/` (schema `ltune.results/1`)::
     trainable.safetensors  the trainable weights only (the frozen base is never saved)
     error.txt              present when the run failed (results.json then has status "failed")
 
+Every JSON file is strict JSON: a NaN or infinite number is written as null (`dumps`).
+
 This module imports no torch: `compare` and the reports use it alone.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -56,12 +60,28 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    atomic_write_text(path, dumps(obj, indent=2) + "\n")
+
+
+def dumps(obj: Any, **kw) -> str:
+    """Strict JSON: a NaN or infinite number is written as null (Python's default writes a bare
+    NaN, which other JSON readers reject), so no file ltune writes is non-standard JSON."""
+    return json.dumps(_finite(obj), default=_jsonable, allow_nan=False, **kw)
+
+
+def _finite(o):
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
 
 
 def _jsonable(o):
     if hasattr(o, "tolist"):  # numpy/torch arrays and scalars
-        return o.tolist()
+        return _finite(o.tolist())
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
@@ -69,7 +89,7 @@ def _jsonable(o):
 
 def append_jsonl(path: str | Path, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, default=_jsonable) + "\n")
+        f.write(dumps(record) + "\n")
         f.flush()
 
 
