@@ -68,6 +68,9 @@ def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
     seed_everything(cfg.seed)  # method init does not depend on how many draws loading took
     method = _to_device(build_method(cfg.method, backbone, data.label_texts), backbone, device)
     tok, L = backbone.tokenizer, cfg.model.max_length
+    P = method.positions_before_text()
+    backbone.check_positions(L + P, f"model.max_length={L} plus the method's {P} positions before the text",
+                             fix=f"set model.max_length<={(backbone.max_positions or 0) - P}")
     train_enc = encode_examples(data.train, tok, L, what="train") if with_train else None
     eval_enc = encode_examples(data.eval, tok, L, what="eval")
     dtype = DTYPES[hw.dtype]
@@ -331,13 +334,14 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
             sched.step()
             if step % tc.log_every == 0 or step == tc.max_steps:
                 dt = time.time() - window_t
-                n = max(window["n"], 1)
-                rec = {"kind": "train", "step": step, "train_loss": window["loss"] / n,
+                n = window["n"]
+                # A window whose every batch was skipped (on_nonfinite=skip) has no loss: null, not 0.0.
+                rec = {"kind": "train", "step": step, "train_loss": window["loss"] / n if n else None,
                        "lr": sched.get_last_lr()[0], "examples_per_s": n * len(idx) / max(dt, 1e-9),
                        "time_s": time.time() - t_train}
                 if d.is_main:
                     runfolder.append_jsonl(metrics_path, rec)
-                progress.update(task, loss=rec["train_loss"], rate=rec["examples_per_s"])
+                progress.update(task, loss=rec["train_loss"] if n else float("nan"), rate=rec["examples_per_s"])
                 window.update(loss=0.0, n=0)
                 window_t = time.time()
             if step % tc.eval_every == 0 or step == tc.max_steps:
