@@ -87,7 +87,16 @@ def resolve_nproc(hw) -> int:
         if n == 0:
             raise LtuneError("hardware.nproc=0 means one process per GPU, but no CUDA device is visible; "
                              "set hardware.nproc=N (CPU processes over gloo) or use hardware=cpu.")
+    elif _wants_cuda(hw) and torch.cuda.is_available() and n > torch.cuda.device_count():
+        # Each process drives one GPU (LOCAL_RANK); more processes than GPUs fail in set_device.
+        raise LtuneError(f"hardware.nproc={n} but only {torch.cuda.device_count()} GPU(s) are visible "
+                         f"(CUDA_VISIBLE_DEVICES); use hardware.nproc={torch.cuda.device_count()} or "
+                         f"hardware.nproc=0 (one process per visible GPU).")
     return n
+
+
+def _wants_cuda(hw) -> bool:
+    return hw.device in ("auto", "cuda") or str(hw.device).startswith("cuda")
 
 
 def check_layout(hw) -> None:
@@ -138,23 +147,34 @@ def launch(hw, cli_args: list[str]) -> int:
     args = ["--standalone", "--nnodes", "1", "--nproc_per_node", str(nproc), "-m", "ltune_cli", *cli_args]
     log.info("starting %d worker processes with torchrun (strategy %s)", nproc, hw.strategy)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SLURM's pre-emption warning (SIGUSR2, asked for by submitit) reaches every process of the job:
+    # the workers checkpoint and stop; this process waits for them, then hands the signal to the
+    # handler that was there before (submitit's: it requeues the job, which resumes the run).
+    usr2 = getattr(signal, "SIGUSR2", None)
+    got_usr2: list[int] = []
+    if usr2 is not None:
+        handlers[usr2] = signal.signal(usr2, lambda signum, frame: got_usr2.append(signum))
     old_env = os.environ.get(LAUNCHED_ENV)
     os.environ[LAUNCHED_ENV] = "1"
+    code = 0
     try:
         run(get_args_parser().parse_args(args))
     except ChildFailedError as e:
         codes = [f.exitcode for f in e.failures.values() if f.exitcode and f.exitcode > 0]
-        return codes[0] if codes else 1
+        code = codes[0] if codes else 1
     except SignalException:
-        return 130
+        code = 130
     finally:
         for s, h in handlers.items():
-            signal.signal(s, h)
+            if h is not None:
+                signal.signal(s, h)
         if old_env is None:
             os.environ.pop(LAUNCHED_ENV, None)
         else:
             os.environ[LAUNCHED_ENV] = old_env
-    return 0
+    if got_usr2 and callable(handlers.get(usr2)):
+        handlers[usr2](usr2, None)
+    return code
 
 
 def is_quiet_worker() -> bool:
@@ -179,9 +199,11 @@ def session(hw):
 
     rank, world = int(os.environ["RANK"]), env_world()
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    wants_cuda = hw.device in ("auto", "cuda") or str(hw.device).startswith("cuda")
-    device_type = "cuda" if wants_cuda and torch.cuda.is_available() else "cpu"
+    device_type = "cuda" if _wants_cuda(hw) and torch.cuda.is_available() else "cpu"
     if device_type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise LtuneError(f"this worker has LOCAL_RANK {local} but only {torch.cuda.device_count()} GPU(s) are "
+                             f"visible: start at most that many processes per node (torchrun --nproc_per_node).")
         torch.cuda.set_device(local)
     backend = _backend(hw, device_type)
     created = not dist.is_initialized()

@@ -433,6 +433,11 @@ def _from_pretrained(model_cfg, dtype, **placement):
         tokenizer = AutoTokenizer.from_pretrained(path, **kw)
         model = AutoModel.from_pretrained(path, dtype=dtype, **kw, **placement)
     except OSError as e:
+        if _is_gated(e):
+            raise LtuneError(
+                f"model '{path}' (model.path) is gated on the Hugging Face hub: accept its license at "
+                f"https://huggingface.co/{path}, then log in with `hf auth login` or set HF_TOKEN=<your token> "
+                f"(a token of the account that was granted access).") from None
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise LtuneError(
             f"could not load model '{path}' (model.path): {str(e).splitlines()[0][:160].rstrip('.')}. "
@@ -440,3 +445,16 @@ def _from_pretrained(model_cfg, dtype, **placement):
             f"Point model.path at a local folder with config.json + weights, or use model=minilm / "
             f"model=smollm2_135m, which ship with the package.") from None
     return model, tokenizer
+
+
+def _is_gated(e: BaseException) -> bool:
+    """A gated hub repo (or one that needs a token): transformers wraps huggingface_hub's
+    GatedRepoError / 401 in an OSError; look through the chain."""
+    from huggingface_hub.errors import GatedRepoError
+
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, GatedRepoError) or "gated repo" in str(e).lower():
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
