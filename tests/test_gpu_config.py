@@ -185,3 +185,104 @@ def test_usr2_checkpoints_then_hands_over_to_submitit_for_requeue(sentiment_file
     from ltune_cli import runfolder
 
     assert runfolder.read_results(engine.train(cfg))["status"] == "completed"
+
+
+# --------------------------------------------------------------------------- item 8: the model's preset
+def test_every_model_runs_with_its_own_preset_unless_hardware_is_given():
+    from ltune_cli.paths import conf_dir
+
+    for p in sorted((conf_dir() / "model").glob("*.yaml")):
+        cfg = compose([f"model={p.stem}"])
+        assert cfg.hardware.name == cfg.model.hardware_preset, p.stem
+        assert compose([f"model={p.stem}", "hardware=cpu"]).hardware.name == "cpu"
+    cfg = compose(["model=llama2_7b", "hardware.batch_size=2"])  # a key override keeps the preset
+    assert (cfg.hardware.name, cfg.hardware.batch_size, cfg.hardware.gradient_checkpointing) == ("gpu_large", 2, True)
+
+
+@pytest.mark.parametrize("sweep", ["paper_table1", "bloom_sizes", "falcon_sizes"])
+def test_sweeps_give_each_model_its_preset(sweep):
+    """The 7B models of a sweep run with gpu_large (micro-batch 8 x 4, checkpointing), not gpu's 32."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ltune_cli.config import _register
+    from ltune_cli.paths import conf_dir
+
+    _register()
+    GlobalHydra.instance().clear()
+    seen = {}
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        base = hydra_compose(config_name="config", overrides=[f"+sweep={sweep}"], return_hydra_config=True)
+        for model in str(base.hydra.sweeper.params.model).split(","):
+            cfg = hydra_compose(config_name="config", overrides=[f"+sweep={sweep}", f"model={model}"])
+            seen[model] = (cfg.hardware.name, cfg.model.hardware_preset)
+        forced = hydra_compose(config_name="config", overrides=[f"+sweep={sweep}", "model=bloom_7b1", "hardware=ddp"])
+    GlobalHydra.instance().clear()
+    assert all(name == preset for name, preset in seen.values()), seen
+    assert any(name == "gpu_large" for name, _ in seen.values())
+    assert forced.hardware.name == "ddp"
+
+
+def test_gpu_preset_on_a_cpu_only_machine_is_refused_naming_hardware_cpu(sentiment_files, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    train, dev = sentiment_files
+    cfg = compose(["model=llama2_7b", "dataset=files", f"dataset.train_path={train}", f"dataset.eval_path={dev}",
+                   "dataset.text_column=text", "dataset.label_column=label"])
+    with pytest.raises(LtuneError, match=r"hardware=gpu_large \(model=llama2_7b's hardware_preset.*add hardware=cpu"):
+        engine.build(cfg)
+
+
+# --------------------------------------------------------------------------- item 10: SLURM
+def _sweep_argv(monkeypatch, tmp_path, args):
+    """The Hydra command line `ltune sweep` hands to Hydra (nothing is submitted)."""
+    import sys
+
+    from ltune_cli import sweep as sweep_mod
+
+    got = {}
+
+    def fake_main():
+        got["argv"] = list(sys.argv)
+
+    monkeypatch.setattr(sweep_mod, "hydra_main", fake_main)
+    monkeypatch.setattr(sweep_mod, "_finish_if_started", lambda d, s: {"jobs": []})
+    sweep_mod.run_sweep(args, out=tmp_path / "sw")
+    return got["argv"]
+
+
+def test_slurm_request_comes_from_the_hardware_presets(monkeypatch, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    argv = _sweep_argv(monkeypatch, tmp_path, ["+sweep=paper_table1", "hydra/launcher=submitit_slurm",
+                                               "hardware.partition=a100"])
+    # the largest request of the grid: gpu_large's 480 min and 64 GB host RAM for the 7B models
+    for want in ("hydra.launcher.mem_gb=64", "hydra.launcher.timeout_min=480", "hydra.launcher.gpus_per_node=1",
+                 "hydra.launcher.partition='a100'", "hydra.launcher.tasks_per_node=1", "hydra.launcher.nodes=1",
+                 "hydra.launcher.cpus_per_task=8"):
+        assert want in argv, (want, argv)
+    # what the command line says itself wins
+    argv = _sweep_argv(monkeypatch, tmp_path, ["+sweep=bloom_sizes", "hydra/launcher=submitit_slurm", "hardware=ddp",
+                                               "hydra.launcher.timeout_min=30"])
+    assert "hydra.launcher.timeout_min=30" in argv and "hydra.launcher.timeout_min=240" not in argv
+    assert "hydra.launcher.gpus_per_node=4" in argv and "hydra.launcher.mem_gb=96" in argv
+    assert not any(a.startswith("hydra.launcher.") for a in _sweep_argv(monkeypatch, tmp_path, ["+sweep=cpu_smoke"]))
+
+
+@pytest.mark.parametrize("key", ["hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=4"])
+def test_slurm_several_tasks_or_nodes_per_run_are_refused(monkeypatch, tmp_path, key):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with pytest.raises(LtuneError, match=r"Leave hydra.launcher.(nodes|tasks_per_node) at 1"):
+        _sweep_argv(monkeypatch, tmp_path, ["+sweep=bloom_sizes", "hydra/launcher=submitit_slurm", key])
+
+
+def test_a_slurm_step_with_several_tasks_is_refused(monkeypatch):
+    """srun -n 4 ltune train ...: four standalone runs into one folder; refused before anything starts."""
+    from ltune_cli import distributed
+
+    for k in ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    with pytest.raises(LtuneError, match="this SLURM job step runs 4 tasks"):
+        distributed.needs_launch(compose(["hardware=ddp", "hardware.nproc=2", "hardware.device=cpu"]).hardware)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
+    assert distributed.needs_launch(compose(["hardware=ddp", "hardware.nproc=2", "hardware.device=cpu"]).hardware)

@@ -38,7 +38,8 @@ log = logging.getLogger("ltune")
 
 # Keys that only say how a run is laid out on machines: a run may resume with other values.
 LAYOUT_KEYS = ("hardware.strategy", "hardware.nproc", "hardware.nodes", "hardware.gpus_per_node",
-               "hardware.backend", "hardware.partition", "hardware.time_min", "hardware.rdzv_endpoint")
+               "hardware.backend", "hardware.partition", "hardware.time_min", "hardware.rdzv_endpoint",
+               "hardware.cpus_per_task", "hardware.mem_gb", "hardware.gpu_mem_gb")
 
 
 @dataclass(frozen=True)
@@ -117,14 +118,30 @@ def check_layout(hw) -> None:
 def needs_launch(hw) -> bool:
     """True when `ltune train` must start workers itself (several processes, no torchrun around it)."""
     check_layout(hw)
-    if hw.strategy == "single" or under_launcher():
+    if under_launcher():
+        return False
+    tasks = _slurm_step_tasks()
+    if tasks > 1:
+        raise LtuneError(f"this SLURM job step runs {tasks} tasks (srun --ntasks, or hydra.launcher.tasks_per_node / "
+                         f"nodes > 1): each would start its own run into the same folder. Run one task per node: "
+                         f"`ltune train hardware=ddp` starts one worker per GPU itself; several nodes: torchrun on "
+                         f"each node (docs/gpu.md).")
+    if hw.strategy == "single":
         return False
     if int(hw.nodes) > 1:
-        raise LtuneError(f"hardware.nodes={hw.nodes}: start torchrun on every node yourself, e.g. `srun torchrun "
-                         f"--nnodes {hw.nodes} --nproc_per_node <gpus> --rdzv-backend c10d --rdzv-endpoint "
-                         f"<node0>:29500 -m ltune_cli train hardware=ddp out_dir=<shared folder> ...` "
-                         f"(docs/gpu.md).")
+        raise LtuneError(f"hardware.nodes={hw.nodes}: start torchrun on every node yourself, e.g. `srun --ntasks-per-node "
+                         f"1 torchrun --nnodes {hw.nodes} --nproc_per_node <gpus> --rdzv-backend c10d --rdzv-endpoint "
+                         f"{hw.rdzv_endpoint or '<first node>:29500'} -m ltune_cli train hardware=ddp "
+                         f"out_dir=<shared folder> ...` (docs/gpu.md).")
     return resolve_nproc(hw) > 1
+
+
+def _slurm_step_tasks() -> int:
+    """Tasks of the SLURM job step this process belongs to (srun sets it; 1 outside SLURM)."""
+    try:
+        return int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    except ValueError:
+        return 1
 
 
 LAUNCHED_ENV = "LTUNE_LAUNCHED"  # set for workers that `ltune train` started (they print no summary)

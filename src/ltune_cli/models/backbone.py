@@ -269,6 +269,11 @@ def load_backbone(model_cfg, hardware_cfg=None, *, model=None, tokenizer=None) -
     the processes), gradient_checkpointing (blocks recomputed in backward).
     """
     hw = hardware_cfg
+    if hw is not None and str(hw.device).startswith("cuda") and not torch.cuda.is_available():
+        why = (f" (model={model_cfg.name}'s hardware_preset; a base of this size is meant for a GPU)"
+               if getattr(model_cfg, "hardware_preset", None) == hw.name else "")
+        raise LtuneError(f"hardware={hw.name}{why} runs on CUDA, but no CUDA device is visible. To run on this "
+                         f"machine's CPU anyway (fp32, slow for a large base) add hardware=cpu.")
     device = resolve_device(hw.device if hw else "cpu")
     dtype = DTYPES[hw.dtype] if hw else torch.float32
     placement = _placement(hw, device, dtype)  # from_pretrained places quantized / device-mapped bases
