@@ -330,6 +330,11 @@ def load_backbone(model_cfg, hardware_cfg=None, *, model=None, tokenizer=None) -
     the processes), gradient_checkpointing (blocks recomputed in backward).
     """
     hw = hardware_cfg
+    if hw is not None and str(hw.device).startswith("cuda") and not torch.cuda.is_available():
+        why = (f" (model={model_cfg.name}'s hardware_preset; a base of this size is meant for a GPU)"
+               if getattr(model_cfg, "hardware_preset", None) == hw.name else "")
+        raise LtuneError(f"hardware={hw.name}{why} runs on CUDA, but no CUDA device is visible. To run on this "
+                         f"machine's CPU anyway (fp32, slow for a large base) add hardware=cpu.")
     device = resolve_device(hw.device if hw else "cpu")
     dtype = DTYPES[hw.dtype] if hw else torch.float32
     placement = _placement(hw, device, dtype)  # from_pretrained places quantized / device-mapped bases
@@ -494,6 +499,11 @@ def _from_pretrained(model_cfg, dtype, **placement):
         tokenizer = AutoTokenizer.from_pretrained(path, **kw)
         model = AutoModel.from_pretrained(path, dtype=dtype, **kw, **placement)
     except OSError as e:
+        if _is_gated(e):
+            raise LtuneError(
+                f"model '{path}' (model.path) is gated on the Hugging Face hub: accept its license at "
+                f"https://huggingface.co/{path}, then log in with `hf auth login` or set HF_TOKEN=<your token> "
+                f"(a token of the account that was granted access).") from None
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise LtuneError(
             f"could not load model '{path}' (model.path): {str(e).splitlines()[0][:160].rstrip('.')}. "
@@ -501,3 +511,16 @@ def _from_pretrained(model_cfg, dtype, **placement):
             f"Point model.path at a local folder with config.json + weights, or use model=minilm / "
             f"model=smollm2_135m, which ship with the package.") from None
     return model, tokenizer
+
+
+def _is_gated(e: BaseException) -> bool:
+    """A gated hub repo (or one that needs a token): transformers wraps huggingface_hub's
+    GatedRepoError / 401 in an OSError; look through the chain."""
+    from huggingface_hub.errors import GatedRepoError
+
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, GatedRepoError) or "gated repo" in str(e).lower():
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
