@@ -45,6 +45,13 @@ FAMILIES: dict[str, Family] = {
     # heads; the original 7B layout is multi-query (one shared key/value head).
     "falcon": Family("decoder", kv_heads_attr="num_kv_heads",
                      kv_heads_rules=(("new_decoder_architecture", True, "heads"), ("multi_query", True, "one"))),
+    # Llama-like decoders (rotary positions, grouped-query cache) and XLM-RoBERTa (RoBERTa's
+    # layout and position offset). Each has a tiny model and an oracle test (tests/test_families.py).
+    "qwen2": Family("decoder", kv_heads_attr="num_key_value_heads"),
+    "mistral": Family("decoder", kv_heads_attr="num_key_value_heads"),
+    "gemma": Family("decoder", kv_heads_attr="num_key_value_heads"),
+    "gemma2": Family("decoder", kv_heads_attr="num_key_value_heads"),
+    "xlm-roberta": Family("encoder", position_offset=2),  # padding_idx (1) + 1
 }
 
 
