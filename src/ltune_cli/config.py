@@ -231,6 +231,9 @@ def check(cfg: Any) -> None:
         raise LtuneError(f"config key 'train.lr' must be > 0, got {lr}.")
     if get("method.lr") <= 0:
         raise LtuneError(f"config key 'method.lr' must be > 0, got {get('method.lr')}.")
+    if not get("model.path"):
+        raise LtuneError(f"config key 'model.path' is empty: model={get('model.name')} needs "
+                         f"model.path=<a model folder or hub id>.")
     if not get("dataset.label_texts") or len(get("dataset.label_texts")) < 2:
         raise LtuneError("config key 'dataset.label_texts' needs at least two label texts, "
                          "e.g. dataset.label_texts='[negative,positive]'.")

@@ -27,9 +27,14 @@ from ltune_cli.models.backbone import Backbone, LabelStates
 
 class Method(nn.Module):
     name = "method"
+    # Whether the method hands the frozen base a key/value prefix: a family without a cache
+    # (families.FAMILIES kv_cache=False) refuses it, here and in `ltune validate`.
+    needs_kv_cache = False
 
     def __init__(self, backbone: Backbone, cfg, label_texts: list[str]):
         super().__init__()
+        if self.needs_kv_cache:
+            backbone.require_kv_cache(self.name)
         self.backbone = backbone
         self.cfg = cfg
         self.label_texts = list(label_texts)
