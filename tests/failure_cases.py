@@ -130,7 +130,7 @@ CASES: list[Case] = [
          "missing trainable.safetensors"),
     Case("eval", "run folder from another version",
          lambda t: ["eval", _run_folder(t, results={"schema": "ltune.results/0"})], "another version"),
-    Case("eval", "override eval cannot take", lambda t: ["eval", _run_folder(t), "method.lr=1"], "not allowed"),
+    Case("eval", "override eval cannot take", lambda t: ["eval", _run_folder(t), "method.lr=1"], "not honoured"),
     Case("compare", "mismatched eval sets", _compare_mismatch, "different example sets"),
     Case("train", "resume without a folder", lambda t: ["train", "resume=true"], "resume=true needs out_dir"),
     # --- issue 10: inputs and config
