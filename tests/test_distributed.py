@@ -506,7 +506,7 @@ def test_plain_gpu_base_loads_straight_onto_its_device(monkeypatch):
     class Stop(Exception):
         pass
 
-    def from_pretrained(model_cfg, dtype, **kw):
+    def from_pretrained(*args, **kw):
         seen.update(kw)
         raise Stop
 
