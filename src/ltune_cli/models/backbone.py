@@ -392,8 +392,11 @@ def _fsdp(hw) -> bool:
 def _direct(hw, device: torch.device) -> dict:
     """from_pretrained arguments that load a plain base straight onto its GPU, tensor by tensor,
     instead of building it in host RAM and copying it over (every rank of a ddp run did that).
-    FSDP loads on the CPU: each block then goes to the GPU as its shard (shard_frozen)."""
-    if device.type != "cuda" or _fsdp(hw):
+    FSDP loads on the CPU: each block then goes to the GPU as its shard (shard_frozen).
+    transformers places through accelerate (a dependency); without it: load, then move."""
+    import importlib.util
+
+    if device.type != "cuda" or _fsdp(hw) or importlib.util.find_spec("accelerate") is None:
         return {}
     return {"device_map": {"": device}}
 
