@@ -41,6 +41,7 @@ class Backbone(nn.Module):
         self.max_length = max_length
         self.padding_side = padding_side
         self.pad_id = _pad_id(tokenizer)
+        self.sharded = any(hasattr(p, "to_local") for p in model.parameters())  # FSDP (DTensor weights)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
@@ -81,8 +82,11 @@ class Backbone(nn.Module):
         its P soft tokens once per forward (not once per text), `lt_prompt` its K label
         prompts. The text then attends to them exactly as in one concatenated forward
         (tests/test_methods.py checks scores and gradients). Needs a key/value cache and
-        last-token pooling (the pooled state is then a text position)."""
-        return self.geo.kind == "decoder" and self.family.kv_cache and self.pooling == "last"
+        last-token pooling (the pooled state is then a text position). Not on an FSDP-sharded
+        base: the prompt's keys/values come out of a block's inside, not its output, so FSDP
+        would not gather the block again for their backward (it frees a block's weights after
+        its forward); the prompt is then read with each text, in one concatenated forward."""
+        return self.geo.kind == "decoder" and self.family.kv_cache and self.pooling == "last" and not self.sharded
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                token_type_ids: torch.Tensor | None = None,
