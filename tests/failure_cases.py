@@ -51,6 +51,19 @@ def _run_folder(tmp: Path, **changes) -> str:
     return str(run)
 
 
+def _bad_config_yaml(tmp: Path) -> list[str]:
+    """Two comparable runs, one with a config.yaml damaged after training."""
+    args = _compare_mismatch(tmp)
+    (tmp / "a" / "config.yaml").write_text("train: [lr: 0.1\n")
+    return args
+
+
+def _eval_out_taken(tmp: Path) -> list[str]:
+    (tmp / "ev").mkdir()
+    (tmp / "ev" / "eval.json").write_text("{}")
+    return ["eval", _run_folder(tmp), "--out", str(tmp / "ev")]
+
+
 def _no_weights(tmp: Path) -> str:
     d = tmp / "model"
     d.mkdir()
@@ -119,7 +132,16 @@ CASES: list[Case] = [
          "missing trainable.safetensors"),
     Case("eval", "run folder from another version",
          lambda t: ["eval", _run_folder(t, results={"schema": "ltune.results/0"})], "another version"),
-    Case("eval", "override eval cannot take", lambda t: ["eval", _run_folder(t), "method.lr=1"], "not allowed"),
+    Case("eval", "override eval cannot take", lambda t: ["eval", _run_folder(t), "method.lr=1"], "not honoured"),
     Case("compare", "mismatched eval sets", _compare_mismatch, "different example sets"),
     Case("train", "resume without a folder", lambda t: ["train", "resume=true"], "resume=true needs out_dir"),
+    # --- issue 10: eval and compare
+    Case("eval", "dataset.eval_path on a GLUE run (eval would ignore it)",
+         lambda t: ["eval", _run_folder(t), f"dataset.eval_path={t}/dev.csv"], "read only by dataset.kind=files"),
+    Case("eval", "a training-only override (hardware.nproc)", lambda t: ["eval", _run_folder(t), "hardware.nproc=2"],
+         "is not honoured"),
+    Case("eval", "--out is a file", lambda t: ["eval", _run_folder(t), "--out", _csv(t, "x.json", "{}")],
+         "is a file; give a folder"),
+    Case("eval", "--out already holds an eval", _eval_out_taken, "already holds an eval.json"),
+    Case("compare", "damaged config.yaml", _bad_config_yaml, "config.yaml is not valid YAML"),
 ]
