@@ -176,15 +176,20 @@ def eval_(run: Path = typer.Argument(..., help="A run folder written by `ltune t
 @app.command()
 @user_errors
 def validate(overrides: list[str] = OVERRIDES, debug: bool = DEBUG):
-    """Check a configuration (keys, types, ranges, data files) without building a model."""
+    """Check a configuration without loading weights: keys, types, ranges, data files, and what
+    train would refuse (model folder and family, method x family, devices, optional packages)."""
+    from ltune_cli import preflight
     from ltune_cli.config import compose
 
+    preflight.check_launchers(overrides or [])
     cfg = compose(overrides or [])
     from ltune_cli.data import load_splits
 
     data = load_splits(cfg.dataset)
-    typer.echo(f"ok: {cfg.method.name} on {cfg.model.name} ({cfg.model.path}), {cfg.dataset.name}: "
-               f"{len(data.train)} train / {len(data.eval)} eval examples, labels {data.label_texts}")
+    info = preflight.check(cfg)
+    typer.echo(f"ok: {cfg.method.name} on {cfg.model.name} ({cfg.model.path}: {info.summary()}), "
+               f"{cfg.dataset.name}: {len(data.train)} train / {len(data.eval)} eval examples, "
+               f"labels {data.label_texts}")
 
 
 @app.command()

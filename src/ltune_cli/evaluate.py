@@ -127,10 +127,10 @@ def score_run(run, overrides=(), *, backbone=None) -> tuple[dict, dict]:
 
     stored_dataset = load_stored(run / "config.yaml").dataset
     s = engine.build(cfg, backbone=backbone, with_train=False)
-    engine.load_trainable(s.method, run)
+    runfolder.load_trainable(s.method, run)
     scores, preds = engine.evaluate(s)
     out = {"run": str(run), "eval_examples": len(s.eval_enc), "scores": scores,
-           "versions": engine.versions(), "overrides": overrides, "tolerance": TOLERANCE}
+           "versions": runfolder.versions(), "overrides": overrides, "tolerance": TOLERANCE}
     final = res.get("final") or {}
     same_set = stored_dataset == cfg.dataset and res.get("eval_examples") == len(s.eval_enc)
     if not final:
