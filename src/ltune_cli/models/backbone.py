@@ -240,7 +240,7 @@ class Backbone(nn.Module):
         if not n or not any(isinstance(m, nn.Embedding) and m is not words and m.num_embeddings == n
                             for m in self.model.modules()):
             return None
-        return n - self.family.position_offset
+        return n - self.position_offset
 
     def check_positions(self, length: int, what: str, fix: str) -> None:
         """An LtuneError when `length` positions run past the position table (an IndexError deep
