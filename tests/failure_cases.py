@@ -146,6 +146,10 @@ CASES: list[Case] = [
          "'train.warmup_ratio' must be in [0, 1], got 1.5"),
     Case("config", "negative seed", lambda t: ["validate", "seed=-1"], "'seed' must be an integer from 0 to 2**64-1"),
     Case("config", "seed above 2**64-1", lambda t: ["validate", f"seed={2**64}"], "'seed' must be an integer"),
+    Case("config", "+key=value outside the schema", lambda t: ["validate", "+train.lrr=0.1"],
+         "unknown config key 'train.lrr'. Did you mean 'train.lr'?"),
+    Case("config", "+key=value of a new top-level key", lambda t: ["train", "+seeds=1", f"out_dir={t}/r"],
+         "unknown config key 'seeds'. Did you mean 'seed'?"),
     Case("data", "two L-Tuning label texts that read as the same tokens ([UNK])",
          lambda t: _tiny_train(t, "dataset.label_texts=[zzz,yyy]"), "label texts 'zzz' and 'yyy' reach the model as "
          "the same tokens ([CLS] [UNK] [SEP])"),

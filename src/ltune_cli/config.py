@@ -239,6 +239,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
 
     from ltune_cli.paths import conf_dir
 
@@ -247,6 +248,8 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+        # Hydra lets `+key=value` add a key the schema lacks: check against it like any typo.
+        OmegaConf.merge(OmegaConf.structured(LtuneConfig), OmegaConf.to_container(cfg))
     except Exception as e:  # noqa: BLE001 - translated into a user-facing error below
         raise translate_config_error(e, overrides) from None
     check(cfg)
