@@ -238,7 +238,7 @@ def test_labels_with_near_identical_frozen_states_warn_with_the_cosine(caplog):
     mask = torch.ones_like(ids)
     g = torch.Generator().manual_seed(0)
     base = torch.randn(3, 8, generator=g)
-    near = base + 1e-3 * torch.randn(3, 8, generator=g)  # label 1 ~ label 0
+    near = base + 2e-2 * torch.randn(3, 8, generator=g)  # label 1 ~ label 0
     states = torch.stack([base, near, torch.randn(3, 8, generator=g)])  # (K, l, d)
     with caplog.at_level("WARNING", logger="ltune"):
         check_distinct_labels(["good", "Good", "bad"], ids, mask, states, tok, None)
