@@ -19,6 +19,8 @@ class Case:
     what: str
     args: Callable[[Path], list[str]]  # scratch folder -> argv after `ltune`
     expect: str  # fragment of the one-line error
+    # A machine-dependent case (a package or a GPU this machine lacks) runs only where this holds.
+    applies: Callable[[], bool] | None = None
 
 
 def _csv(tmp: Path, name: str, text: str | bytes) -> str:
@@ -128,7 +130,7 @@ CASES: list[Case] = [
          "missing trainable.safetensors"),
     Case("eval", "run folder from another version",
          lambda t: ["eval", _run_folder(t, results={"schema": "ltune.results/0"})], "another version"),
-    Case("eval", "override eval cannot take", lambda t: ["eval", _run_folder(t), "method.lr=1"], "not allowed"),
+    Case("eval", "override eval cannot take", lambda t: ["eval", _run_folder(t), "method.lr=1"], "not honoured"),
     Case("compare", "mismatched eval sets", _compare_mismatch, "different example sets"),
     Case("train", "resume without a folder", lambda t: ["train", "resume=true"], "resume=true needs out_dir"),
     # --- issue 10: inputs and config
@@ -163,4 +165,83 @@ CASES: list[Case] = [
     Case("model", "a label text longer than the model's positions",
          lambda t: _tiny_train(t, f"dataset.label_texts=[negative,{' '.join(['good'] * 200)}]"),
          "the label texts (dataset.label_texts) need 202 positions, but the model has 128"),
+]
+
+
+# --- issue 11: model folders and validate
+def _tiny(tmp: Path, family: str) -> str:
+    from conftest import save_tiny_model
+
+    return str(save_tiny_model(tmp / family, family))
+
+
+def _foreign(tmp: Path, weights: bool = True) -> str:
+    """A folder of a family ltune has no row for; its weights file is junk, so a refusal that
+    came after loading would be a different error."""
+    d = tmp / "mamba"
+    d.mkdir()
+    (d / "config.json").write_text('{"model_type": "mamba", "hidden_size": 32, "num_hidden_layers": 2}')
+    if weights:
+        (d / "model.safetensors").write_bytes(b"not weights")
+    return str(d)
+
+
+def _no_config(tmp: Path) -> str:
+    d = tmp / "model"
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(b"")
+    return str(d)
+
+
+def _no_gpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def _missing(module: str) -> Callable[[], bool]:
+    import importlib.util
+
+    def missing() -> bool:
+        try:
+            return importlib.util.find_spec(module) is None
+        except ModuleNotFoundError:  # its parent package is missing too
+            return True
+
+    return missing
+
+
+CASES += [
+    Case("model", "validate: model folder does not exist", lambda t: ["validate", f"model.path={t}/nope"],
+         "no such folder"),
+    Case("model", "validate: folder without config.json", lambda t: ["validate", f"model.path={_no_config(t)}"],
+         "has no config.json"),
+    Case("model", "validate: unsupported family in config.json", lambda t: ["validate", f"model.path={_foreign(t)}"],
+         "model family 'mamba' (model_type in"),
+    Case("model", "train: unsupported family, refused before weights load",
+         lambda t: ["train", f"model.path={_foreign(t)}", f"out_dir={t}/r"], "Supported: bert, roberta"),
+    Case("model", "validate: misspelt model.family",
+         lambda t: ["validate", f"model.path={_tiny(t, 'llama')}", "model.family=lama"], "Did you mean 'llama'?"),
+    Case("model", "validate: cls pooling on a decoder",
+         lambda t: ["validate", f"model.path={_tiny(t, 'llama')}", "model.pooling=cls"],
+         "model.pooling=cls on a llama decoder"),
+    Case("model", "validate: model=custom without model.path", lambda t: ["validate", "model=custom"],
+         "model=custom needs model.path"),
+    Case("model", "validate: prefix on DeBERTa-v2",
+         lambda t: ["validate", "method=prefix", f"model.path={_tiny(t, 'deberta-v2')}"],
+         "needs a key/value prefix"),
+    Case("model", "validate: lt_prefix on DeBERTa-v2",
+         lambda t: ["validate", "method=lt_prefix", f"model.path={_tiny(t, 'deberta-v2')}"],
+         "use method=prompt or method=lt_prompt"),
+    Case("hardware", "validate: GPU preset on a machine without a GPU", lambda t: ["validate", "hardware=gpu"],
+         "no CUDA device is visible", applies=_no_gpu),
+    Case("hardware", "validate: one process per GPU without a GPU", lambda t: ["validate", "hardware=ddp"],
+         "no CUDA device is visible", applies=_no_gpu),
+    Case("hardware", "validate: 8-bit base without bitsandbytes", lambda t: ["validate", "hardware=gpu_8bit"],
+         "bitsandbytes, which is not installed", applies=_missing("bitsandbytes")),
+    Case("hardware", "validate: sweep launcher plugin not installed",
+         lambda t: ["validate", "hydra/launcher=ray"], "pip install 'ltune-cli[ray]'",
+         applies=_missing("hydra_plugins.hydra_ray_launcher")),
+    Case("hardware", "validate: unknown sweep launcher", lambda t: ["validate", "hydra/launcher=joblb"],
+         "Did you mean 'joblib'?"),
 ]

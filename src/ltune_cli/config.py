@@ -88,13 +88,17 @@ class HardwareConfig:
     nproc: int = 1  # processes per node `ltune train` starts through torchrun (0 = one per visible GPU)
     nodes: int = 1  # > 1: start `torchrun --nnodes ...` yourself on every node (docs/gpu.md)
     backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
-    rdzv_endpoint: str | None = None  # host:port of node 0, for multi-node torchrun
-    # Cluster jobs: read by the SLURM launcher of `ltune sweep` (hydra/launcher=submitit_slurm)
+    rdzv_endpoint: str | None = None  # host:port of node 0: printed in the multi-node torchrun command
+    # Cluster jobs: `ltune sweep hydra/launcher=submitit_slurm` turns these into its sbatch request
+    # (sweep.SLURM_FROM_HARDWARE: gpus_per_node, timeout_min, cpus_per_task, mem_gb, partition)
     gpus_per_node: int = 0
     partition: str | None = None
     time_min: int = 60
     cpus_per_task: int = 8
-    mem_gb: int | None = None
+    mem_gb: int | None = None  # host RAM per job (every process loads the base on the CPU first)
+    # Memory of one GPU this preset is meant for: `ltune validate` refuses a run whose estimate
+    # does not fit it (None: no check, e.g. CPU presets).
+    gpu_mem_gb: float | None = None
     # Large frozen bases
     load_in: str = "none"  # none | 8bit | 4bit (bitsandbytes: pip install 'ltune-cli[quant]', CUDA)
     device_map: str = "none"  # none | auto | balanced | sequential: accelerate spreads/offloads the base
@@ -150,7 +154,8 @@ POSITIVE = ("model.max_length", "method.num_virtual_tokens", "hardware.batch_siz
             "hardware.eval_batch_size", "hardware.grad_accum", "train.max_steps",
             "train.eval_every", "train.log_every", "method.label_len", "method.head_lr",
             "dataset.train_limit", "dataset.eval_limit", "hardware.num_threads", "train.keep_checkpoints",
-            "hardware.nodes", "hardware.time_min", "hardware.cpus_per_task", "hardware.mem_gb")
+            "hardware.nodes", "hardware.time_min", "hardware.cpus_per_task", "hardware.mem_gb",
+            "hardware.gpu_mem_gb")
 #: key -> (low, high, high included): ranges a finite float must fall in.
 RANGES = {"method.dropout": (0.0, 1.0, False), "train.warmup_ratio": (0.0, 1.0, True)}
 #: What torch.manual_seed and numpy's generators accept.
@@ -226,6 +231,9 @@ def check(cfg: Any) -> None:
         raise LtuneError(f"config key 'train.lr' must be > 0, got {lr}.")
     if get("method.lr") <= 0:
         raise LtuneError(f"config key 'method.lr' must be > 0, got {get('method.lr')}.")
+    if not get("model.path"):
+        raise LtuneError(f"config key 'model.path' is empty: model={get('model.name')} needs "
+                         f"model.path=<a model folder or hub id>.")
     if not get("dataset.label_texts") or len(get("dataset.label_texts")) < 2:
         raise LtuneError("config key 'dataset.label_texts' needs at least two label texts, "
                          "e.g. dataset.label_texts='[negative,positive]'.")
