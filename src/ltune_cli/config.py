@@ -212,6 +212,13 @@ def check(cfg: Any) -> None:
     def get(key):
         return OmegaConf.select(cfg, key)
 
+    # Hydra lets `+key=value` add a key the schema lacks (it then lands in config.yaml and breaks
+    # `ltune eval` and `--resume` later): checked against the schema here like any typo.
+    try:
+        OmegaConf.merge(OmegaConf.structured(LtuneConfig),
+                        {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"})
+    except Exception as e:  # noqa: BLE001 - translated into a user-facing error
+        raise translate_config_error(e) from None
     check_numbers(get)
 
     for key, allowed in CHOICES.items():
@@ -247,7 +254,6 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
 
     from ltune_cli.paths import conf_dir
 
@@ -256,8 +262,6 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
-        # Hydra lets `+key=value` add a key the schema lacks: check against it like any typo.
-        OmegaConf.merge(OmegaConf.structured(LtuneConfig), OmegaConf.to_container(cfg))
     except Exception as e:  # noqa: BLE001 - translated into a user-facing error below
         raise translate_config_error(e, overrides) from None
     check(cfg)
