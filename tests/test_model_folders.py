@@ -27,10 +27,11 @@ def _backbone(overrides):
 def test_decoder_folder_under_the_default_preset_pools_its_last_token(tiny_llama_dir):
     bb = _backbone([f"model.path={tiny_llama_dir}"])  # model=minilm stays the preset
     assert (bb.geo.family, bb.geo.kind, bb.geo.kv_heads, bb.pooling) == ("llama", "decoder", 2, "last")
-    enc = bb.tokenizer(["the movie was good", "bad film and so dull"], padding=True, return_tensors="pt")
+    # Two sentences with the same first token: first-token pooling gave them identical
+    # encodings (max difference 0.0), whatever followed.
+    enc = bb.tokenizer(["the movie was good", "the film was bad and so dull"], padding=True, return_tensors="pt")
     with torch.no_grad():
         pooled = bb.encode(enc["input_ids"], enc["attention_mask"])
-    # The symptom: first-token pooling gave two different sentences identical encodings.
     assert (pooled[0] - pooled[1]).abs().max() > 1e-3
 
 
