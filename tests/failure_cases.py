@@ -60,6 +60,15 @@ def _no_weights(tmp: Path) -> str:
     return str(d)
 
 
+def _tiny_train(tmp: Path, *extra: str, family: str = "bert") -> list[str]:
+    """`ltune train` of a tiny random model (128 positions) on two small files, with `extra`."""
+    from conftest import save_tiny_model
+
+    model = save_tiny_model(tmp / "model", family)
+    return ["train", *_files(tmp, GOOD)[1:], f"model.path={model}", "train.max_steps=1", "train.progress=false",
+            f"out_dir={tmp}/run", *extra]
+
+
 def _compare_mismatch(tmp: Path) -> list[str]:
     runs = []
     for seed, (name, n) in enumerate((("a", 10), ("b", 12))):
@@ -121,9 +130,37 @@ CASES: list[Case] = [
          "missing trainable.safetensors"),
     Case("eval", "run folder from another version",
          lambda t: ["eval", _run_folder(t, results={"schema": "ltune.results/0"})], "another version"),
-    Case("eval", "override eval cannot take", lambda t: ["eval", _run_folder(t), "method.lr=1"], "not allowed"),
+    Case("eval", "override eval cannot take", lambda t: ["eval", _run_folder(t), "method.lr=1"], "not honoured"),
     Case("compare", "mismatched eval sets", _compare_mismatch, "different example sets"),
     Case("train", "resume without a folder", lambda t: ["train", "resume=true"], "resume=true needs out_dir"),
+    # --- issue 10: inputs and config
+    Case("data", "stray class id among digit label texts (eval file)",
+         lambda t: _files(t, "text,label\ngood,1\nbad,2\n", "text,label\nfine,1\nawful,2\nok,0\n",
+                          extra=["dataset.label_texts=[1,2]"]), "dev.csv: line 4: column 'label': label '0'"),
+    Case("data", "duplicate column name in a CSV header", lambda t: _files(t, "text,label,text\ngood,1,x\n"),
+         "column 'text' appears twice in the header"),
+    Case("config", "NaN learning rate", lambda t: ["validate", "train.lr=nan"],
+         "config key 'train.lr' must be a finite number, got nan"),
+    Case("config", "infinite gradient-norm limit", lambda t: ["validate", "train.max_grad_norm=inf"],
+         "config key 'train.max_grad_norm' must be a finite number, got inf"),
+    Case("config", "dropout 1", lambda t: ["validate", "method.dropout=1"], "'method.dropout' must be in [0, 1)"),
+    Case("config", "warm-up ratio above 1", lambda t: ["validate", "train.warmup_ratio=1.5"],
+         "'train.warmup_ratio' must be in [0, 1], got 1.5"),
+    Case("config", "negative seed", lambda t: ["validate", "seed=-1"], "'seed' must be an integer from 0 to 2**64-1"),
+    Case("config", "seed above 2**64-1", lambda t: ["validate", f"seed={2**64}"], "'seed' must be an integer"),
+    Case("data", "two L-Tuning label texts that read as the same tokens ([UNK])",
+         lambda t: _tiny_train(t, "dataset.label_texts=[zzz,yyy]"), "label texts 'zzz' and 'yyy' reach the model as "
+         "the same tokens ([CLS] [UNK] [SEP])"),
+    Case("data", "L-Tuning label texts equal after method.label_len",
+         lambda t: _tiny_train(t, "dataset.label_texts=[very good,very bad]", "method.label_len=2"),
+         "the same tokens after method.label_len=2 truncation ([CLS] very)"),
+    Case("model", "model.max_length + prefix past the model's positions",
+         lambda t: _tiny_train(t, "method=prefix", "model.max_length=120", "method.num_virtual_tokens=20"),
+         "model.max_length=120 plus the method's 20 positions before the text need 140 positions, but the model "
+         "has 128 (max_position_embeddings); set model.max_length<=108"),
+    Case("model", "a label text longer than the model's positions",
+         lambda t: _tiny_train(t, f"dataset.label_texts=[negative,{' '.join(['good'] * 200)}]"),
+         "the label texts (dataset.label_texts) need 202 positions, but the model has 128"),
 ]
 
 

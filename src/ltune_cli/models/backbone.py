@@ -197,12 +197,37 @@ class Backbone(nn.Module):
             row = row[:length]
             ids[i, : len(row)] = torch.tensor(row)
             mask[i, : len(row)] = 1
+        self.check_positions(length, "the label texts (dataset.label_texts)", fix="set method.label_len=<n> to "
+                             "keep their first n tokens, or use shorter label texts")
         ids, mask = ids.to(self.device), mask.to(self.device)
         was_training = self.training
         self.eval()
         states = self.hidden_states(ids, mask).float() * mask[..., None]
         self.train(was_training)
+        check_distinct_labels(label_texts, ids, mask, states, self.tokenizer, label_len)
         return LabelStates(states=states, mask=mask, ids=ids)
+
+    @property
+    def max_positions(self) -> int | None:
+        """How many positions the model's learned position table holds (BERT/RoBERTa/GPT-2: 512,
+        1024), or None when it has none to run off (rotary, ALiBi, relative positions).
+        Found as the embedding table sized max_position_embeddings (n_positions); RoBERTa's
+        offset (family data) is subtracted."""
+        config = self.model.config
+        n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        words = self.model.get_input_embeddings()
+        if not n or not any(isinstance(m, nn.Embedding) and m is not words and m.num_embeddings == n
+                            for m in self.model.modules()):
+            return None
+        return n - self.family.position_offset
+
+    def check_positions(self, length: int, what: str, fix: str) -> None:
+        """An LtuneError when `length` positions run past the position table (an IndexError deep
+        in the model otherwise, or a device-side assert on a GPU)."""
+        limit = self.max_positions
+        if limit is not None and length > limit:
+            raise LtuneError(f"{what} need {length} positions, but the model has {limit} "
+                             f"(max_position_embeddings); {fix}.")
 
     @torch.no_grad()
     def reading_kv(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -222,6 +247,42 @@ class Backbone(nn.Module):
                              f"{layers[0].shape[2]} key/value heads) does not match the family table "
                              f"({self.geo.layers}, {self.geo.kv_heads}); set method.init_from_label=false.")
         return torch.stack(layers, 0).permute(2, 4, 0, 1, 3, 5).float().to(self.device)
+
+
+#: Above this cosine of their mean frozen states, two labels get a warning (MiniLM: distinct
+#: label words 0.40-0.88; SmolLM2 single-token labels 0.992-0.99988, its first position barely
+#: depends on the token: those warn, and rightly so, L-Tuning's map starts from near-equal inputs).
+SIMILAR_LABELS_COSINE = 0.999
+
+
+def check_distinct_labels(label_texts, ids: torch.Tensor, mask: torch.Tensor, states: torch.Tensor,
+                          tokenizer, label_len: int | None) -> None:
+    """L-Tuning tells labels apart only through what the frozen LM reads: two labels that reach
+    it as the same tokens (cut to method.label_len, or both [UNK]) are an error; two whose
+    frozen states are near-identical get a warning with their cosine. ids, mask: (K, l);
+    states: (K, l, d), zero at padding."""
+    import logging
+
+    rows = [tuple(r[m.bool()].tolist()) for r, m in zip(ids.cpu(), mask.cpu(), strict=True)]
+    seen: dict[tuple, int] = {}
+    for i, row in enumerate(rows):
+        if row in seen:
+            a, b = label_texts[seen[row]], label_texts[i]
+            tokens = " ".join(tokenizer.convert_ids_to_tokens(list(row)))
+            cut = f" after method.label_len={label_len} truncation" if label_len else ""
+            raise LtuneError(f"label texts '{a}' and '{b}' reach the model as the same tokens{cut} ({tokens}), "
+                             f"so L-Tuning cannot tell them apart; use distinct label texts (dataset.label_texts)"
+                             + (" or a larger method.label_len." if label_len else "."))
+        seen[row] = i
+    pooled = states.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # (K, d)
+    cos = torch.nn.functional.cosine_similarity(pooled[:, None], pooled[None], dim=-1)
+    for i in range(len(rows)):
+        for j in range(i + 1, len(rows)):
+            if cos[i, j] >= SIMILAR_LABELS_COSINE:
+                logging.getLogger("ltune").warning(
+                    "label texts '%s' and '%s' have near-identical frozen states (cosine %.5f): L-Tuning may "
+                    "not tell them apart; consider more distinct label texts (dataset.label_texts)",
+                    label_texts[i], label_texts[j], float(cos[i, j]))
 
 
 def _rows(x: torch.Tensor, index: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -268,6 +329,11 @@ def load_backbone(model_cfg, hardware_cfg=None, *, model=None, tokenizer=None) -
     from ltune_cli.models.folder import describe
 
     hw = hardware_cfg
+    if hw is not None and str(hw.device).startswith("cuda") and not torch.cuda.is_available():
+        why = (f" (model={model_cfg.name}'s hardware_preset; a base of this size is meant for a GPU)"
+               if getattr(model_cfg, "hardware_preset", None) == hw.name else "")
+        raise LtuneError(f"hardware={hw.name}{why} runs on CUDA, but no CUDA device is visible. To run on this "
+                         f"machine's CPU anyway (fp32, slow for a large base) add hardware=cpu.")
     # config.json first: family, geometry and pooling come from the model; an unsupported family
     # or cls pooling on a decoder is refused before any weight loads.
     info = describe(model_cfg) if model is None else None
@@ -432,3 +498,4 @@ def _from_pretrained(path: str, model_cfg, dtype, **placement):
 
         raise load_error(path, e, Path(path).expanduser().exists()) from None
     return model, tokenizer
+

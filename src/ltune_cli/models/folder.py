@@ -82,9 +82,27 @@ def _auto_config(path: str, model_cfg, local: bool):
 
 
 def load_error(path: str, e: Exception, local: bool) -> LtuneError:
+    if _is_gated(e):
+        return LtuneError(
+            f"model '{path}' (model.path) is gated on the Hugging Face hub: accept its license at "
+            f"https://huggingface.co/{path}, then log in with `hf auth login` or set HF_TOKEN=<your token> "
+            f"(a token of the account that was granted access).")
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     return LtuneError(
         f"could not load model '{path}' (model.path): {str(e).splitlines()[0][:160].rstrip('.')}. "
         f"{'The hub is unreachable (offline). ' if not local or offline else ''}"
         f"Point model.path at a local folder with config.json + weights, or use model=minilm / "
         f"model=smollm2_135m, which ship with the package.")
+
+
+def _is_gated(e: BaseException) -> bool:
+    """A gated hub repo (or one that needs a token): transformers wraps huggingface_hub's
+    GatedRepoError / 401 in an OSError; look through the chain."""
+    from huggingface_hub.errors import GatedRepoError
+
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, GatedRepoError) or "gated repo" in str(e).lower():
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
