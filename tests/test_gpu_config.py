@@ -192,9 +192,10 @@ def test_every_model_runs_with_its_own_preset_unless_hardware_is_given():
     from ltune_cli.paths import conf_dir
 
     for p in sorted((conf_dir() / "model").glob("*.yaml")):
-        cfg = compose([f"model={p.stem}"])
+        path = ["model.path=/any/folder"] if p.stem == "custom" else []  # model=custom requires one
+        cfg = compose([f"model={p.stem}", *path])
         assert cfg.hardware.name == cfg.model.hardware_preset, p.stem
-        assert compose([f"model={p.stem}", "hardware=cpu"]).hardware.name == "cpu"
+        assert compose([f"model={p.stem}", "hardware=cpu", *path]).hardware.name == "cpu"
     cfg = compose(["model=llama2_7b", "hardware.batch_size=2"])  # a key override keeps the preset
     assert (cfg.hardware.name, cfg.hardware.batch_size, cfg.hardware.gradient_checkpointing) == ("gpu_large", 2, True)
 
