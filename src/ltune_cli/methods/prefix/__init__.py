@@ -22,9 +22,10 @@ from ltune_cli.methods.base import ClassifierMethod
 
 @register("prefix")
 class Prefix(ClassifierMethod):
+    needs_kv_cache = True
+
     def __init__(self, backbone, cfg, label_texts):
         super().__init__(backbone, cfg, label_texts)
-        backbone.require_kv_cache("prefix")
         g = backbone.geo
         P = cfg.num_virtual_tokens
         if cfg.init == "vocab":
