@@ -65,7 +65,7 @@ class MethodConfig:
     # L-Tuning: start the trainable map at the frozen LM's own reading of the label text
     # (prefix = the label's key/values, prompt = its input embeddings); False = random init.
     init_from_label: bool = True
-    init: str = "vocab"  # prompt: vocab | normal
+    init: str = "vocab"  # prompt, prefix: vocab | normal (see their docstrings)
     dropout: float = 0.0
     lr: float = 5e-3  # the method's recommended learning rate (train.lr overrides)
     # The head's learning rate (None = lr). L-Tuning's label maps have a fan-in of d, so
