@@ -161,6 +161,12 @@ def validate(overrides: list[str] = OVERRIDES, debug: bool = DEBUG):
     from ltune_cli.data import load_splits
 
     data = load_splits(cfg.dataset)
+    from ltune_cli import memory
+
+    est = memory.plan(cfg, data)  # from the model's published architecture; nothing loads
+    if est is not None:
+        typer.echo(f"{memory.describe(est)}; from conf/model/{cfg.model.name}.yaml arch, hardware={cfg.hardware.name}")
+        memory.check_fits(est, cfg.hardware)
     typer.echo(f"ok: {cfg.method.name} on {cfg.model.name} ({cfg.model.path}), {cfg.dataset.name}: "
                f"{len(data.train)} train / {len(data.eval)} eval examples, labels {data.label_texts}")
 
