@@ -156,6 +156,10 @@ POSITIVE = ("model.max_length", "method.num_virtual_tokens", "hardware.batch_siz
             "dataset.train_limit", "dataset.eval_limit", "hardware.num_threads", "train.keep_checkpoints",
             "hardware.nodes", "hardware.time_min", "hardware.cpus_per_task", "hardware.mem_gb",
             "hardware.gpu_mem_gb")
+#: key -> (low, high, high included): ranges a finite float must fall in.
+RANGES = {"method.dropout": (0.0, 1.0, False), "train.warmup_ratio": (0.0, 1.0, True)}
+#: What torch.manual_seed and numpy's generators accept.
+SEED_RANGE = (0, 2**64 - 1)
 NON_NEGATIVE = ("hardware.nproc", "hardware.gpus_per_node", "train.checkpoint_every", "train.weight_decay", "train.warmup_ratio", "train.max_grad_norm", "method.dropout")
 
 
@@ -169,12 +173,46 @@ def _register() -> None:
         cs.store(group=group, name=f"{group}_schema", node=node)
 
 
+def float_keys() -> list[str]:
+    """Every config key typed float (or float | None), e.g. 'train.lr'."""
+    import dataclasses
+    import typing
+
+    keys = []
+    for f in dataclasses.fields(LtuneConfig):
+        node = typing.get_type_hints(LtuneConfig)[f.name]
+        if dataclasses.is_dataclass(node):
+            hints = typing.get_type_hints(node)
+            keys += [f"{f.name}.{name}" for name, t in hints.items() if float in (t, *typing.get_args(t))]
+    return keys
+
+
+def check_numbers(get) -> None:
+    """NaN and +-inf are no value for any float key (`train.lr=nan` trained NaN weights to the
+    end); bounded keys in their range; the seed within what torch and numpy accept."""
+    import math
+
+    for key in float_keys():
+        v = get(key)
+        if v is not None and not math.isfinite(v):
+            raise LtuneError(f"config key '{key}' must be a finite number, got {v}.")
+    for key, (lo, hi, closed) in RANGES.items():
+        v = get(key)
+        if v is not None and not (lo <= v <= hi if closed else lo <= v < hi):
+            raise LtuneError(f"config key '{key}' must be in [{lo:g}, {hi:g}{']' if closed else ')'}, got {v}.")
+    seed = get("seed")
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise LtuneError(f"config key 'seed' must be an integer from {SEED_RANGE[0]} to 2**64-1, got {seed}.")
+
+
 def check(cfg: Any) -> None:
     """Range and choice checks that a type alone cannot express."""
     from omegaconf import OmegaConf
 
     def get(key):
         return OmegaConf.select(cfg, key)
+
+    check_numbers(get)
 
     for key, allowed in CHOICES.items():
         if get(key) not in allowed:
@@ -193,6 +231,9 @@ def check(cfg: Any) -> None:
         raise LtuneError(f"config key 'train.lr' must be > 0, got {lr}.")
     if get("method.lr") <= 0:
         raise LtuneError(f"config key 'method.lr' must be > 0, got {get('method.lr')}.")
+    if not get("model.path"):
+        raise LtuneError(f"config key 'model.path' is empty: model={get('model.name')} needs "
+                         f"model.path=<a model folder or hub id>.")
     if not get("dataset.label_texts") or len(get("dataset.label_texts")) < 2:
         raise LtuneError("config key 'dataset.label_texts' needs at least two label texts, "
                          "e.g. dataset.label_texts='[negative,positive]'.")

@@ -68,6 +68,9 @@ def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
     seed_everything(cfg.seed)  # method init does not depend on how many draws loading took
     method = _to_device(build_method(cfg.method, backbone, data.label_texts), backbone, device)
     tok, L = backbone.tokenizer, cfg.model.max_length
+    P = method.positions_before_text()
+    backbone.check_positions(L + P, f"model.max_length={L} plus the method's {P} positions before the text",
+                             fix=f"set model.max_length<={(backbone.max_positions or 0) - P}")
     train_enc = encode_examples(data.train, tok, L, what="train") if with_train else None
     eval_enc = encode_examples(data.eval, tok, L, what="eval")
     dtype = DTYPES[hw.dtype]
@@ -142,7 +145,7 @@ def lr_lambda(warmup: int, total: int):
 
 
 class RunInterrupted(LtuneError):
-    """Ctrl-C / SIGTERM: a checkpoint was saved; the message says how to resume."""
+    """Ctrl-C / SIGTERM / SIGHUP: the run stopped where resume can continue it; the message says how."""
 
     exit_code = 130
 
@@ -158,16 +161,42 @@ def train(cfg, *, backbone=None, console=None) -> Path:
     if distributed.needs_launch(cfg.hardware):
         return _launch(cfg)
     t_start = time.time()
+    # Workers that `ltune train` started (_launch) write under the lock their launcher holds.
+    lock = not os.environ.get(distributed.LAUNCHED_ENV)
     with distributed.session(cfg.hardware) as d:
-        run_dir, resuming = distributed.on_main(lambda: prepare_run_dir(cfg))
+        run_dir, resuming = distributed.on_main(lambda: runfolder.prepare_run_dir(cfg, lock=lock))
         try:
-            return _train(cfg, run_dir, t_start, backbone, console, resuming)
+            with _stop_signals() as stop:
+                try:
+                    return _train(cfg, run_dir, t_start, backbone, console, resuming, stop)
+                except KeyboardInterrupt:
+                    if stop.hard is None:
+                        raise
+                    raise _hard_stop(stop, run_dir) from None
         except RunInterrupted:
             raise  # not a failure: the checkpoint is the state, and resume continues it
         except BaseException as e:
+            err = runfolder.os_error_for_user(e, run_dir)  # a full disk, a read-only folder
             if d.is_main:
-                _record_failure(run_dir, cfg, e, t_start)
+                runfolder.record_failure(run_dir, cfg, err or e, t_start)
+            if err is not None:
+                raise err from None
             raise
+        finally:
+            if d.is_main:
+                runfolder.release(run_dir)
+
+
+def _hard_stop(stop: _StopFlag, run_dir: Path) -> RunInterrupted:
+    """A signal that stopped the run at once (during setup, or a second Ctrl-C): nothing new was
+    saved; the newest checkpoint (or step 0) is where resume continues."""
+    from ltune_cli import checkpoint
+
+    last = checkpoint.list_checkpoints(run_dir)
+    where = f"at step {stop.step} (a second signal)" if stop.in_loop else "while loading the model and data"
+    since = f"its last checkpoint ({last[-1].name})" if last else "step 0"
+    return RunInterrupted(f"{stop.hard} {where}: stopped without saving; continue from {since} with "
+                          f"`{runfolder.resume_command(run_dir)}`")
 
 
 def _launch(cfg) -> Path:
@@ -179,18 +208,27 @@ def _launch(cfg) -> Path:
     from ltune_cli import distributed
 
     t_start = time.time()
-    run_dir, _ = prepare_run_dir(cfg)
-    layout = [f"{k}={_override_value(OmegaConf.select(cfg, k))}" for k in distributed.LAYOUT_KEYS]
-    code = distributed.launch(cfg.hardware, ["train", "--resume", str(run_dir), *layout])
+    run_dir, _ = runfolder.prepare_run_dir(cfg)  # resolved, locked: the workers all get this one folder
+    try:
+        layout = [f"{k}={_override_value(OmegaConf.select(cfg, k))}" for k in distributed.LAYOUT_KEYS]
+        code = distributed.launch(cfg.hardware, ["train", "--resume", str(run_dir), *layout])
+        return _launched(cfg, run_dir, code, t_start)
+    finally:
+        runfolder.release(run_dir)
+
+
+def _launched(cfg, run_dir: Path, code: int, t_start: float) -> Path:
+    from ltune_cli import distributed
+
     if code == 0:
         return run_dir
     if code == RunInterrupted.exit_code:
-        raise RunInterrupted(f"interrupted: checkpoint saved; continue with `ltune train --resume {run_dir}`")
+        raise RunInterrupted(f"interrupted: checkpoint saved; continue with `{runfolder.resume_command(run_dir)}`")
     res = runfolder.read_results(run_dir) if (run_dir / "results.json").is_file() else {}
     err = LtuneError(f"the {distributed.resolve_nproc(cfg.hardware)} workers failed (exit code {code}): "
                      f"{res.get('error') or 'see their output above'} (run folder {run_dir}).")
     if not res:  # rank 0 was stopped before it could record the failure
-        _record_failure(run_dir, cfg, err, t_start)
+        runfolder.record_failure(run_dir, cfg, err, t_start)
     raise err
 
 
@@ -213,7 +251,7 @@ def make_optimizer(groups: list[dict], weight_decay: float) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, weight_decay=weight_decay, **({"fused": True} if fused else {}))
 
 
-def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool) -> Path:
+def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool, stop: _StopFlag) -> Path:
     from ltune_cli import checkpoint, distributed, memory
 
     d = distributed.state()
@@ -281,11 +319,13 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
     method.train()
     t_train, window_t = time.time(), time.time()
     preds = None
-    with _progress(console, tc, show=d.is_main) as progress, _stop_signals() as stop:
+    stop.in_loop, stop.step = True, step
+    with _progress(console, tc, show=d.is_main) as progress:
         task = progress.add_task("train", total=tc.max_steps, completed=step, loss=float("nan"), rate=0.0)
         while step < tc.max_steps:
             idx = next(order)
             step += 1
+            stop.step = step
             loss_val = _step(s, method, idx, pairs_gen, hw, scaler)
             if not math.isfinite(loss_val):
                 opt.zero_grad(set_to_none=True)
@@ -308,13 +348,14 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
             sched.step()
             if step % tc.log_every == 0 or step == tc.max_steps:
                 dt = time.time() - window_t
-                n = max(window["n"], 1)
-                rec = {"kind": "train", "step": step, "train_loss": window["loss"] / n,
+                n = window["n"]
+                # A window whose every batch was skipped (on_nonfinite=skip) has no loss: null, not 0.0.
+                rec = {"kind": "train", "step": step, "train_loss": window["loss"] / n if n else None,
                        "lr": sched.get_last_lr()[0], "examples_per_s": n * len(idx) / max(dt, 1e-9),
                        "time_s": time.time() - t_train}
                 if d.is_main:
                     runfolder.append_jsonl(metrics_path, rec)
-                progress.update(task, loss=rec["train_loss"], rate=rec["examples_per_s"])
+                progress.update(task, loss=rec["train_loss"] if n else float("nan"), rate=rec["examples_per_s"])
                 window.update(loss=0.0, n=0)
                 window_t = time.time()
             if step % tc.eval_every == 0 or step == tc.max_steps:
@@ -335,16 +376,16 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
             if stopping:
                 stop.hand_over(stopping)  # SIGUSR2 under submitit: it requeues the job, which resumes here
                 raise RunInterrupted(f"{stopping} at step {step}: checkpoint saved; continue with "
-                                     f"`ltune train --resume {run_dir}`")
+                                     f"`{runfolder.resume_command(run_dir)}`")
     train_time = time.time() - t_train
     if preds is None:  # resumed exactly at the end: score the final weights once more
         m, preds = evaluate(s)
 
     if d.is_main:
-        save_trainable(method, run_dir)
+        runfolder.save_trainable(method, run_dir)
         runfolder.write_json(run_dir / "predictions.json",
                              {"gold": s.eval_enc.labels, "pred": preds, "label_texts": s.data.label_texts})
-        results = result_record(cfg, s, status="completed", history=history, steps=tc.max_steps,
+        results = runfolder.result_record(cfg, s, status="completed", history=history, steps=tc.max_steps,
                                 wall=time.time() - t_start, train_time=train_time)
         results["distributed"] = {"strategy": d.strategy, "world_size": d.world, "backend": d.backend,
                                   "global_batch": hw.batch_size * hw.grad_accum * d.world}
@@ -413,11 +454,14 @@ def _micro_rng(seed: int | None, device: torch.device):
 
 
 # SIGUSR2: SLURM's warning before a pre-emption or the time limit (submitit asks for it).
-STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR2")
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR2")
 
 
 class _StopFlag:
-    requested: str | None = None
+    requested: str | None = None  # a signal asked the loop to checkpoint and stop after this step
+    hard: str | None = None  # a signal stopped the run at once (KeyboardInterrupt raised)
+    in_loop: bool = False  # False while loading: nothing to checkpoint yet, so a signal stops at once
+    step: int = 0
     previous: dict = {}
 
     def hand_over(self, name: str) -> None:
@@ -437,7 +481,11 @@ class _StopFlag:
 
 @contextlib.contextmanager
 def _stop_signals():
-    """SIGINT/SIGTERM/SIGUSR2 set a flag; the loop finishes its step, checkpoints and exits cleanly."""
+    """SIGINT/SIGTERM/SIGHUP/SIGUSR2 (Ctrl-C, a scheduler, a closed terminal, SLURM's pre-emption
+    warning) during the training loop set a flag: the loop finishes its step, checkpoints and exits
+    cleanly (SIGUSR2 then hands over to submitit's requeue). Before the loop (loading) or on a second
+    signal they raise KeyboardInterrupt at once, which train() turns into the same resume hint
+    (nothing new is saved then)."""
     import signal
     import threading
 
@@ -449,14 +497,18 @@ def _stop_signals():
     first = {"t": 0.0}
 
     def handler(signum, frame):
-        # A second Ctrl-C stops now; one within a second of the first is the same request
-        # delivered twice (torchrun forwards the terminal's SIGINT to workers that got it too).
-        if flag.requested:
-            if time.time() - first["t"] > 1.0:
-                raise KeyboardInterrupt
+        name = signal.Signals(signum).name
+        if flag.requested and flag.hard is None:
+            # One within a second of the first is the same request delivered twice (torchrun
+            # forwards the terminal's SIGINT to workers that got it too); later: stop now.
+            if time.time() - first["t"] <= 1.0:
+                return
+        elif flag.in_loop and flag.hard is None:
+            flag.requested = name
+            first["t"] = time.time()
             return
-        flag.requested = signal.Signals(signum).name
-        first["t"] = time.time()
+        flag.hard = name
+        raise KeyboardInterrupt(name)
 
     old = {sig: signal.signal(sig, handler) for sig in
            (getattr(signal, n) for n in STOP_SIGNALS if hasattr(signal, n))}
@@ -467,180 +519,6 @@ def _stop_signals():
         for sig, h in old.items():
             if h is not None:
                 signal.signal(sig, h)
-
-
-# --------------------------------------------------------------------------- run folders
-def run_name(cfg) -> str:
-    return cfg.name or f"{cfg.method.name}-{cfg.model.name}-{cfg.dataset.name}-s{cfg.seed}"
-
-
-def prepare_run_dir(cfg) -> tuple[Path, bool]:
-    """A new run folder, or (cfg.resume) the existing one in out_dir; returns (folder, resuming)."""
-    if cfg.resume:
-        if not cfg.out_dir:
-            raise LtuneError("resume=true needs out_dir=<run folder> (or use `ltune train --resume <run folder>`).")
-        d = Path(cfg.out_dir)
-        if (d / "config.yaml").is_file():
-            _check_same_config(cfg, d)
-            if (d / "results.json").is_file():
-                status = runfolder.read_results(d).get("status")
-                if status == "completed":
-                    raise LtuneError(f"{d} already holds a completed run; nothing to resume.")
-                (d / "results.json").unlink()  # a failed run: continue from its last checkpoint
-            return d, True
-    d = make_run_dir(cfg)
-    runfolder.atomic_write_text(d / "config.yaml", _yaml(cfg))
-    (d / "metrics.jsonl").write_text("")
-    return d, False
-
-
-def _check_same_config(cfg, d: Path) -> None:
-    from omegaconf import OmegaConf
-
-    from ltune_cli.config import load_stored
-    from ltune_cli.distributed import LAYOUT_KEYS
-
-    stored = OmegaConf.to_container(load_stored(d / "config.yaml"), resolve=True)  # + keys added since
-    now = OmegaConf.to_container(cfg, resolve=True)
-    diffs = sorted(k for k in _flatten(now).keys() | _flatten(stored).keys()  # layout: N -> M processes
-                   if k != "resume" and k not in LAYOUT_KEYS and _flatten(now).get(k) != _flatten(stored).get(k))
-    if diffs:
-        raise LtuneError(f"cannot resume {d}: its config.yaml differs at {', '.join(diffs[:5])}; resume with "
-                         f"`ltune train --resume {d}` (uses the stored config) or pick a new out_dir.")
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def make_run_dir(cfg) -> Path:
-    from ltune_cli.paths import outputs_dir
-
-    if cfg.out_dir:
-        d = Path(cfg.out_dir)
-        if (d / "results.json").exists() or (d / "checkpoints").is_dir():
-            raise LtuneError(f"out_dir={d} already holds a run; choose another out_dir, remove that folder, "
-                             f"or continue it with `ltune train --resume {d}`.")
-    else:
-        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-        d = outputs_dir() / f"{stamp}_{run_name(cfg)}"
-        k = 1
-        while d.exists():
-            d = outputs_dir() / f"{stamp}_{run_name(cfg)}_{k}"
-            k += 1
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def save_trainable(method, run_dir: Path) -> None:
-    from safetensors.torch import save
-
-    state = {k: v.detach().float().cpu().contiguous() for k, v in method.trainable_state().items()}
-    runfolder.atomic_write_bytes(run_dir / "trainable.safetensors", save(state, metadata={"format": "pt"}))
-
-
-def load_trainable(method, run_dir: Path) -> None:
-    from safetensors.torch import load_file
-
-    path = run_dir / "trainable.safetensors"
-    if not path.is_file():
-        raise LtuneError(f"{path} is missing: the run did not finish; re-run it (or resume it).")
-    state = load_file(str(path))
-    try:
-        method.load_trainable_state({k: v.to(method.backbone.device) for k, v in state.items()})
-    except ValueError as e:
-        raise LtuneError(f"{path} does not fit the run's method/model: {e}") from None
-
-
-def result_record(cfg, s: Setup, *, status: str, history: list[dict], steps: int, wall: float,
-                  train_time: float, error: str | None = None) -> dict:
-    primary = cfg.dataset.primary_metric
-    evals = [h for h in history if h.get("kind", "eval") == "eval"]
-    keep = ("step", "accuracy", "mcc", "macro_f1", "val_loss", "pair_accuracy")
-    final = {k: evals[-1][k] for k in keep if k in evals[-1]} if evals else None
-    best = None
-    if evals:
-        b = max(evals, key=lambda h: h[primary])
-        best = {k: b[k] for k in keep if k in b}
-    total = sum(p.numel() for p in s.backbone.parameters()) + s.method.num_trainable() if s else None
-    return {
-        "schema": runfolder.SCHEMA, "status": status, "error": error,
-        "ltune_version": _version(), "versions": versions(), "git": git_info(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "run": {"name": run_name(cfg), "method": cfg.method.name,
-                "variant": cfg.method.variant if cfg.method.name == "lt_prefix" else None,
-                "model": cfg.model.name, "model_path": cfg.model.path,
-                "family": s.backbone.geo.family if s else None, "dataset": cfg.dataset.name, "seed": cfg.seed},
-        "seed": cfg.seed,
-        "trainable_params": s.method.num_trainable() if s else None, "total_params": total,
-        "steps": steps, "train_examples": len(s.train_enc) if s and s.train_enc else None,
-        "eval_examples": len(s.eval_enc) if s else None,
-        "primary_metric": primary, "final": final, "best": best,
-        "wall_time_s": wall, "train_time_s": train_time,
-    }
-
-
-def _record_failure(run_dir: Path, cfg, e: BaseException, t_start: float) -> None:
-    import traceback
-
-    msg = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
-    if isinstance(e, KeyboardInterrupt):
-        msg = "interrupted (KeyboardInterrupt)"
-    (run_dir / "error.txt").write_text(msg + "\n\n" + "".join(traceback.format_exception(e)))
-    if not (run_dir / "results.json").exists():
-        runfolder.write_json(run_dir / "results.json", {
-            "schema": runfolder.SCHEMA, "status": "failed", "error": msg, "ltune_version": _version(),
-            "versions": versions(), "git": git_info(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "run": {"name": run_name(cfg), "method": cfg.method.name,
-                    "variant": cfg.method.variant if cfg.method.name == "lt_prefix" else None,
-                    "model": cfg.model.name, "model_path": cfg.model.path, "family": None,
-                    "dataset": cfg.dataset.name, "seed": cfg.seed},
-            "seed": cfg.seed, "trainable_params": None, "total_params": None, "steps": None,
-            "train_examples": None, "eval_examples": None,
-            "primary_metric": cfg.dataset.primary_metric, "final": None, "best": None,
-            "wall_time_s": time.time() - t_start, "train_time_s": None})
-
-
-def _yaml(cfg) -> str:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_yaml(cfg, resolve=True)
-
-
-def _version() -> str:
-    from ltune_cli import __version__
-
-    return __version__
-
-
-def versions() -> dict:
-    import platform
-
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "numpy": np.__version__}
-
-
-def git_info() -> dict:
-    import subprocess
-
-    from ltune_cli.paths import REPO_ROOT
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                                    capture_output=True, text=True, timeout=5).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {"commit": commit, "dirty": dirty}
 
 
 @contextlib.contextmanager

@@ -145,8 +145,9 @@ def can_resume(run_dir: Path, cfg) -> bool:
     except Exception:  # noqa: BLE001
         return False
     new = OmegaConf.to_container(cfg, resolve=True)
-    old.pop("resume", None)
-    new.pop("resume", None)
+    for conf in (old, new):  # out_dir: the stored one is the resolved path of this folder
+        conf.pop("resume", None)
+        conf.pop("out_dir", None)
     return json.dumps(old, sort_keys=True, default=str) == json.dumps(new, sort_keys=True, default=str)
 
 
@@ -231,17 +232,15 @@ def clear_run_dir(run_dir: Path) -> None:
 
 
 def _record_early_failure(run_dir: Path, cfg, e: Exception, t0: float) -> None:
-    from ltune_cli import engine
-
     run_dir.mkdir(parents=True, exist_ok=True)
     runfolder.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    engine._record_failure(run_dir, cfg, e, t0)
+    runfolder.record_failure(run_dir, cfg, e, t0)
 
 
 def _add_result(record: dict, run_dir: Path) -> None:
     try:
         res = runfolder.read_results(run_dir)
-    except (OSError, ValueError):
+    except (OSError, ValueError, LtuneError):
         return
     pm = res.get("primary_metric")
     record["primary_metric"] = pm
@@ -384,6 +383,11 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = (), *, force: bool = Fals
     else:
         sweep_dir = outputs_dir() / "sweeps" / sweep_name(overrides)
     sweep_dir = sweep_dir.resolve()
+    what = (f"hydra.sweep.dir={user_dir}" if user_dir is not None else f"--out {out}" if out is not None
+            else f"the sweep folder {sweep_dir}")
+    runfolder.make_dir(sweep_dir, what, "choose a writable folder with --out" if user_dir is None and out is not None
+                       else "set LTUNE_OUTPUTS=<a writable folder> or --out <a writable folder>" if user_dir is None
+                       else "choose a writable hydra.sweep.dir")
     grid_keys = {g.lstrip("+~") for g in grid}
     exclude = sorted({o.key_or_group for o in parsed if not o.is_hydra_override()
                       and o.key_or_group not in grid_keys} | {"sweep", "out_dir"})

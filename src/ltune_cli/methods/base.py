@@ -27,9 +27,14 @@ from ltune_cli.models.backbone import Backbone, LabelStates
 
 class Method(nn.Module):
     name = "method"
+    # Whether the method hands the frozen base a key/value prefix: a family without a cache
+    # (families.FAMILIES kv_cache=False) refuses it, here and in `ltune validate`.
+    needs_kv_cache = False
 
     def __init__(self, backbone: Backbone, cfg, label_texts: list[str]):
         super().__init__()
+        if self.needs_kv_cache:
+            backbone.require_kv_cache(self.name)
         self.backbone = backbone
         self.cfg = cfg
         self.label_texts = list(label_texts)
@@ -48,6 +53,11 @@ class Method(nn.Module):
     def extra_metrics(self, scores: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-example extra eval numbers (summed and averaged by the engine)."""
         return {}
+
+    def positions_before_text(self) -> int:
+        """Positions the method puts before every text (virtual tokens, label tokens): the text's
+        positions start after them (engine.build checks the sum against the model's limit)."""
+        return 0
 
     def texts_per_forward(self, texts: int, length: int, device: torch.device) -> float:
         """How many of `texts` texts of `length` tokens one scoring forward holds (memory.estimate)."""
@@ -108,6 +118,9 @@ class ClassifierMethod(Method):
     def encode(self, batch: dict) -> torch.Tensor:
         raise NotImplementedError
 
+    def positions_before_text(self) -> int:
+        return self.cfg.num_virtual_tokens  # the P prefix / prompt positions
+
     def scores(self, batch: dict) -> torch.Tensor:
         return self.head_logits(self.encode(batch))
 
@@ -160,6 +173,9 @@ class PairMethod(Method):
         self.head = nn.Linear(backbone.geo.hidden, 2)
         self.labels_frozen: LabelStates = backbone.label_states(self.label_texts, cfg.label_len)
         self.label_len = self.labels_frozen.ids.shape[1]
+
+    def positions_before_text(self) -> int:
+        return self.label_len  # the label's l prefix / prompt positions
 
     # Subclasses: label states (N, l, d) + mask (N, l) -> pooled text encodings of the pairs.
     def transform(self, states: torch.Tensor, mask: torch.Tensor):

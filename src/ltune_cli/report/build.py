@@ -11,7 +11,7 @@ from ltune_cli.report.html import to_html
 from ltune_cli.report.load import load_runs
 from ltune_cli.report.plots import plot_curves
 from ltune_cli.report.tables import to_csv, to_latex, to_markdown
-from ltune_cli.runfolder import atomic_write_text, find_run_dirs, is_run_dir, write_json
+from ltune_cli.runfolder import atomic_write_text, find_run_dirs, is_run_dir, make_dir, write_json
 
 FILENAMES = {
     "markdown": "report.md",
@@ -63,7 +63,8 @@ def compare(
     runs, notes = load_runs(paths)
     rep = analyse(runs, paths, metric=metric, n_boot=n_boot, seed=seed, notes=notes)
     out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, f"--out {out}" if out_dir is not None else f"the report folder {out}",
+             "choose a writable folder with --out")
     files = {k: out / name for k, name in FILENAMES.items()}
     plot_curves(rep.curves, files["curves_png"], files["curves_svg"])
     atomic_write_text(files["markdown"], to_markdown(rep, FILENAMES["curves_png"]))
