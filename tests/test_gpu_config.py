@@ -129,7 +129,8 @@ def test_gated_hub_model_says_to_log_in(monkeypatch):
 
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", gated)
     with pytest.raises(LtuneError, match=r"gated on the Hugging Face hub.*hf auth login.*HF_TOKEN"):
-        backbone._from_pretrained(compose(["model=llama2_7b", "hardware=cpu"]).model, torch.bfloat16)
+        mc = compose(["model=llama2_7b", "hardware=cpu"]).model
+        backbone._from_pretrained(mc.path, mc, torch.bfloat16)
 
 
 def test_quant_extra_brings_accelerate():
@@ -192,9 +193,10 @@ def test_every_model_runs_with_its_own_preset_unless_hardware_is_given():
     from ltune_cli.paths import conf_dir
 
     for p in sorted((conf_dir() / "model").glob("*.yaml")):
-        cfg = compose([f"model={p.stem}"])
+        path = ["model.path=/some/folder"] if p.stem == "custom" else []
+        cfg = compose([f"model={p.stem}", *path])
         assert cfg.hardware.name == cfg.model.hardware_preset, p.stem
-        assert compose([f"model={p.stem}", "hardware=cpu"]).hardware.name == "cpu"
+        assert compose([f"model={p.stem}", *path, "hardware=cpu"]).hardware.name == "cpu"
     cfg = compose(["model=llama2_7b", "hardware.batch_size=2"])  # a key override keeps the preset
     assert (cfg.hardware.name, cfg.hardware.batch_size, cfg.hardware.gradient_checkpointing) == ("gpu_large", 2, True)
 
