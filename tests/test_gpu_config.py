@@ -390,3 +390,70 @@ def test_plan_counts_the_published_parameters_and_the_7b_terms():
     assert est["frozen_params"] == pytest.approx(6607e6, rel=0.01)
     assert est["autocast_copy_bytes"] == 2 * n_map and est["grad_temporary_bytes"] == 6 * n_map
     assert est["warm_start_bytes"] > 12 * n_map  # the float64 solve of the warm start
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["bf16"])
+def test_estimate_on_a_7b_wide_two_layer_llama(sentiment_files, tmp_path, dtype):
+    """Llama-2-7B's width (d 4096, 32 heads, MLP 11008) at 2 layers, random weights, on the CPU,
+    lt_prefix (its map is 4097 x 16384 here): the estimate against the allocator traced by
+    torch.profiler, at start-up (the warm start) and over the steps and evaluations. Run with -s
+    for the figures (docs/gpu.md)."""
+    import json
+
+    from transformers import AutoModel, LlamaConfig
+
+    from conftest import V, make_tokenizer
+    from ltune_cli import runfolder
+    from ltune_cli.models.backbone import load_backbone
+
+    torch.manual_seed(0)
+    model = AutoModel.from_config(LlamaConfig(hidden_size=4096, num_hidden_layers=2, num_attention_heads=32,
+                                              num_key_value_heads=32, intermediate_size=11008, vocab_size=V,
+                                              pad_token_id=0, bos_token_id=0, eos_token_id=0)).eval()
+    cfg = _cfg(sentiment_files, tmp_path / "run", **{"hardware.dtype": dtype, "hardware.batch_size": 4,
+                                                     "hardware.grad_accum": 2, "hardware.eval_batch_size": 8,
+                                                     "train.max_steps": 2, "train.eval_every": 2,
+                                                     "hardware.num_threads": 2})
+    cfg.model.path, cfg.model.arch = "tiny:llama-7b-wide", {}
+    bb = load_backbone(cfg.model, cfg.hardware, model=model, tokenizer=make_tokenizer(pair_template=False))
+    built = {}
+    real_build = engine.build
+
+    def traced_build(*a, **k):
+        built["peak"] = _cpu_peak(lambda: built.setdefault("s", real_build(*a, **k)))
+        return built["s"]
+
+    engine.build = traced_build
+    try:
+        est, meas = _measured_peak_with(cfg, bb)
+    finally:
+        engine.build = real_build
+    frozen = est["frozen_bytes"]
+    startup = frozen + built["peak"]
+    peak = max(meas["peak"], startup)
+    print(json.dumps({"estimate_GiB": est["estimate_bytes"] / 2**30, "measured_GiB": peak / 2**30,
+                      "ratio": est["estimate_bytes"] / peak,
+                      "warm_start_estimate_GiB": est["warm_start_bytes"] / 2**30,
+                      "warm_start_measured_GiB": built["peak"] / 2**30,
+                      "step_eval_measured_GiB": meas["peak"] / 2**30,
+                      "parts_GiB": {k: v / 2**30 for k, v in est.items() if k.endswith("_bytes")}}))
+    assert est["warm_start_bytes"] == pytest.approx(built["peak"], rel=0.15)
+    assert 0.75 <= est["estimate_bytes"] / peak <= 1.25
+    assert runfolder.read_results(tmp_path / "run")["status"] == "completed"
+
+
+def _measured_peak_with(cfg, bb):
+    """test_gpu_settings._measured_peak with a given backbone."""
+    from test_gpu_settings import _measured_peak
+
+    real_train = engine.train
+
+    def train_with(c, **k):
+        return real_train(c, backbone=bb, **k)
+
+    engine.train = train_with
+    try:
+        return _measured_peak(cfg)
+    finally:
+        engine.train = real_train
