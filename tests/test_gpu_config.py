@@ -188,6 +188,34 @@ def test_usr2_checkpoints_then_hands_over_to_submitit_for_requeue(sentiment_file
     assert runfolder.read_results(engine.train(cfg))["status"] == "completed"
 
 
+def test_usr2_while_loading_is_handed_to_submitit_too(sentiment_files, tmp_path, tiny_bert_dir, monkeypatch):
+    """Before the loop there is nothing to checkpoint: the job is requeued at once (it resumes from
+    the last checkpoint, or step 0)."""
+    import os
+    import signal
+
+    seen = []
+
+    def submitit_handler(signum, frame):
+        seen.append(signum)
+        raise SystemExit(-1)
+
+    real_build = engine.build
+
+    def build(*a, **k):
+        os.kill(os.getpid(), signal.SIGUSR2)
+        return real_build(*a, **k)
+
+    monkeypatch.setattr(engine, "build", build)
+    old = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        with pytest.raises(SystemExit):
+            engine.train(_cfg(sentiment_files, tmp_path / "run", **{"model.path": tiny_bert_dir}))
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+    assert seen == [signal.SIGUSR2]
+
+
 # --------------------------------------------------------------------------- item 8: the model's preset
 def test_every_model_runs_with_its_own_preset_unless_hardware_is_given():
     from ltune_cli.paths import conf_dir
