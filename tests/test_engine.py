@@ -203,10 +203,10 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
 
 
 def test_disk_full_while_checkpointing_is_a_clear_error(tmp_path, monkeypatch):
-    def full(path, data):
+    def full(obj, f):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runfolder, "atomic_write_bytes", full)
+    monkeypatch.setattr(torch, "save", full)
     with pytest.raises(LtuneError, match="disk full while writing checkpoint .* previous checkpoint is intact"):
         checkpoint.save(tmp_path, {"step": 3}, keep=2)
 
