@@ -176,6 +176,7 @@ def train(cfg, *, backbone=None, console=None) -> Path:
                 except KeyboardInterrupt:
                     if stop.hard is None:
                         raise
+                    stop.hand_over(stop.hard)  # SIGUSR2 while loading: requeued, resumes from the last checkpoint
                     raise _hard_stop(stop, run_dir) from None
         except RunInterrupted:
             raise  # not a failure: the checkpoint is the state, and resume continues it
