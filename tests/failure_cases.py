@@ -314,6 +314,8 @@ _NOTES = {"notes.txt": "my notes\n"}
 _SWEEP = {"manifest.json": '{"schema": "ltune.sweep/1"}\n'}
 
 CASES += [
+    Case("config", "`~seed` (deleting a key every run reads)", lambda t: ["train", "~seed", f"out_dir={t}/r"],
+         "'~seed' deletes 'seed', which every run needs"),
     Case("run", "resume=true, out_dir missing", lambda t: ["train", "resume=true", f"out_dir={t}/nope"],
          "cannot resume out_dir="),
     Case("run", "resume=true, out_dir not a run folder",

@@ -251,3 +251,16 @@ def test_disk_full_at_the_final_weights_then_resume_completes(sentiment_files, t
     run = engine.train(cfg)
     assert runfolder.read_results(run)["status"] == "completed" and not (run / "error.txt").exists()
     assert [r["step"] for r in runfolder.read_metrics(run) if r["kind"] == "train"] == [1, 2, 3, 4]
+
+
+def test_new_run_goes_into_an_empty_folder_or_a_sweep_jobs_folder(tmp_path):
+    """Item 5's other side: an empty folder, or Hydra's job folder of a sweep (.hydra/, *.log), takes a run."""
+    (tmp_path / "empty").mkdir()
+    job = tmp_path / "job"
+    (job / ".hydra").mkdir(parents=True)
+    (job / "ltune.log").write_text("log\n")
+    for d in (tmp_path / "empty", job):
+        run, resuming = runfolder.prepare_run_dir(compose([f"out_dir={d}"]))
+        runfolder.release(run)
+        assert (run, resuming) == (d.resolve(), False) and (run / "config.yaml").is_file()
+    assert (job / "ltune.log").read_text() == "log\n"
