@@ -70,11 +70,28 @@ def tiny_config(family: str):
         "falcon-new": lambda: tf.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                               num_kv_heads=2, new_decoder_architecture=True, pad_token_id=0,
                                               bos_token_id=0, eos_token_id=0, **common),
+        # Llama-like decoders users bring (grouped-query attention, rotary positions) and XLM-R.
+        "qwen2": lambda: tf.Qwen2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2, intermediate_size=64, pad_token_id=0,
+                                        bos_token_id=0, eos_token_id=0, **common),
+        "mistral": lambda: tf.MistralConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                            num_key_value_heads=2, intermediate_size=64, pad_token_id=0,
+                                            bos_token_id=0, eos_token_id=0, **common),
+        "gemma": lambda: tf.GemmaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=1, head_dim=8, intermediate_size=64, pad_token_id=0,
+                                        bos_token_id=0, eos_token_id=0, **common),
+        "gemma2": lambda: tf.Gemma2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                          num_key_value_heads=2, head_dim=8, intermediate_size=64,
+                                          pad_token_id=0, bos_token_id=0, eos_token_id=0, **common),
+        "xlm-roberta": lambda: tf.XLMRobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                   intermediate_size=64, max_position_embeddings=130,
+                                                   pad_token_id=1, **common),
     }[family]()
 
 
-FAMILIES = ["bert", "roberta", "deberta-v2", "gpt2", "llama", "bloom", "falcon", "falcon-new"]
-DECODERS = {"gpt2", "llama", "bloom", "falcon", "falcon-new"}
+FAMILIES = ["bert", "roberta", "deberta-v2", "gpt2", "llama", "bloom", "falcon", "falcon-new",
+            "qwen2", "mistral", "gemma", "gemma2", "xlm-roberta"]
+DECODERS = {"gpt2", "llama", "bloom", "falcon", "falcon-new", "qwen2", "mistral", "gemma", "gemma2"}
 
 
 def tiny_backbone(family: str, seed: int = 0, **model_kw):

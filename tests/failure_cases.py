@@ -27,6 +27,8 @@ class Case:
     around: Callable[[Path], AbstractContextManager] | None = None  # entered before args(): env, lock, fault
     check: Callable[[Path, str], None] | None = None  # (scratch folder, output) afterwards
     also: str | None = None  # a fragment the rest of the output must hold (e.g. scores still printed)
+    # A machine-dependent case (a package or a GPU this machine lacks) runs only where this holds.
+    applies: Callable[[], bool] | None = None
 
 
 def _csv(tmp: Path, name: str, text: str | bytes) -> str:
@@ -64,6 +66,15 @@ def _no_weights(tmp: Path) -> str:
     d.mkdir()
     (d / "config.json").write_text('{"model_type": "bert"}')
     return str(d)
+
+
+def _tiny_train(tmp: Path, *extra: str, family: str = "bert") -> list[str]:
+    """`ltune train` of a tiny random model (128 positions) on two small files, with `extra`."""
+    from conftest import save_tiny_model
+
+    model = save_tiny_model(tmp / "model", family)
+    return ["train", *_files(tmp, GOOD)[1:], f"model.path={model}", "train.max_steps=1", "train.progress=false",
+            f"out_dir={tmp}/run", *extra]
 
 
 def _compare_mismatch(tmp: Path) -> list[str]:
@@ -127,9 +138,116 @@ CASES: list[Case] = [
          "missing trainable.safetensors"),
     Case("eval", "run folder from another version",
          lambda t: ["eval", _run_folder(t, results={"schema": "ltune.results/0"})], "another version"),
-    Case("eval", "override eval cannot take", lambda t: ["eval", _run_folder(t), "method.lr=1"], "not allowed"),
+    Case("eval", "override eval cannot take", lambda t: ["eval", _run_folder(t), "method.lr=1"], "not honoured"),
     Case("compare", "mismatched eval sets", _compare_mismatch, "different example sets"),
     Case("train", "resume without a folder", lambda t: ["train", "resume=true"], "resume=true needs out_dir"),
+    # --- issue 10: inputs and config
+    Case("data", "stray class id among digit label texts (eval file)",
+         lambda t: _files(t, "text,label\ngood,1\nbad,2\n", "text,label\nfine,1\nawful,2\nok,0\n",
+                          extra=["dataset.label_texts=[1,2]"]), "dev.csv: line 4: column 'label': label '0'"),
+    Case("data", "duplicate column name in a CSV header", lambda t: _files(t, "text,label,text\ngood,1,x\n"),
+         "column 'text' appears twice in the header"),
+    Case("config", "NaN learning rate", lambda t: ["validate", "train.lr=nan"],
+         "config key 'train.lr' must be a finite number, got nan"),
+    Case("config", "infinite gradient-norm limit", lambda t: ["validate", "train.max_grad_norm=inf"],
+         "config key 'train.max_grad_norm' must be a finite number, got inf"),
+    Case("config", "dropout 1", lambda t: ["validate", "method.dropout=1"], "'method.dropout' must be in [0, 1)"),
+    Case("config", "warm-up ratio above 1", lambda t: ["validate", "train.warmup_ratio=1.5"],
+         "'train.warmup_ratio' must be in [0, 1], got 1.5"),
+    Case("config", "negative seed", lambda t: ["validate", "seed=-1"], "'seed' must be an integer from 0 to 2**64-1"),
+    Case("config", "seed above 2**64-1", lambda t: ["validate", f"seed={2**64}"], "'seed' must be an integer"),
+    Case("data", "two L-Tuning label texts that read as the same tokens ([UNK])",
+         lambda t: _tiny_train(t, "dataset.label_texts=[zzz,yyy]"), "label texts 'zzz' and 'yyy' reach the model as "
+         "the same tokens ([CLS] [UNK] [SEP])"),
+    Case("data", "L-Tuning label texts equal after method.label_len",
+         lambda t: _tiny_train(t, "dataset.label_texts=[very good,very bad]", "method.label_len=2"),
+         "the same tokens after method.label_len=2 truncation ([CLS] very)"),
+    Case("model", "model.max_length + prefix past the model's positions",
+         lambda t: _tiny_train(t, "method=prefix", "model.max_length=120", "method.num_virtual_tokens=20"),
+         "model.max_length=120 plus the method's 20 positions before the text need 140 positions, but the model "
+         "has 128 (max_position_embeddings); set model.max_length<=108"),
+    Case("model", "a label text longer than the model's positions",
+         lambda t: _tiny_train(t, f"dataset.label_texts=[negative,{' '.join(['good'] * 200)}]"),
+         "the label texts (dataset.label_texts) need 202 positions, but the model has 128"),
+]
+
+
+# --- issue 11: model folders and validate
+def _tiny(tmp: Path, family: str) -> str:
+    from conftest import save_tiny_model
+
+    return str(save_tiny_model(tmp / family, family))
+
+
+def _foreign(tmp: Path, weights: bool = True) -> str:
+    """A folder of a family ltune has no row for; its weights file is junk, so a refusal that
+    came after loading would be a different error."""
+    d = tmp / "mamba"
+    d.mkdir()
+    (d / "config.json").write_text('{"model_type": "mamba", "hidden_size": 32, "num_hidden_layers": 2}')
+    if weights:
+        (d / "model.safetensors").write_bytes(b"not weights")
+    return str(d)
+
+
+def _no_config(tmp: Path) -> str:
+    d = tmp / "model"
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(b"")
+    return str(d)
+
+
+def _no_gpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def _missing(module: str) -> Callable[[], bool]:
+    import importlib.util
+
+    def missing() -> bool:
+        try:
+            return importlib.util.find_spec(module) is None
+        except ModuleNotFoundError:  # its parent package is missing too
+            return True
+
+    return missing
+
+
+CASES += [
+    Case("model", "validate: model folder does not exist", lambda t: ["validate", f"model.path={t}/nope"],
+         "no such folder"),
+    Case("model", "validate: folder without config.json", lambda t: ["validate", f"model.path={_no_config(t)}"],
+         "has no config.json"),
+    Case("model", "validate: unsupported family in config.json", lambda t: ["validate", f"model.path={_foreign(t)}"],
+         "model family 'mamba' (model_type in"),
+    Case("model", "train: unsupported family, refused before weights load",
+         lambda t: ["train", f"model.path={_foreign(t)}", f"out_dir={t}/r"], "Supported: bert, roberta"),
+    Case("model", "validate: misspelt model.family",
+         lambda t: ["validate", f"model.path={_tiny(t, 'llama')}", "model.family=lama"], "Did you mean 'llama'?"),
+    Case("model", "validate: cls pooling on a decoder",
+         lambda t: ["validate", f"model.path={_tiny(t, 'llama')}", "model.pooling=cls"],
+         "model.pooling=cls on a llama decoder"),
+    Case("model", "validate: model=custom without model.path", lambda t: ["validate", "model=custom"],
+         "model=custom needs model.path"),
+    Case("model", "validate: prefix on DeBERTa-v2",
+         lambda t: ["validate", "method=prefix", f"model.path={_tiny(t, 'deberta-v2')}"],
+         "needs a key/value prefix"),
+    Case("model", "validate: lt_prefix on DeBERTa-v2",
+         lambda t: ["validate", "method=lt_prefix", f"model.path={_tiny(t, 'deberta-v2')}"],
+         "use method=prompt or method=lt_prompt"),
+    Case("hardware", "validate: GPU preset on a machine without a GPU", lambda t: ["validate", "hardware=gpu"],
+         "no CUDA device is visible", applies=_no_gpu),
+    Case("hardware", "validate: one process per GPU without a GPU", lambda t: ["validate", "hardware=ddp"],
+         "no CUDA device is visible", applies=_no_gpu),
+    Case("hardware", "validate: 8-bit base without bitsandbytes", lambda t: ["validate", "hardware=gpu_8bit"],
+         "bitsandbytes, which is not installed", applies=_missing("bitsandbytes")),
+    Case("hardware", "validate: sweep launcher plugin not installed",
+         lambda t: ["validate", "hydra/launcher=ray"], "pip install 'ltune-cli[ray]'",
+         applies=_missing("hydra_plugins.hydra_ray_launcher")),
+    Case("hardware", "validate: unknown sweep launcher", lambda t: ["validate", "hydra/launcher=joblb"],
+         "Did you mean 'joblib'?"),
 ]
 
 
@@ -302,7 +420,7 @@ def _resume_changed(tmp: Path) -> list[str]:
     return ["train", "resume=true", f"out_dir={tmp}/link", "train.lr=0.5"]
 
 
-def _foreign(tmp: Path, name: str, files: dict[str, str]) -> Path:
+def _other_files(tmp: Path, name: str, files: dict[str, str]) -> Path:
     d = tmp / name
     d.mkdir()
     for f, text in files.items():
@@ -319,7 +437,7 @@ CASES += [
     Case("run", "resume=true, out_dir missing", lambda t: ["train", "resume=true", f"out_dir={t}/nope"],
          "cannot resume out_dir="),
     Case("run", "resume=true, out_dir not a run folder",
-         lambda t: ["train", "resume=true", f"out_dir={_foreign(t, 'f', _NOTES)}"], "not an ltune run folder",
+         lambda t: ["train", "resume=true", f"out_dir={_other_files(t, 'f', _NOTES)}"], "not an ltune run folder",
          check=_untouched("f", _NOTES)),
     Case("run", "resume via a symlink with another config (out_dir itself never counts)", _resume_changed,
          "differs at train.lr; resume"),
@@ -327,9 +445,9 @@ CASES += [
          "is being written by another ltune run (pid", around=_held_lock),
     Case("run", "train into a folder another process is writing", lambda t: ["train", f"out_dir={t}/run"],
          "is being written by another ltune run (pid", around=_held_lock),
-    Case("run", "out_dir holds foreign files", lambda t: ["train", f"out_dir={_foreign(t, 'f', _NOTES)}"],
+    Case("run", "out_dir holds foreign files", lambda t: ["train", f"out_dir={_other_files(t, 'f', _NOTES)}"],
          "not an ltune run folder (it holds notes.txt)", check=_untouched("f", _NOTES)),
-    Case("run", "out_dir is a sweep folder", lambda t: ["train", f"out_dir={_foreign(t, 's', _SWEEP)}"],
+    Case("run", "out_dir is a sweep folder", lambda t: ["train", f"out_dir={_other_files(t, 's', _SWEEP)}"],
          "is a sweep folder", check=_untouched("s", _SWEEP)),
     Case("run", "unwritable out_dir", lambda t: ["train", f"out_dir={_blocked(t)}"], "cannot write to out_dir="),
     Case("run", "unwritable LTUNE_OUTPUTS", lambda t: ["train", "train.max_steps=1"], "cannot write to LTUNE_OUTPUTS=",
@@ -346,7 +464,7 @@ CASES += [
     Case("eval", "swapped model (other shapes)", lambda t: ["eval", _built_run(t), "model.path=offline:minilm"],
          "does not fit the run's method/model"),
     Case("eval", "read-only run folder: scores printed, not lost", lambda t: ["eval", _built_run(t, "read-only")],
-         "eval.json could not be written", also="accuracy"),
+         "could not write the eval to", also="accuracy"),
     Case("run", "disk full while appending metrics",
          lambda t: _tiny_run_argv(t, t / "run", **{"train.checkpoint_every": 1}), "disk full",
          around=lambda t: _disk_full("append_jsonl", after=2), check=_failed_but_resumable),

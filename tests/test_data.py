@@ -185,6 +185,28 @@ def test_files_digit_label_texts_read_as_texts_when_all_match(tmp_path):
     assert [e.label for e in load_splits(files_cfg(as_ids, label_texts=stars)).train] == [0, 2]
 
 
+def test_files_labels_are_read_for_train_and_eval_together(tmp_path):
+    """One stray '0' in the eval file must not turn its '1'..'3' from label texts into class ids."""
+    stars = ["1", "2", "3"]
+    train = write(tmp_path / "train.csv", "text,label\na,1\nb,3\nc,2\n")
+    dev = write(tmp_path / "dev.csv", "text,label\nd,1\ne,3\nf,0\n")
+    error_of(files_cfg(train, dev, label_texts=stars), "dev.csv", "line 4", "label '0'", "not a label text")
+    ids_dev = write(tmp_path / "ids.csv", "text,label\nd,0\ne,2\nf,1\n")  # a whole file of ids, train of texts
+    error_of(files_cfg(train, ids_dev, label_texts=stars), "ids.csv", "line 2", "label '0'")
+    splits = load_splits(files_cfg(train, write(tmp_path / "ok.csv", "text,label\nd,3\n"), label_texts=stars))
+    assert [e.label for e in splits.train] == [0, 2, 1] and [e.label for e in splits.eval] == [2]
+    # Words as label texts: an id and a text never mean different classes, so they may mix.
+    mixed = write(tmp_path / "mixed.csv", "text,label\nd,positive\ne,0\n")
+    assert [e.label for e in load_splits(files_cfg(mixed, mixed, label_texts=["negative", "positive"])).eval] == [1, 0]
+
+
+def test_duplicate_header_column_is_an_error(tmp_path):
+    for name, text in (("t.csv", "text,label,label\na,1,0\n"), ("t.tsv", "label\ttext\t label\n1\ta\t0\n")):
+        error_of(files_cfg(write(tmp_path / name, text)), name, "line 1", "column 'label' appears twice")
+    # Unnamed trailing columns (a spreadsheet's extra separators) may repeat.
+    assert len(load_splits(files_cfg(write(tmp_path / "u.csv", "text,label,,\na,1,,\n"))).train) == 1
+
+
 def test_files_limits_keep_the_first_examples_in_file_order(tmp_path):
     train = write(tmp_path / "train.tsv", "text\tlabel\n" + "".join(f"t{i}\t{i % 2}\n" for i in range(20)))
     dev = write(tmp_path / "dev.tsv", "text\tlabel\n" + "".join(f"d{i}\t{i % 2}\n" for i in range(9)))

@@ -21,7 +21,8 @@ from ltune_cli.models.backbone import load_backbone
 from ltune_cli.models.families import geometry
 from ltune_cli.paths import conf_dir
 
-MODELS = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
+# custom.yaml describes no model: its family and shapes come from model.path (tests/test_model_folders.py)
+MODELS = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml") if p.stem != "custom")
 PAPER = ["bert_base", "roberta_base", "deberta_v3_base", "falcon_7b", "bloom_7b1", "llama2_7b", "bloom_560m",
          "bloom_1b1", "bloom_1b7", "bloom_3b", "falcon_1b"]
 METHODS = [("prefix", "per_token"), ("prompt", "per_token"), ("lt_prefix", "per_token"),

@@ -136,36 +136,60 @@ def _layout_overrides(cfg, overrides: list[str]):
 @app.command("eval")
 @user_errors
 def eval_(run: Path = typer.Argument(..., help="A run folder written by `ltune train`."),
-          overrides: list[str] = OVERRIDES, debug: bool = DEBUG):
-    """Reload a run's trainable weights, re-score its eval split, write <run>/eval.json."""
-    _setup_logging()
-    from ltune_cli.evaluate import evaluate_run
+          overrides: list[str] = typer.Argument(None, help="Only what eval honours: dataset.eval_limit=N, "
+                                                "dataset.eval_path=... (dataset=files runs), dataset.eval_split=... "
+                                                "(dataset=hub runs), model.path=..., hardware.device/dtype/"
+                                                "eval_batch_size/num_threads/...; anything else is refused.",
+                                                show_default=False),
+          out: Path | None = typer.Option(None, "--out", help="Write eval.json and eval_predictions.json into "
+                                          "this new folder instead of the run folder (keeps earlier evals)."),
+          debug: bool = DEBUG):
+    """Reload a run's trainable weights, re-score its eval split, write eval.json + eval_predictions.json.
 
-    result = evaluate_run(run, overrides or [])
+    With the stored eval set, every score in results.json (accuracy, mcc, macro_f1, val_loss,
+    pair_accuracy) and every prediction is compared; exit code 3 when they do not reproduce.
+    """
+    _setup_logging()
+    from ltune_cli.evaluate import EXIT_MISMATCH, out_folder, score_run, write_eval
+
+    folder = out_folder(run, out)
+    result, preds = score_run(run, overrides or [])
     from rich.console import Console
 
-    out = Console()
-    out.print(_scores_table(f"{run}: eval ({result['eval_examples']} examples)", result["scores"]))
-    if result.get("reproduces") is not None:
-        out.print("matches results.json final scores: " + ("yes" if result["reproduces"] else "NO"))
-    if result.get("not_written"):
-        raise LtuneError(f"{result['not_written']}; the scores above are not saved: make the run folder "
-                         f"writable (or copy it somewhere writable) and run `ltune eval` there.")
-    print(f"eval written: {Path(run) / 'eval.json'}")
+    con = Console()
+    con.print(_scores_table(f"{run}: eval ({result['eval_examples']} examples)", result["scores"]))
+    if result.get("reproduces") is None:
+        con.print(result["compared"], markup=False)
+    elif result["reproduces"]:
+        con.print("reproduces results.json: yes (every stored score and prediction)", markup=False)
+    else:
+        con.print("reproduces results.json: NO", markup=False)
+        for m in result["mismatches"]:
+            con.print(f"  {m['score']}: stored {m['stored']}, now {m['now']} (tolerance {m['tolerance']})",
+                      markup=False)
+    eval_json, _ = write_eval(folder, result, preds)
+    print(f"eval written: {eval_json}")
+    if result.get("reproduces") is False:
+        raise typer.Exit(code=EXIT_MISMATCH)
 
 
 @app.command()
 @user_errors
 def validate(overrides: list[str] = OVERRIDES, debug: bool = DEBUG):
-    """Check a configuration (keys, types, ranges, data files) without building a model."""
+    """Check a configuration without loading weights: keys, types, ranges, data files, and what
+    train would refuse (model folder and family, method x family, devices, optional packages)."""
+    from ltune_cli import preflight
     from ltune_cli.config import compose
 
+    preflight.check_launchers(overrides or [])
     cfg = compose(overrides or [])
     from ltune_cli.data import load_splits
 
     data = load_splits(cfg.dataset)
-    typer.echo(f"ok: {cfg.method.name} on {cfg.model.name} ({cfg.model.path}), {cfg.dataset.name}: "
-               f"{len(data.train)} train / {len(data.eval)} eval examples, labels {data.label_texts}")
+    info = preflight.check(cfg)
+    typer.echo(f"ok: {cfg.method.name} on {cfg.model.name} ({cfg.model.path}: {info.summary()}), "
+               f"{cfg.dataset.name}: {len(data.train)} train / {len(data.eval)} eval examples, "
+               f"labels {data.label_texts}")
 
 
 @app.command()

@@ -88,13 +88,17 @@ class HardwareConfig:
     nproc: int = 1  # processes per node `ltune train` starts through torchrun (0 = one per visible GPU)
     nodes: int = 1  # > 1: start `torchrun --nnodes ...` yourself on every node (docs/gpu.md)
     backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
-    rdzv_endpoint: str | None = None  # host:port of node 0, for multi-node torchrun
-    # Cluster jobs: read by the SLURM launcher of `ltune sweep` (hydra/launcher=submitit_slurm)
+    rdzv_endpoint: str | None = None  # host:port of node 0: printed in the multi-node torchrun command
+    # Cluster jobs: `ltune sweep hydra/launcher=submitit_slurm` turns these into its sbatch request
+    # (sweep.SLURM_FROM_HARDWARE: gpus_per_node, timeout_min, cpus_per_task, mem_gb, partition)
     gpus_per_node: int = 0
     partition: str | None = None
     time_min: int = 60
     cpus_per_task: int = 8
-    mem_gb: int | None = None
+    mem_gb: int | None = None  # host RAM per job (every process loads the base on the CPU first)
+    # Memory of one GPU this preset is meant for: `ltune validate` refuses a run whose estimate
+    # does not fit it (None: no check, e.g. CPU presets).
+    gpu_mem_gb: float | None = None
     # Large frozen bases
     load_in: str = "none"  # none | 8bit | 4bit (bitsandbytes: pip install 'ltune-cli[quant]', CUDA)
     device_map: str = "none"  # none | auto | balanced | sequential: accelerate spreads/offloads the base
@@ -150,7 +154,12 @@ POSITIVE = ("model.max_length", "method.num_virtual_tokens", "hardware.batch_siz
             "hardware.eval_batch_size", "hardware.grad_accum", "train.max_steps",
             "train.eval_every", "train.log_every", "method.label_len", "method.head_lr",
             "dataset.train_limit", "dataset.eval_limit", "hardware.num_threads", "train.keep_checkpoints",
-            "hardware.nodes", "hardware.time_min", "hardware.cpus_per_task", "hardware.mem_gb")
+            "hardware.nodes", "hardware.time_min", "hardware.cpus_per_task", "hardware.mem_gb",
+            "hardware.gpu_mem_gb")
+#: key -> (low, high, high included): ranges a finite float must fall in.
+RANGES = {"method.dropout": (0.0, 1.0, False), "train.warmup_ratio": (0.0, 1.0, True)}
+#: What torch.manual_seed and numpy's generators accept.
+SEED_RANGE = (0, 2**64 - 1)
 NON_NEGATIVE = ("hardware.nproc", "hardware.gpus_per_node", "train.checkpoint_every", "train.weight_decay", "train.warmup_ratio", "train.max_grad_norm", "method.dropout")
 
 
@@ -164,12 +173,46 @@ def _register() -> None:
         cs.store(group=group, name=f"{group}_schema", node=node)
 
 
+def float_keys() -> list[str]:
+    """Every config key typed float (or float | None), e.g. 'train.lr'."""
+    import dataclasses
+    import typing
+
+    keys = []
+    for f in dataclasses.fields(LtuneConfig):
+        node = typing.get_type_hints(LtuneConfig)[f.name]
+        if dataclasses.is_dataclass(node):
+            hints = typing.get_type_hints(node)
+            keys += [f"{f.name}.{name}" for name, t in hints.items() if float in (t, *typing.get_args(t))]
+    return keys
+
+
+def check_numbers(get) -> None:
+    """NaN and +-inf are no value for any float key (`train.lr=nan` trained NaN weights to the
+    end); bounded keys in their range; the seed within what torch and numpy accept."""
+    import math
+
+    for key in float_keys():
+        v = get(key)
+        if v is not None and not math.isfinite(v):
+            raise LtuneError(f"config key '{key}' must be a finite number, got {v}.")
+    for key, (lo, hi, closed) in RANGES.items():
+        v = get(key)
+        if v is not None and not (lo <= v <= hi if closed else lo <= v < hi):
+            raise LtuneError(f"config key '{key}' must be in [{lo:g}, {hi:g}{']' if closed else ')'}, got {v}.")
+    seed = get("seed")
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise LtuneError(f"config key 'seed' must be an integer from {SEED_RANGE[0]} to 2**64-1, got {seed}.")
+
+
 def check(cfg: Any) -> None:
     """Range and choice checks that a type alone cannot express."""
     from omegaconf import OmegaConf
 
     def get(key):
         return OmegaConf.select(cfg, key)
+
+    check_numbers(get)
 
     for key, allowed in CHOICES.items():
         if get(key) not in allowed:
@@ -188,6 +231,9 @@ def check(cfg: Any) -> None:
         raise LtuneError(f"config key 'train.lr' must be > 0, got {lr}.")
     if get("method.lr") <= 0:
         raise LtuneError(f"config key 'method.lr' must be > 0, got {get('method.lr')}.")
+    if not get("model.path"):
+        raise LtuneError(f"config key 'model.path' is empty: model={get('model.name')} needs "
+                         f"model.path=<a model folder or hub id>.")
     if not get("dataset.label_texts") or len(get("dataset.label_texts")) < 2:
         raise LtuneError("config key 'dataset.label_texts' needs at least two label texts, "
                          "e.g. dataset.label_texts='[negative,positive]'.")

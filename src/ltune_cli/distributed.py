@@ -38,7 +38,8 @@ log = logging.getLogger("ltune")
 
 # Keys that only say how a run is laid out on machines: a run may resume with other values.
 LAYOUT_KEYS = ("hardware.strategy", "hardware.nproc", "hardware.nodes", "hardware.gpus_per_node",
-               "hardware.backend", "hardware.partition", "hardware.time_min", "hardware.rdzv_endpoint")
+               "hardware.backend", "hardware.partition", "hardware.time_min", "hardware.rdzv_endpoint",
+               "hardware.cpus_per_task", "hardware.mem_gb", "hardware.gpu_mem_gb")
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,16 @@ def resolve_nproc(hw) -> int:
         if n == 0:
             raise LtuneError("hardware.nproc=0 means one process per GPU, but no CUDA device is visible; "
                              "set hardware.nproc=N (CPU processes over gloo) or use hardware=cpu.")
+    elif _wants_cuda(hw) and torch.cuda.is_available() and n > torch.cuda.device_count():
+        # Each process drives one GPU (LOCAL_RANK); more processes than GPUs fail in set_device.
+        raise LtuneError(f"hardware.nproc={n} but only {torch.cuda.device_count()} GPU(s) are visible "
+                         f"(CUDA_VISIBLE_DEVICES); use hardware.nproc={torch.cuda.device_count()} or "
+                         f"hardware.nproc=0 (one process per visible GPU).")
     return n
+
+
+def _wants_cuda(hw) -> bool:
+    return hw.device in ("auto", "cuda") or str(hw.device).startswith("cuda")
 
 
 def check_layout(hw) -> None:
@@ -108,14 +118,30 @@ def check_layout(hw) -> None:
 def needs_launch(hw) -> bool:
     """True when `ltune train` must start workers itself (several processes, no torchrun around it)."""
     check_layout(hw)
-    if hw.strategy == "single" or under_launcher():
+    if under_launcher():
+        return False
+    tasks = _slurm_step_tasks()
+    if tasks > 1:
+        raise LtuneError(f"this SLURM job step runs {tasks} tasks (srun --ntasks, or hydra.launcher.tasks_per_node / "
+                         f"nodes > 1): each would start its own run into the same folder. Run one task per node: "
+                         f"`ltune train hardware=ddp` starts one worker per GPU itself; several nodes: torchrun on "
+                         f"each node (docs/gpu.md).")
+    if hw.strategy == "single":
         return False
     if int(hw.nodes) > 1:
-        raise LtuneError(f"hardware.nodes={hw.nodes}: start torchrun on every node yourself, e.g. `srun torchrun "
-                         f"--nnodes {hw.nodes} --nproc_per_node <gpus> --rdzv-backend c10d --rdzv-endpoint "
-                         f"<node0>:29500 -m ltune_cli train hardware=ddp out_dir=<shared folder> ...` "
-                         f"(docs/gpu.md).")
+        raise LtuneError(f"hardware.nodes={hw.nodes}: start torchrun on every node yourself, e.g. `srun --ntasks-per-node "
+                         f"1 torchrun --nnodes {hw.nodes} --nproc_per_node <gpus> --rdzv-backend c10d --rdzv-endpoint "
+                         f"{hw.rdzv_endpoint or '<first node>:29500'} -m ltune_cli train hardware=ddp "
+                         f"out_dir=<shared folder> ...` (docs/gpu.md).")
     return resolve_nproc(hw) > 1
+
+
+def _slurm_step_tasks() -> int:
+    """Tasks of the SLURM job step this process belongs to (srun sets it; 1 outside SLURM)."""
+    try:
+        return int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    except ValueError:
+        return 1
 
 
 LAUNCHED_ENV = "LTUNE_LAUNCHED"  # set for workers that `ltune train` started (they print no summary)
@@ -138,23 +164,34 @@ def launch(hw, cli_args: list[str]) -> int:
     args = ["--standalone", "--nnodes", "1", "--nproc_per_node", str(nproc), "-m", "ltune_cli", *cli_args]
     log.info("starting %d worker processes with torchrun (strategy %s)", nproc, hw.strategy)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SLURM's pre-emption warning (SIGUSR2, asked for by submitit) reaches every process of the job:
+    # the workers checkpoint and stop; this process waits for them, then hands the signal to the
+    # handler that was there before (submitit's: it requeues the job, which resumes the run).
+    usr2 = getattr(signal, "SIGUSR2", None)
+    got_usr2: list[int] = []
+    if usr2 is not None:
+        handlers[usr2] = signal.signal(usr2, lambda signum, frame: got_usr2.append(signum))
     old_env = os.environ.get(LAUNCHED_ENV)
     os.environ[LAUNCHED_ENV] = "1"
+    code = 0
     try:
         run(get_args_parser().parse_args(args))
     except ChildFailedError as e:
         codes = [f.exitcode for f in e.failures.values() if f.exitcode and f.exitcode > 0]
-        return codes[0] if codes else 1
+        code = codes[0] if codes else 1
     except SignalException:
-        return 130
+        code = 130
     finally:
         for s, h in handlers.items():
-            signal.signal(s, h)
+            if h is not None:
+                signal.signal(s, h)
         if old_env is None:
             os.environ.pop(LAUNCHED_ENV, None)
         else:
             os.environ[LAUNCHED_ENV] = old_env
-    return 0
+    if got_usr2 and callable(handlers.get(usr2)):
+        handlers[usr2](usr2, None)
+    return code
 
 
 def is_quiet_worker() -> bool:
@@ -179,9 +216,11 @@ def session(hw):
 
     rank, world = int(os.environ["RANK"]), env_world()
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    wants_cuda = hw.device in ("auto", "cuda") or str(hw.device).startswith("cuda")
-    device_type = "cuda" if wants_cuda and torch.cuda.is_available() else "cpu"
+    device_type = "cuda" if _wants_cuda(hw) and torch.cuda.is_available() else "cpu"
     if device_type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise LtuneError(f"this worker has LOCAL_RANK {local} but only {torch.cuda.device_count()} GPU(s) are "
+                             f"visible: start at most that many processes per node (torchrun --nproc_per_node).")
         torch.cuda.set_device(local)
     backend = _backend(hw, device_type)
     created = not dist.is_initialized()

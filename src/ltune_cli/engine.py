@@ -68,6 +68,9 @@ def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
     seed_everything(cfg.seed)  # method init does not depend on how many draws loading took
     method = _to_device(build_method(cfg.method, backbone, data.label_texts), backbone, device)
     tok, L = backbone.tokenizer, cfg.model.max_length
+    P = method.positions_before_text()
+    backbone.check_positions(L + P, f"model.max_length={L} plus the method's {P} positions before the text",
+                             fix=f"set model.max_length<={(backbone.max_positions or 0) - P}")
     train_enc = encode_examples(data.train, tok, L, what="train") if with_train else None
     eval_enc = encode_examples(data.eval, tok, L, what="eval")
     dtype = DTYPES[hw.dtype]
@@ -109,10 +112,16 @@ def evaluate(s: Setup, batch_size: int | None = None) -> tuple[dict, np.ndarray]
     method.eval()
     n = len(enc)
     all_scores = np.zeros((n, method.num_labels), dtype=np.float32)
-    for idx in distributed.shard(eval_batches(enc.lengths, batch_size or s.cfg.hardware.eval_batch_size)):
-        batch = collate(enc, idx, s.backbone.pad_id, s.backbone.padding_side, s.device)
-        with s.autocast():
-            all_scores[idx] = method.scores(batch).float().cpu().numpy()
+    E = batch_size or s.cfg.hardware.eval_batch_size
+    try:
+        for idx in distributed.shard(eval_batches(enc.lengths, E)):
+            batch = collate(enc, idx, s.backbone.pad_id, s.backbone.padding_side, s.device)
+            with s.autocast():
+                all_scores[idx] = method.scores(batch).float().cpu().numpy()
+    except torch.OutOfMemoryError:
+        raise LtuneError(f"out of memory while evaluating at hardware.eval_batch_size={E} "
+                         f"({method.num_labels} labels scored per text); use hardware.eval_batch_size="
+                         f"{max(1, E // 2)} (it changes no score).") from None
     method.train(was_training)
     scores = torch.from_numpy(distributed.gather_rows(all_scores))
     labels = torch.from_numpy(enc.labels)
@@ -257,6 +266,9 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
     opt = make_optimizer(method.param_groups(lr), tc.weight_decay)
     warmup = int(tc.warmup_ratio * tc.max_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, tc.max_steps))
+    # fp16 (5 exponent bits) underflows small gradients and overflows large ones: scale the loss,
+    # and skip a step whose gradients overflowed (the scale is then lowered). bf16/fp32: a no-op.
+    scaler = torch.amp.GradScaler(s.device.type, enabled=hw.dtype == "fp16")
     # The global batch: every rank draws the same one and runs its own micro-batches of it.
     order = BatchOrder(s.train_enc.lengths, hw.batch_size * hw.grad_accum * d.world, cfg.seed,
                        tc.group_by_length)
@@ -270,6 +282,7 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
         return {"step": step, "trainable": method.trainable_state(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "order": order.state_dict(),
                 "pairs_gen": pairs_gen.get_state(), "rng": checkpoint.rng_state(), "window": dict(window),
+                "scaler": scaler.state_dict(),
                 "metrics_bytes": metrics_path.stat().st_size, "micro_batches": hw.grad_accum * d.world}
 
     if ckpt is not None:
@@ -278,6 +291,8 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
         sched.load_state_dict(ckpt["scheduler"])
         order.load_state_dict(ckpt["order"])
         pairs_gen.set_state(ckpt["pairs_gen"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         checkpoint.set_rng_state(ckpt["rng"])
         window, step = ckpt["window"], ckpt["step"]
         if d.is_main:
@@ -311,7 +326,7 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
             idx = next(order)
             step += 1
             stop.step = step
-            loss_val = _step(s, method, idx, pairs_gen, hw)
+            loss_val = _step(s, method, idx, pairs_gen, hw, scaler)
             if not math.isfinite(loss_val):
                 opt.zero_grad(set_to_none=True)
                 last = checkpoint.list_checkpoints(run_dir)
@@ -319,25 +334,28 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
                 window["skipped"] += 1
                 if tc.on_nonfinite == "stop" or window["skipped"] > 10:
                     raise LtuneError(f"training loss became {loss_val} at step {step}; {kept}. Lower train.lr "
-                                     f"(now {lr}), use hardware.dtype=fp32, or train.on_nonfinite=skip.")
+                                     f"(now {lr}), {_DTYPE_HINT.get(hw.dtype, '')}or train.on_nonfinite=skip.")
                 log.warning("step %d: loss %s, batch skipped (train.on_nonfinite=skip)", step, loss_val)
             else:
+                scaler.unscale_(opt)  # the true gradients, for clipping (fp16 only; else a no-op)
                 if tc.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
-                opt.step()
+                scaler.step(opt)  # fp16: skipped when a gradient overflowed
+                scaler.update()
                 opt.zero_grad(set_to_none=True)
                 window["loss"] += loss_val
                 window["n"] += 1
             sched.step()
             if step % tc.log_every == 0 or step == tc.max_steps:
                 dt = time.time() - window_t
-                n = max(window["n"], 1)
-                rec = {"kind": "train", "step": step, "train_loss": window["loss"] / n,
+                n = window["n"]
+                # A window whose every batch was skipped (on_nonfinite=skip) has no loss: null, not 0.0.
+                rec = {"kind": "train", "step": step, "train_loss": window["loss"] / n if n else None,
                        "lr": sched.get_last_lr()[0], "examples_per_s": n * len(idx) / max(dt, 1e-9),
                        "time_s": time.time() - t_train}
                 if d.is_main:
                     runfolder.append_jsonl(metrics_path, rec)
-                progress.update(task, loss=rec["train_loss"], rate=rec["examples_per_s"])
+                progress.update(task, loss=rec["train_loss"] if n else float("nan"), rate=rec["examples_per_s"])
                 window.update(loss=0.0, n=0)
                 window_t = time.time()
             if step % tc.eval_every == 0 or step == tc.max_steps:
@@ -356,6 +374,7 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
                     checkpoint.save(run_dir, snapshot(), tc.keep_checkpoints)
                 distributed.barrier()
             if stopping:
+                stop.hand_over(stopping)  # SIGUSR2 under submitit: it requeues the job, which resumes here
                 raise RunInterrupted(f"{stopping} at step {step}: checkpoint saved; continue with "
                                      f"`{runfolder.resume_command(run_dir)}`")
     train_time = time.time() - t_train
@@ -379,7 +398,13 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
     return run_dir
 
 
-def _step(s: Setup, method, idx, pairs_gen, hw) -> float:
+# What a non-finite loss message suggests per hardware.dtype: fp16's range (max 65504) is the usual
+# cause in fp16; bf16 keeps fp32's range in the same memory, so a model that only fits in half
+# precision should move to bf16, not fp32.
+_DTYPE_HINT = {"fp16": "use hardware.dtype=bf16 (fp32's range in half the memory; GPUs since Ampere), "}
+
+
+def _step(s: Setup, method, idx, pairs_gen, hw, scaler=None) -> float:
     """Forward + backward of one global batch; returns its loss (summed over processes).
 
     The batch is cut into grad_accum x processes micro-batches; this process runs its own
@@ -403,7 +428,7 @@ def _step(s: Setup, method, idx, pairs_gen, hw) -> float:
             with _micro_rng(seeds[j] if seeds else None, s.device) as gen:
                 with s.autocast():
                     loss = method.training_loss(batch, gen or pairs_gen) * (len(micro) / len(idx))
-                loss.backward()
+                (scaler.scale(loss) if scaler is not None else loss).backward()
             loss_val += loss.item()
     except torch.OutOfMemoryError:
         B, A = hw.batch_size, hw.grad_accum
@@ -428,19 +453,39 @@ def _micro_rng(seed: int | None, device: torch.device):
         yield torch.Generator().manual_seed(seed)
 
 
+# SIGUSR2: SLURM's warning before a pre-emption or the time limit (submitit asks for it).
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR2")
+
+
 class _StopFlag:
     requested: str | None = None  # a signal asked the loop to checkpoint and stop after this step
     hard: str | None = None  # a signal stopped the run at once (KeyboardInterrupt raised)
     in_loop: bool = False  # False while loading: nothing to checkpoint yet, so a signal stops at once
     step: int = 0
+    previous: dict = {}
+
+    def hand_over(self, name: str) -> None:
+        """After the checkpoint: give SIGUSR2 to the handler that was there before the run (submitit's,
+        which resubmits the job and exits; the requeued job resumes from the checkpoint)."""
+        import signal
+
+        sig = getattr(signal, name, None)
+        h = self.previous.get(sig)
+        if name == "SIGUSR2" and callable(h):
+            for s, old in self.previous.items():
+                if old is not None:
+                    signal.signal(s, old)
+            self.previous = {}
+            h(sig, None)
 
 
 @contextlib.contextmanager
 def _stop_signals():
-    """SIGINT/SIGTERM/SIGHUP (Ctrl-C, a scheduler, a closed terminal) during the training loop set
-    a flag: the loop finishes its step, checkpoints and exits cleanly. Before the loop (loading)
-    or on a second signal they raise KeyboardInterrupt at once, which train() turns into the
-    same resume hint (nothing new is saved then)."""
+    """SIGINT/SIGTERM/SIGHUP/SIGUSR2 (Ctrl-C, a scheduler, a closed terminal, SLURM's pre-emption
+    warning) during the training loop set a flag: the loop finishes its step, checkpoints and exits
+    cleanly (SIGUSR2 then hands over to submitit's requeue). Before the loop (loading) or on a second
+    signal they raise KeyboardInterrupt at once, which train() turns into the same resume hint
+    (nothing new is saved then)."""
     import signal
     import threading
 
@@ -465,13 +510,15 @@ def _stop_signals():
         flag.hard = name
         raise KeyboardInterrupt(name)
 
-    sigs = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
-    old = {sig: signal.signal(sig, handler) for sig in sigs}
+    old = {sig: signal.signal(sig, handler) for sig in
+           (getattr(signal, n) for n in STOP_SIGNALS if hasattr(signal, n))}
+    flag.previous = dict(old)
     try:
         yield flag
     finally:
         for sig, h in old.items():
-            signal.signal(sig, h)
+            if h is not None:
+                signal.signal(sig, h)
 
 
 @contextlib.contextmanager

@@ -1,17 +1,57 @@
-"""`ltune eval <run>`: rebuild a run from its folder and re-score it."""
+"""`ltune eval <run>`: rebuild a run from its folder, re-score it, and say whether it reproduces.
+
+An override is taken only if eval honours it; anything else is refused, never silently
+ignored. When the eval set is the stored one, every score of results.json "final" is
+compared (`TOLERANCE`) and so is every prediction of predictions.json; a mismatch is
+recorded in eval.json and the CLI exits with `EXIT_MISMATCH`.
+
+Writes `eval.json` and `eval_predictions.json` (same layout as predictions.json) into the
+run folder, or into `--out <folder>` so that several evals of one run sit side by side.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ltune_cli import runfolder
-from ltune_cli.errors import LtuneError
+from ltune_cli.errors import LtuneError, suggest
 
-EVAL_OVERRIDABLE = ("dataset.eval_limit", "dataset.eval_path", "hardware.", "model.path")
+#: Exit code of `ltune eval` when the run ran but does not reproduce its stored scores
+#: (2 stays "bad input", 1 "a bug").
+EXIT_MISMATCH = 3
+
+#: Overrides eval honours -> the dataset kinds that read them (None: every run).
+DATA_KEYS = {"dataset.eval_limit": None, "dataset.eval_path": ("files",), "dataset.eval_split": ("hub",)}
+#: Where and how the frozen base runs; they can change float rounding, never which weights are scored.
+RUNTIME_KEYS = ("model.path", "hardware.device", "hardware.dtype", "hardware.eval_batch_size",
+                "hardware.num_threads", "hardware.load_in", "hardware.device_map", "hardware.offload_folder")
+EVAL_KEYS = (*DATA_KEYS, *RUNTIME_KEYS)
+
+#: |stored - now| allowed per score. Classification scores are ratios of counts, so any real
+#: difference is at least one flipped example (>= 1/N): they must agree to float repr.
+#: val_loss is a float mean; its noise floor across eval_batch_size (padding) and thread
+#: counts measured on the tiny test models is < 1e-6 (tests/test_eval.py).
+TOLERANCE = {"accuracy": 1e-9, "mcc": 1e-9, "macro_f1": 1e-9, "pair_accuracy": 1e-9, "val_loss": 1e-5}
+PREDICTIONS_FILE = "eval_predictions.json"
+
+
+def _check_override(o: str, kind: str, dataset: str) -> str:
+    """The key of one `key=value` override eval honours for this run, else a one-line error."""
+    if "=" not in o:
+        raise LtuneError(f"eval override '{o}' is not key=value; eval takes {', '.join(EVAL_KEYS)}.")
+    key = o.split("=", 1)[0]
+    if key not in EVAL_KEYS:
+        raise LtuneError(f"eval override '{o}' is not honoured: eval re-scores the run with its stored config "
+                         f"and takes only {', '.join(EVAL_KEYS)}.{suggest(key, EVAL_KEYS)}")
+    kinds = DATA_KEYS.get(key)
+    if kinds is not None and kind not in kinds:
+        raise LtuneError(f"eval override '{o}' is not honoured: this run's dataset '{dataset}' is "
+                         f"dataset.kind={kind}, and {key} is read only by dataset.kind={'/'.join(kinds)} runs.")
+    return key
 
 
 def load_run_config(run: Path, overrides=()):
-    """The run's resolved config, with the few overrides that make sense at eval time."""
+    """The run's resolved config with the eval overrides applied, and its results.json."""
     from omegaconf import OmegaConf
 
     from ltune_cli.config import check, load_stored
@@ -28,10 +68,7 @@ def load_run_config(run: Path, overrides=()):
                          f"{runfolder.SCHEMA!r} (run folder from another version).")
     cfg = load_stored(run / "config.yaml")
     for o in overrides:
-        key = o.split("=", 1)[0]
-        if "=" not in o or not any(key == p or (p.endswith(".") and key.startswith(p)) for p in EVAL_OVERRIDABLE):
-            raise LtuneError(f"eval override '{o}' is not allowed; eval takes {', '.join(EVAL_OVERRIDABLE)}* "
-                             f"as key=value.")
+        _check_override(o, str(cfg.dataset.kind), str(cfg.dataset.name))
     if overrides:
         from ltune_cli.config import translate_config_error
 
@@ -43,23 +80,100 @@ def load_run_config(run: Path, overrides=()):
     return cfg, res
 
 
-def evaluate_run(run, overrides=(), *, backbone=None) -> dict:
+def _stored_predictions(run: Path) -> list[int] | None:
+    import json
+
+    path = run / "predictions.json"
+    if not path.is_file():
+        return None
+    try:
+        pred = json.loads(path.read_text(encoding="utf-8")).get("pred")
+    except (json.JSONDecodeError, AttributeError):
+        raise LtuneError(f"{path} is not a predictions file ({{'gold', 'pred', 'label_texts'}}); "
+                         "it was damaged after training.") from None
+    return pred if isinstance(pred, list) else None
+
+
+def reproduction(stored: dict, scores: dict, stored_pred: list | None, pred: list) -> tuple[bool, list[dict]]:
+    """(reproduces, mismatches): every stored score within TOLERANCE, every prediction equal."""
+    mismatches = []
+    for k, want in stored.items():
+        if k == "step" or not isinstance(want, (int, float)):
+            continue
+        got = scores.get(k)
+        tol = TOLERANCE.get(k, 1e-9)
+        if got is None or not abs(got - want) <= tol:
+            mismatches.append({"score": k, "stored": want, "now": got, "tolerance": tol})
+    if stored_pred is not None:
+        differ = sum(a != b for a, b in zip(stored_pred, pred, strict=False)) + abs(len(stored_pred) - len(pred))
+        if differ:
+            mismatches.append({"score": "predictions", "stored": "predictions.json", "now": f"{differ} differ",
+                               "tolerance": 0})
+    return not mismatches, mismatches
+
+
+def score_run(run, overrides=(), *, backbone=None) -> tuple[dict, dict]:
+    """Re-score a run: (eval record for eval.json, predictions record). Writes nothing."""
     from ltune_cli import engine
 
     run = Path(run)
+    overrides = list(overrides)
     cfg, res = load_run_config(run, overrides)
+    from ltune_cli.config import load_stored
+
+    stored_dataset = load_stored(run / "config.yaml").dataset
     s = engine.build(cfg, backbone=backbone, with_train=False)
     runfolder.load_trainable(s.method, run)
-    scores, _ = engine.evaluate(s)
+    scores, preds = engine.evaluate(s)
     out = {"run": str(run), "eval_examples": len(s.eval_enc), "scores": scores,
-           "versions": runfolder.versions(), "overrides": list(overrides)}
+           "versions": runfolder.versions(), "overrides": overrides, "tolerance": TOLERANCE}
     final = res.get("final") or {}
-    if res.get("eval_examples") == len(s.eval_enc) and final:
-        out["stored_final"] = final
-        out["reproduces"] = all(abs(final[k] - scores[k]) <= 1e-6 for k in ("accuracy", "mcc", "macro_f1")
-                                if k in final)
-    try:
-        runfolder.write_json(run / "eval.json", out)
-    except OSError as e:  # a read-only run folder: the scores are still printed (cli.eval_)
-        out["not_written"] = f"{run / 'eval.json'} could not be written ({runfolder.os_reason(e)})"
+    same_set = stored_dataset == cfg.dataset and res.get("eval_examples") == len(s.eval_enc)
+    if not final:
+        out["reproduces"], out["compared"] = None, "results.json has no final scores"
+    elif not same_set:
+        changed = [o.split("=", 1)[0] for o in overrides if o.split("=", 1)[0] in DATA_KEYS]
+        out["reproduces"] = None
+        out["compared"] = (f"not compared: the eval set differs from training's "
+                           f"({', '.join(changed) or 'eval_examples'} changed)")
+    else:
+        ok, mismatches = reproduction(final, scores, _stored_predictions(run), preds.tolist())
+        out.update(stored_final=final, reproduces=ok, mismatches=mismatches,
+                   compared="every score of results.json final and every prediction of predictions.json")
+    pred_rec = {"gold": s.eval_enc.labels, "pred": preds, "label_texts": s.data.label_texts}
+    return out, pred_rec
+
+
+def out_folder(run, out=None) -> Path:
+    """Where eval writes: the run folder, or a fresh --out folder (an earlier eval is never replaced)."""
+    if out is None:
+        return Path(run)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LtuneError(f"eval --out {out}: is a file; give a folder.")
+    if (out / "eval.json").exists():
+        raise LtuneError(f"eval --out {out} already holds an eval.json; choose another folder (or delete it).")
     return out
+
+
+def write_eval(folder: Path, out: dict, pred_rec: dict) -> tuple[Path, Path]:
+    """eval.json and eval_predictions.json into `folder`; an unwritable folder is a user error."""
+    folder = Path(folder)
+    paths = folder / "eval.json", folder / PREDICTIONS_FILE
+    out = {**out, "predictions": str(paths[1])}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        runfolder.write_json(paths[1], pred_rec)
+        runfolder.write_json(paths[0], out)
+    except OSError as e:
+        raise LtuneError(f"could not write the eval to {folder} ({e.strerror or e}); the scores printed above "
+                         f"were not saved: rerun with --out <a writable folder>.") from None
+    return paths
+
+
+def evaluate_run(run, overrides=(), *, backbone=None, out=None) -> dict:
+    """Re-score `run` and write eval.json + eval_predictions.json (into `out` if given)."""
+    folder = out_folder(run, out)
+    result, pred_rec = score_run(run, overrides, backbone=backbone)
+    write_eval(folder, result, pred_rec)
+    return result

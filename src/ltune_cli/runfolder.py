@@ -5,6 +5,7 @@ Layout of `outputs/<run>/` (schema `ltune.results/1`)::
     config.yaml            the resolved config (what `ltune eval` rebuilds the method from)
     metrics.jsonl          one JSON object per line, in step order:
                              {"kind": "train", "step", "train_loss", "lr", "examples_per_s", "time_s"}
+                             (train_loss null when train.on_nonfinite=skip skipped every batch since the last)
                              {"kind": "eval",  "step", "val_loss", "accuracy", "mcc", "macro_f1",
                               ["pair_accuracy"], "time_s"}
     results.json           fixed schema, see `RESULT_KEYS`
@@ -16,6 +17,8 @@ The lifecycle of a run folder lives here too: choosing and creating it, checking
 resumed run has the same config, writing config.yaml / results.json / error.txt, and the
 trainable weights' file. The training loop (engine.py) only calls into it.
 
+Every JSON file is strict JSON: a NaN or infinite number is written as null (`dumps`).
+
 This module imports no torch at import time (only inside the functions that save/load
 weights or report versions): `compare` and the reports use it alone.
 """
@@ -23,6 +26,7 @@ weights or report versions): `compare` and the reports use it alone.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -75,12 +79,28 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    atomic_write_text(path, dumps(obj, indent=2) + "\n")
+
+
+def dumps(obj: Any, **kw) -> str:
+    """Strict JSON: a NaN or infinite number is written as null (Python's default writes a bare
+    NaN, which other JSON readers reject), so no file ltune writes is non-standard JSON."""
+    return json.dumps(_finite(obj), default=_jsonable, allow_nan=False, **kw)
+
+
+def _finite(o):
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
 
 
 def _jsonable(o):
     if hasattr(o, "tolist"):  # numpy/torch arrays and scalars
-        return o.tolist()
+        return _finite(o.tolist())
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
@@ -88,7 +108,7 @@ def _jsonable(o):
 
 def append_jsonl(path: str | Path, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, default=_jsonable) + "\n")
+        f.write(dumps(record) + "\n")
         f.flush()
 
 

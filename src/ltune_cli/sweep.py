@@ -51,7 +51,7 @@ MANIFEST_SCHEMA = "ltune.sweep/1"
 JOBS_DIR = Path(".ltune") / "jobs"
 FORCE_ENV = "LTUNE_SWEEP_FORCE"  # set in the job by hydra.job.env_set when `ltune sweep --force`
 # Config keys that do not change what a run computes: ignored when deciding to skip a run.
-IGNORED_KEYS = (("out_dir",), ("resume",), ("train", "progress"))
+IGNORED_KEYS = (("out_dir",), ("resume",), ("train", "progress"), ("hardware", "mem_gb"), ("hardware", "gpu_mem_gb"))
 # Files a run writes (runfolder.py); cleared before a run is redone. .hydra/ and *.log stay.
 KEEP_ON_REDO = (".hydra",)
 LAUNCHERS_HINT = ("joblib, submitit_slurm, submitit_local: pip install 'ltune-cli[launchers]'; "
@@ -372,7 +372,8 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = (), *, force: bool = Fals
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:  # noqa: BLE001
         raise LtuneError(f"bad override: {str(e).strip().splitlines()[0]} (use key=value or key=v1,v2).") from None
-    grid = preflight(overrides, parsed)
+    hardware: list[dict] = []
+    grid = preflight(overrides, parsed, hardware)
 
     user_dir = next((o.get_value_element_as_str() for o in parsed if o.key_or_group == "hydra.sweep.dir"), None)
     if user_dir is not None:
@@ -398,6 +399,7 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = (), *, force: bool = Fals
         argv.append("hydra.sweep.subdir=run")
     if force:
         argv.append(f"++hydra.job.env_set.{FORCE_ENV}='1'")
+    argv += launcher_overrides(parsed, hardware)
 
     _register()
     GlobalHydra.instance().clear()
@@ -436,11 +438,11 @@ def _finish_if_started(sweep_dir: Path, status: str) -> dict | None:
     return manifest
 
 
-def preflight(overrides: list[str], parsed) -> dict[str, list[str]]:
+def preflight(overrides: list[str], parsed, hardware: list | None = None) -> dict[str, list[str]]:
     """Compose the config for every value of every grid key (others at their first value) and
     run the range checks, so a misspelt name fails in one line before any job starts.
 
-    Returns the grid (see `grid_of`).
+    Returns the grid (see `grid_of`); `hardware` (a list) receives every composed hardware node.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -477,6 +479,11 @@ def preflight(overrides: list[str], parsed) -> dict[str, list[str]]:
                         check(cfg)
                     except LtuneError as e:
                         raise LtuneError(f"{key}={v}: {e.message}") from None
+                    if hardware is not None:
+                        hardware.append(OmegaConf.to_container(cfg.hardware, resolve=True))
+            if hardware is not None and not grid:
+                hardware.append(OmegaConf.to_container(compose(config_name="config", overrides=constant).hardware,
+                                                       resolve=True))
     finally:
         GlobalHydra.instance().clear()
     return grid
@@ -495,6 +502,43 @@ def _sweep_config_error(e: Exception, overrides) -> LtuneError:
                           f"{', '.join(avail) or 'basic'}.{suggest(m.group(1), avail)} Launchers: "
                           f"{LAUNCHERS_HINT}.")
     return translate_config_error(e, overrides)
+
+
+# --------------------------------------------------------------------------- SLURM
+# The one place hardware keys become the submitit SLURM launcher's parameters (hydra.launcher.*).
+# A sweep's jobs share one sbatch request, so each is the largest any grid point's preset asks for.
+SLURM_FROM_HARDWARE = {"gpus_per_node": "gpus_per_node", "time_min": "timeout_min",
+                       "cpus_per_task": "cpus_per_task", "mem_gb": "mem_gb", "partition": "partition"}
+# A job pre-empted or past its time limit gets SIGUSR2, checkpoints and is requeued (engine.py); a
+# run longer than time_min continues in up to this many requeued jobs.
+SLURM_MAX_TIMEOUTS = 3
+
+
+def launcher_overrides(parsed, hardware: list[dict]) -> list[str]:
+    """hydra.launcher.* overrides for `hydra/launcher=submitit_slurm`, from the hardware presets
+    of the grid (`preflight`); what the command line sets itself is kept. One task on one node per
+    job: `ltune train` starts its own torchrun workers inside it (hardware=ddp|fsdp)."""
+    launcher = next((o.get_value_element_as_str() for o in parsed if o.key_or_group == "hydra/launcher"), None)
+    if launcher != "submitit_slurm":
+        return []
+    given = {o.key_or_group: o.value() for o in parsed if o.key_or_group.startswith("hydra.launcher.")}
+    for key in ("hydra.launcher.nodes", "hydra.launcher.tasks_per_node"):
+        if key in given and str(given[key]) != "1":
+            raise LtuneError(f"{key}={given[key]}: each sweep job is one ltune run on one node that starts its own "
+                             f"torchrun workers (hardware=ddp|fsdp, one per GPU of hardware.gpus_per_node); several "
+                             f"tasks or nodes would start one run per task into the same folder. Leave {key} at 1; "
+                             f"multi-node training: docs/gpu.md.")
+    values: dict = {"nodes": 1, "tasks_per_node": 1, "max_num_timeout": SLURM_MAX_TIMEOUTS}
+    for hkey, lkey in SLURM_FROM_HARDWARE.items():
+        xs = {h.get(hkey) for h in hardware} - {None, 0}
+        if not xs:
+            continue
+        if hkey == "partition" and len(xs) > 1:
+            raise LtuneError(f"the sweep's hardware presets ask for partitions {sorted(xs)}; one sweep is one SLURM "
+                             f"array: set hardware.partition=<one> (or hydra.launcher.partition=<one>).")
+        values[lkey] = max(xs) if hkey != "partition" else xs.pop()
+    return [f"hydra.launcher.{k}={_quote(v) if isinstance(v, str) else v}" for k, v in values.items()
+            if f"hydra.launcher.{k}" not in given]
 
 
 # --------------------------------------------------------------------------- summary

@@ -2,7 +2,8 @@
 
 Shared by every source (GLUE, local files, the hub) so that the same mistake gets the same
 message whatever the file format. Label mapping is a pluggable `resolve(table, column, values)`:
-GLUE uses its fixed raw vocabulary, user files accept ids or label texts.
+GLUE uses its fixed raw vocabulary (`fixed_labels`); user files accept ids or label texts, read for
+train and eval together (`read_labels`).
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ def _text(table: Table, n: int, record: dict, column: str, key: str) -> str:
     return text
 
 
-def to_examples(table: Table, columns: Columns, resolve: Resolver) -> list[Example]:
-    """Every record of `table` as an Example; the whole table is checked, first error wins."""
+def _records(table: Table, columns: Columns) -> tuple[list[tuple[str, str | None]], list[tuple[int, object]]]:
+    """Every record's (text, pair) and (line, raw label); the whole table is checked, first error wins."""
     if not table.rows:
         what = "only a header line, no examples" if table.header_line is not None else "no examples"
         raise table.error(what, fix="add one example per line")
@@ -103,8 +104,26 @@ def to_examples(table: Table, columns: Columns, resolve: Resolver) -> list[Examp
         pair = None if columns.pair is None else _text(table, n, record, columns.pair, pair_key)
         texts.append((text, pair))
         raw_labels.append((n, _field(table, n, record, columns.label, "dataset.label_column")))
-    ids = resolve(table, columns.label, raw_labels)
+    return texts, raw_labels
+
+
+def _examples(texts, ids) -> list[Example]:
     return [Example(text, label, pair) for (text, pair), label in zip(texts, ids, strict=True)]
+
+
+def to_examples(table: Table, columns: Columns, resolve: Resolver) -> list[Example]:
+    """Every record of `table` as an Example, labels mapped by `resolve` (a fixed vocabulary)."""
+    texts, raw_labels = _records(table, columns)
+    return _examples(texts, resolve(table, columns.label, raw_labels))
+
+
+def to_examples_together(tables: Sequence[Table], columns: Columns, label_texts: Sequence[str]) -> list[list[Example]]:
+    """The splits of one dataset (train, eval) as Examples, their labels read together
+    (`read_labels`): one reading of ids vs. label texts for every file, never one per file."""
+    records = [_records(table, columns) for table in tables]
+    groups = [(table, raw) for table, (_, raw) in zip(tables, records, strict=True)]
+    ids = read_labels(label_texts, groups, columns.label)
+    return [_examples(texts, i) for (texts, _), i in zip(records, ids, strict=True)]
 
 
 def normalise(label: str) -> str:
@@ -144,18 +163,23 @@ def fixed_labels(raw_labels: Sequence[str]) -> Resolver:
     return resolve
 
 
-def flexible_labels(label_texts: Sequence[str]) -> Resolver:
-    """User files: a label is a class id (0..K-1) or a label text (exact, else normalised).
+def read_labels(label_texts: Sequence[str], groups: Sequence[tuple[Table, list[tuple[int, object]]]],
+                column: str) -> list[list[int]]:
+    """User files: a label is a class id (0..K-1) or a label text (exact, else normalised),
+    decided once for all the files of a dataset (train and eval together).
 
-    A column whose every value is a label text is read as texts; otherwise ints and digit
-    strings are class ids first. This only matters when label texts are themselves digits
-    (e.g. star ratings '1'..'5'): a file of '1'..'5' is read as texts, one with a '0' as ids.
+    Every value a label text: all read as texts. Every value a class id: all read as ids.
+    Otherwise ids and texts may mix only where no value means one class as an id and
+    another as a text (that happens when label texts are digits, e.g. star ratings
+    '1'..'5'); a value that is neither is an error at its file and line, and so is one that
+    does not fit the reading of the other values (a stray '0' among '1'..'5').
     """
     k = len(label_texts)
     exact = {t: i for i, t in enumerate(label_texts)}
     loose: dict[str, int] = {}
     for i, t in enumerate(label_texts):
         loose.setdefault(normalise(t), i)
+    texts = ", ".join(show(t) for t in label_texts)
 
     def text_id(value) -> int | None:
         if not isinstance(value, str):
@@ -164,21 +188,33 @@ def flexible_labels(label_texts: Sequence[str]) -> Resolver:
         i = exact.get(s)
         return i if i is not None else loose.get(normalise(s))
 
-    def resolve(table: Table, column: str, values: list[tuple[int, object]]) -> list[int]:
-        by_text = [text_id(v) for _, v in values]
-        if all(i is not None for i in by_text):
-            return by_text
-        out = []
-        for (n, value), t in zip(values, by_text, strict=True):
-            i = as_id(value)
-            if i is None or not 0 <= i < k:
-                i = t
-            if i is None:
-                texts = ", ".join(show(t) for t in label_texts)
+    def class_id(value) -> int | None:
+        i = as_id(value)
+        return i if i is not None and 0 <= i < k else None
+
+    read = [[(n, value, text_id(value), class_id(value)) for n, value in values] for _, values in groups]
+    every = [r for rows in read for r in rows]
+    for (table, _), rows in zip(groups, read, strict=True):
+        for n, value, t, c in rows:
+            if t is None and c is None:
                 raise table.error(f"label {show(value)} is neither a class id 0..{k - 1} nor a label text "
                                   f"({texts})", line=n, column=column,
                                   fix="fix the value, or set dataset.label_texts to the labels the file uses")
-            out.append(i)
-        return out
-
-    return resolve
+    if all(t is not None for _, _, t, _ in every):
+        return [[t for _, _, t, _ in rows] for rows in read]
+    if all(c is not None for _, _, _, c in every):
+        return [[c for _, _, _, c in rows] for rows in read]
+    if not any(t is not None and c is not None and t != c for _, _, t, c in every):
+        return [[c if c is not None else t for _, _, t, c in rows] for rows in read]
+    # Digit label texts and a mix: read as the majority does, and blame the first value that does not fit.
+    as_texts = sum(t is not None for _, _, t, _ in every) >= sum(c is not None for _, _, _, c in every)
+    files = " and ".join(str(table.source) for table, _ in groups)
+    for (table, _), rows in zip(groups, read, strict=True):
+        for n, value, t, c in rows:
+            if (t if as_texts else c) is None:
+                what = f"not a label text ({texts})" if as_texts else f"not a class id 0..{k - 1}"
+                other = "label texts" if as_texts else "class ids"
+                raise table.error(f"label {show(value)} is {what}, while the other labels of {files} are "
+                                  f"read as {other}; with digit label texts ids and texts cannot mix",
+                                  line=n, column=column, fix=f"write every label as one of {other}")
+    raise AssertionError("unreachable: some value fits neither reading")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ltune_cli.data.examples import Columns, flexible_labels, to_examples
+from ltune_cli.data.examples import Columns, to_examples_together
 from ltune_cli.data.splits import Example
 from ltune_cli.data.tables import FORMATS, read_table
 from ltune_cli.errors import LtuneError
@@ -36,7 +36,7 @@ def _path(cfg, split: str) -> Path:
 
 def load_files(cfg, columns: Columns, label_texts: list[str]) -> tuple[list[Example], list[Example], dict]:
     paths = {split: _path(cfg, split) for split in PATH_KEYS}  # check both before reading either
-    resolve = flexible_labels(label_texts)
-    splits = {split: to_examples(read_table(path), columns, resolve) for split, path in paths.items()}
+    # Labels are read for both files together: one file cannot read '1' as a text, the other as an id.
+    train, eval_ = to_examples_together([read_table(paths["train"]), read_table(paths["eval"])], columns, label_texts)
     source = {"kind": "files", **{split: str(path.resolve()) for split, path in paths.items()}}
-    return splits["train"], splits["eval"], source
+    return train, eval_, source

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 
-from ltune_cli.data.examples import Columns, flexible_labels, to_examples
+from ltune_cli.data.examples import Columns, to_examples_together
 from ltune_cli.data.splits import Example
 from ltune_cli.data.tables import Table, one_line, sentence
 from ltune_cli.errors import LtuneError, suggest
@@ -61,11 +61,9 @@ def load_hub(cfg, columns: Columns, label_texts: list[str]) -> tuple[list[Exampl
         raise LtuneError("dataset=hub needs dataset.hub_id, e.g. dataset.hub_id=glue dataset.hub_config=sst2.")
     hub_id = str(cfg.hub_id)
     ds = _load(datasets, hub_id, None if cfg.hub_config is None else str(cfg.hub_config))
-    resolve = flexible_labels(label_texts)
-    splits = {}
-    for split, (split_key, limit_key) in SPLIT_KEYS.items():
-        table = _table(ds, hub_id, split_key, str(getattr(cfg, split_key)), getattr(cfg, limit_key))
-        splits[split] = to_examples(table, columns, resolve)
+    tables = [_table(ds, hub_id, split_key, str(getattr(cfg, split_key)), getattr(cfg, limit_key))
+              for split_key, limit_key in SPLIT_KEYS.values()]
+    train, eval_ = to_examples_together(tables, columns, label_texts)  # labels read for both splits together
     source = {"kind": "hub", "train": hub_id, "eval": hub_id, "hub_config": cfg.hub_config,
               "train_split": str(cfg.train_split), "eval_split": str(cfg.eval_split)}
-    return splits["train"], splits["eval"], source
+    return train, eval_, source

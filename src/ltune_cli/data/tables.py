@@ -191,6 +191,14 @@ def read_delimited(path: Path, fmt: str, *, source: str | None = None,
             raise data_error(source, "the file is empty (expected a header line, then one example per line)")
         header_line = DELIMITERS[fmt].join(first[1])
         columns = [c.strip() for c in first[1]]
+        # A repeated name would silently keep only its last column (two 'label' columns: which one?).
+        # Unnamed columns (trailing separators) cannot be selected, so they may repeat.
+        seen: set[str] = set()
+        for c in columns:
+            if c and c in seen:
+                raise data_error(source, f"column {show(c)} appears twice in the header", line=first[0],
+                                 fix="rename one of them (each column needs its own name)")
+            seen.add(c)
     else:
         header_line, columns = None, list(layout)
     table = Table(source, fmt, columns, [], header_line=header_line)

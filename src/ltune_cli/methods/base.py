@@ -27,9 +27,14 @@ from ltune_cli.models.backbone import Backbone, LabelStates
 
 class Method(nn.Module):
     name = "method"
+    # Whether the method hands the frozen base a key/value prefix: a family without a cache
+    # (families.FAMILIES kv_cache=False) refuses it, here and in `ltune validate`.
+    needs_kv_cache = False
 
     def __init__(self, backbone: Backbone, cfg, label_texts: list[str]):
         super().__init__()
+        if self.needs_kv_cache:
+            backbone.require_kv_cache(self.name)
         self.backbone = backbone
         self.cfg = cfg
         self.label_texts = list(label_texts)
@@ -48,6 +53,11 @@ class Method(nn.Module):
     def extra_metrics(self, scores: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-example extra eval numbers (summed and averaged by the engine)."""
         return {}
+
+    def positions_before_text(self) -> int:
+        """Positions the method puts before every text (virtual tokens, label tokens): the text's
+        positions start after them (engine.build checks the sum against the model's limit)."""
+        return 0
 
     def texts_per_forward(self, texts: int, length: int, device: torch.device) -> float:
         """How many of `texts` texts of `length` tokens one scoring forward holds (memory.estimate)."""
@@ -84,6 +94,15 @@ class Method(nn.Module):
         return sum(p.numel() for p in self.trainable_parameters())
 
     # --- helpers -------------------------------------------------------------------------
+    def head_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """dropout -> head on the pooled (N, d) encodings, in fp32 whatever autocast is on.
+
+        Under bf16/fp16 autocast a Linear runs in half precision even on a `.float()` input;
+        L-Tuning's pair logit is the difference of the head's two outputs, which bf16's 8-bit
+        mantissa would round to a few hundredths. The head is tiny, so fp32 costs nothing."""
+        with torch.autocast(pooled.device.type, enabled=False):
+            return self.head(self.dropout(pooled.float()))
+
     def text_inputs(self, batch: dict) -> dict:
         return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
 
@@ -99,8 +118,11 @@ class ClassifierMethod(Method):
     def encode(self, batch: dict) -> torch.Tensor:
         raise NotImplementedError
 
+    def positions_before_text(self) -> int:
+        return self.cfg.num_virtual_tokens  # the P prefix / prompt positions
+
     def scores(self, batch: dict) -> torch.Tensor:
-        return self.head(self.dropout(self.encode(batch).float()))
+        return self.head_logits(self.encode(batch))
 
     def training_loss(self, batch, generator):
         return self.score_loss(self.scores(batch), batch["labels"]).mean()
@@ -152,6 +174,9 @@ class PairMethod(Method):
         self.labels_frozen: LabelStates = backbone.label_states(self.label_texts, cfg.label_len)
         self.label_len = self.labels_frozen.ids.shape[1]
 
+    def positions_before_text(self) -> int:
+        return self.label_len  # the label's l prefix / prompt positions
+
     # Subclasses: label states (N, l, d) + mask (N, l) -> pooled text encodings of the pairs.
     def transform(self, states: torch.Tensor, mask: torch.Tensor):
         """Trainable map of label states to what the text is encoded with (prompt or prefix)."""
@@ -181,7 +206,7 @@ class PairMethod(Method):
 
     def pair_logits(self, batch: dict, label_idx: torch.Tensor, maps=None) -> torch.Tensor:
         table, mask, idx = self._conditioning(label_idx, maps)
-        z = self.head(self.dropout(self.encode_with(batch, table, mask, idx).float()))  # (N, 2)
+        z = self.head_logits(self.encode_with(batch, table, mask, idx))  # (N, 2), fp32
         return z[:, 1] - z[:, 0]
 
     def training_loss(self, batch, generator):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ltune_cli.errors import LtuneError
-from ltune_cli.models.families import FAMILIES, Geometry, geometry
+from ltune_cli.models.families import FAMILIES, Geometry, geometry, require_kv_cache, resolve_pooling
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Backbone(nn.Module):
         self.tokenizer = tokenizer
         self.geo = geo
         self.family = FAMILIES[geo.family]
-        self.pooling = ("cls" if geo.kind == "encoder" else "last") if pooling == "auto" else pooling
+        self.pooling = resolve_pooling(geo.kind, geo.family, pooling)  # auto: encoders cls, decoders last
         self.max_length = max_length
         self.padding_side = padding_side
         self.pad_id = _pad_id(tokenizer)
@@ -64,10 +64,7 @@ class Backbone(nn.Module):
         return self.model.get_input_embeddings()(input_ids)
 
     def require_kv_cache(self, method: str) -> None:
-        if not self.family.kv_cache:
-            raise LtuneError(
-                f"method '{method}' needs a key/value prefix, but {self.family.no_cache_reason}; "
-                f"use method=prompt or method=lt_prompt with this model.")
+        require_kv_cache(self.geo.family, method)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last-layer hidden states (B, T, d) of a plain forward (used for label texts)."""
@@ -200,12 +197,37 @@ class Backbone(nn.Module):
             row = row[:length]
             ids[i, : len(row)] = torch.tensor(row)
             mask[i, : len(row)] = 1
+        self.check_positions(length, "the label texts (dataset.label_texts)", fix="set method.label_len=<n> to "
+                             "keep their first n tokens, or use shorter label texts")
         ids, mask = ids.to(self.device), mask.to(self.device)
         was_training = self.training
         self.eval()
         states = self.hidden_states(ids, mask).float() * mask[..., None]
         self.train(was_training)
+        check_distinct_labels(label_texts, ids, mask, states, self.tokenizer, label_len)
         return LabelStates(states=states, mask=mask, ids=ids)
+
+    @property
+    def max_positions(self) -> int | None:
+        """How many positions the model's learned position table holds (BERT/RoBERTa/GPT-2: 512,
+        1024), or None when it has none to run off (rotary, ALiBi, relative positions).
+        Found as the embedding table sized max_position_embeddings (n_positions); RoBERTa's
+        offset (family data) is subtracted."""
+        config = self.model.config
+        n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        words = self.model.get_input_embeddings()
+        if not n or not any(isinstance(m, nn.Embedding) and m is not words and m.num_embeddings == n
+                            for m in self.model.modules()):
+            return None
+        return n - self.family.position_offset
+
+    def check_positions(self, length: int, what: str, fix: str) -> None:
+        """An LtuneError when `length` positions run past the position table (an IndexError deep
+        in the model otherwise, or a device-side assert on a GPU)."""
+        limit = self.max_positions
+        if limit is not None and length > limit:
+            raise LtuneError(f"{what} need {length} positions, but the model has {limit} "
+                             f"(max_position_embeddings); {fix}.")
 
     @torch.no_grad()
     def reading_kv(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -225,6 +247,42 @@ class Backbone(nn.Module):
                              f"{layers[0].shape[2]} key/value heads) does not match the family table "
                              f"({self.geo.layers}, {self.geo.kv_heads}); set method.init_from_label=false.")
         return torch.stack(layers, 0).permute(2, 4, 0, 1, 3, 5).float().to(self.device)
+
+
+#: Above this cosine of their mean frozen states, two labels get a warning (MiniLM: distinct
+#: label words 0.40-0.88; SmolLM2 single-token labels 0.992-0.99988, its first position barely
+#: depends on the token: those warn, and rightly so, L-Tuning's map starts from near-equal inputs).
+SIMILAR_LABELS_COSINE = 0.999
+
+
+def check_distinct_labels(label_texts, ids: torch.Tensor, mask: torch.Tensor, states: torch.Tensor,
+                          tokenizer, label_len: int | None) -> None:
+    """L-Tuning tells labels apart only through what the frozen LM reads: two labels that reach
+    it as the same tokens (cut to method.label_len, or both [UNK]) are an error; two whose
+    frozen states are near-identical get a warning with their cosine. ids, mask: (K, l);
+    states: (K, l, d), zero at padding."""
+    import logging
+
+    rows = [tuple(r[m.bool()].tolist()) for r, m in zip(ids.cpu(), mask.cpu(), strict=True)]
+    seen: dict[tuple, int] = {}
+    for i, row in enumerate(rows):
+        if row in seen:
+            a, b = label_texts[seen[row]], label_texts[i]
+            tokens = " ".join(tokenizer.convert_ids_to_tokens(list(row)))
+            cut = f" after method.label_len={label_len} truncation" if label_len else ""
+            raise LtuneError(f"label texts '{a}' and '{b}' reach the model as the same tokens{cut} ({tokens}), "
+                             f"so L-Tuning cannot tell them apart; use distinct label texts (dataset.label_texts)"
+                             + (" or a larger method.label_len." if label_len else "."))
+        seen[row] = i
+    pooled = states.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # (K, d)
+    cos = torch.nn.functional.cosine_similarity(pooled[:, None], pooled[None], dim=-1)
+    for i in range(len(rows)):
+        for j in range(i + 1, len(rows)):
+            if cos[i, j] >= SIMILAR_LABELS_COSINE:
+                logging.getLogger("ltune").warning(
+                    "label texts '%s' and '%s' have near-identical frozen states (cosine %.5f): L-Tuning may "
+                    "not tell them apart; consider more distinct label texts (dataset.label_texts)",
+                    label_texts[i], label_texts[j], float(cos[i, j]))
 
 
 def _rows(x: torch.Tensor, index: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -268,14 +326,25 @@ def load_backbone(model_cfg, hardware_cfg=None, *, model=None, tokenizer=None) -
     device_map=auto (accelerate places/offloads the base), strategy=fsdp (blocks sharded over
     the processes), gradient_checkpointing (blocks recomputed in backward).
     """
+    from ltune_cli.models.folder import describe
+
     hw = hardware_cfg
+    if hw is not None and str(hw.device).startswith("cuda") and not torch.cuda.is_available():
+        why = (f" (model={model_cfg.name}'s hardware_preset; a base of this size is meant for a GPU)"
+               if getattr(model_cfg, "hardware_preset", None) == hw.name else "")
+        raise LtuneError(f"hardware={hw.name}{why} runs on CUDA, but no CUDA device is visible. To run on this "
+                         f"machine's CPU anyway (fp32, slow for a large base) add hardware=cpu.")
+    # config.json first: family, geometry and pooling come from the model; an unsupported family
+    # or cls pooling on a decoder is refused before any weight loads.
+    info = describe(model_cfg) if model is None else None
     device = resolve_device(hw.device if hw else "cpu")
     dtype = DTYPES[hw.dtype] if hw else torch.float32
     placement = _placement(hw, device, dtype)  # from_pretrained places quantized / device-mapped bases
     if model is None:
-        model, tokenizer = _from_pretrained(model_cfg, dtype, **placement)
+        model, tokenizer = _from_pretrained(info.path, model_cfg, dtype, **placement)
     geo = geometry(model.config, getattr(model_cfg, "family", "auto"))
-    _check_arch(model_cfg, geo)
+    pooling = resolve_pooling(geo.kind, geo.family, model_cfg.pooling)
+    _check_arch(model_cfg, geo, pooling)
     if not placement:
         model.to(device=device, dtype=dtype)
     if getattr(model.config, "use_cache", None):
@@ -292,21 +361,25 @@ def load_backbone(model_cfg, hardware_cfg=None, *, model=None, tokenizer=None) -
         # Off by default: on one CPU thread MiniLM spent ~14 s compiling before its first step to
         # run ~15% faster a step afterwards (BENCHMARKS.md, benchmarks/results-compile-minilm).
         model.compile(dynamic=True)
-    return Backbone(model, tokenizer, geo, pooling=model_cfg.pooling, max_length=model_cfg.max_length,
+    return Backbone(model, tokenizer, geo, pooling=pooling, max_length=model_cfg.max_length,
                     padding_side=model_cfg.padding_side)
 
 
-def _check_arch(model_cfg, geo: Geometry) -> None:
-    """Warn when the loaded model is not the one conf/model/<name>.yaml's `arch` describes."""
+def _check_arch(model_cfg, geo: Geometry, pooling: str) -> None:
+    """Say what was loaded when it is not the model conf/model/<name>.yaml's `arch` documents
+    (model.path pointed elsewhere): the run uses the loaded model's own family, shapes and
+    pooling; the preset's `arch` is documentation of another model, not a setting."""
     arch = getattr(model_cfg, "arch", None) or {}
     got = {"model_type": geo.family, "layers": geo.layers, "hidden": geo.hidden, "heads": geo.heads,
            "kv_heads": geo.kv_heads}
-    diff = [f"{k} {got[k]} (expected {arch[k]})" for k in got if k in arch and arch[k] != got[k]]
-    if diff:
+    if any(k in arch and arch[k] != got[k] for k in got):
         import logging
 
-        logging.getLogger("ltune").warning("model.path=%s is not the %s architecture of model=%s: %s",
-                                           model_cfg.path, model_cfg.name, model_cfg.name, ", ".join(diff))
+        logging.getLogger("ltune").info(
+            "model.path=%s: a %s %s read from its config.json (%d layers, d=%d, %d heads / %d key/value heads), "
+            "pooling %s; model=%s's arch (%s) describes another model and is not used.", model_cfg.path, geo.family,
+            geo.kind, geo.layers, geo.hidden, geo.heads, geo.kv_heads, pooling, model_cfg.name,
+            ", ".join(f"{k} {arch[k]}" for k in got if k in arch))
 
 
 def _placement(hw, device: torch.device, dtype: torch.dtype) -> dict:
@@ -408,35 +481,21 @@ def prefix_cache_class() -> type:
     return _PREFIX_CACHE
 
 
-def _from_pretrained(model_cfg, dtype, **placement):
-    import os
-    from pathlib import Path
-
+def _from_pretrained(path: str, model_cfg, dtype, **placement):
+    """Tokenizer and frozen base from `path` (resolved by folder.describe, which checked the folder)."""
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from ltune_cli.models.folder import load_error
+
     hf_logging.disable_progress_bar()
-
-    from ltune_cli.models.offline import resolve
-
-    path = resolve(model_cfg.path)
-    local = Path(path).expanduser()
-    looks_local = local.exists() or path.startswith((".", "/", "~"))
-    if looks_local:
-        if not local.is_dir():
-            raise LtuneError(f"model.path={path}: no such folder.")
-        if not any(local.glob("*.safetensors")) and not any(local.glob("*.bin")):
-            raise LtuneError(f"model.path={path}: the folder has no weights (*.safetensors or *.bin); "
-                             f"point model.path at a folder written by save_pretrained.")
     kw = dict(revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kw)
         model = AutoModel.from_pretrained(path, dtype=dtype, **kw, **placement)
     except OSError as e:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise LtuneError(
-            f"could not load model '{path}' (model.path): {str(e).splitlines()[0][:160].rstrip('.')}. "
-            f"{'The hub is unreachable (offline). ' if not looks_local or offline else ''}"
-            f"Point model.path at a local folder with config.json + weights, or use model=minilm / "
-            f"model=smollm2_135m, which ship with the package.") from None
+        from pathlib import Path
+
+        raise load_error(path, e, Path(path).expanduser().exists()) from None
     return model, tokenizer
+

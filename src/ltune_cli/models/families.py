@@ -45,6 +45,13 @@ FAMILIES: dict[str, Family] = {
     # heads; the original 7B layout is multi-query (one shared key/value head).
     "falcon": Family("decoder", kv_heads_attr="num_kv_heads",
                      kv_heads_rules=(("new_decoder_architecture", True, "heads"), ("multi_query", True, "one"))),
+    # Llama-like decoders (rotary positions, grouped-query cache) and XLM-RoBERTa (RoBERTa's
+    # layout and position offset). Each has a tiny model and an oracle test (tests/test_families.py).
+    "qwen2": Family("decoder", kv_heads_attr="num_key_value_heads"),
+    "mistral": Family("decoder", kv_heads_attr="num_key_value_heads"),
+    "gemma": Family("decoder", kv_heads_attr="num_key_value_heads"),
+    "gemma2": Family("decoder", kv_heads_attr="num_key_value_heads"),
+    "xlm-roberta": Family("encoder", position_offset=2),  # padding_idx (1) + 1
 }
 
 
@@ -65,16 +72,54 @@ class Geometry:
         return self.kv_heads * self.head_dim
 
 
+def family_name(model_type: str | None, requested: str = "auto", where: str = "config.json") -> str:
+    """The FAMILIES row a model runs with: its own model_type, or model.family when set.
+
+    Refuses an unsupported family with the supported list (read from config.json before any
+    weight loads, so the refusal is immediate)."""
+    name = model_type if requested == "auto" else requested
+    if name in FAMILIES:
+        return name
+    near = suggest(name, FAMILIES)
+    near = near if near.startswith(" Did you mean") else ""
+    src = "model.family" if requested != "auto" else f"model_type in {where}"
+    raise LtuneError(f"model family '{name}' ({src}) is not supported.{near} Supported: {', '.join(FAMILIES)}; "
+                     f"a Llama-like decoder of another family runs with model.family=llama (docs/models.md).")
+
+
 def family_of(config, requested: str = "auto") -> tuple[str, Family]:
-    name = config.model_type if requested == "auto" else requested
-    if name not in FAMILIES:
-        raise LtuneError(f"model family '{name}' is not supported (model.family).{suggest(name, FAMILIES)} "
-                         f"Supported: {', '.join(FAMILIES)}.")
+    name = family_name(getattr(config, "model_type", None), requested)
     return name, FAMILIES[name]
+
+
+def require_kv_cache(family: str, method: str) -> None:
+    """Refuse a method that passes a key/value prefix on a family whose attention takes none."""
+    fam = FAMILIES[family]
+    if not fam.kv_cache:
+        raise LtuneError(f"method '{method}' needs a key/value prefix, but {fam.no_cache_reason}; "
+                         f"use method=prompt or method=lt_prompt with this model.")
+
+
+def resolve_pooling(kind: str, family: str, requested: str = "auto") -> str:
+    """auto: the first token ([CLS]) for encoders, the last real token for decoders.
+
+    The first token of a causal decoder attends to nothing after it: it cannot see the text,
+    so every text would get the same encoding. That combination is refused."""
+    if requested == "auto":
+        return "cls" if kind == "encoder" else "last"
+    if requested == "cls" and kind == "decoder":
+        raise LtuneError(f"model.pooling=cls on a {family} decoder: its first token cannot see the text after "
+                         f"it, so every text would get the same encoding; use model.pooling=auto (the last "
+                         f"real token) or mean.")
+    return requested
 
 
 def geometry(config, requested: str = "auto") -> Geometry:
     name, fam = family_of(config, requested)
+    missing = [a for a in ("num_attention_heads", "hidden_size", "num_hidden_layers") if getattr(config, a, None) is None]
+    if missing:
+        raise LtuneError(f"the model's config ({getattr(config, 'model_type', '?')}) has no {', '.join(missing)}: "
+                         f"the {name} family row does not describe it (model.family).")
     heads = config.num_attention_heads
     hidden = config.hidden_size
     head_dim = getattr(config, "head_dim", None) or hidden // heads

@@ -23,9 +23,10 @@ from ltune_cli.methods.base import PairMethod, fit_linear
 
 @register("lt_prefix")
 class LTPrefix(PairMethod):
+    needs_kv_cache = True
+
     def __init__(self, backbone, cfg, label_texts):
         super().__init__(backbone, cfg, label_texts)
-        backbone.require_kv_cache("lt_prefix")
         g = backbone.geo
         out = g.layers * 2 * g.kv_dim
         self.variant = cfg.variant

@@ -15,9 +15,10 @@ from ltune_cli.methods.base import ClassifierMethod
 
 @register("prefix")
 class Prefix(ClassifierMethod):
+    needs_kv_cache = True
+
     def __init__(self, backbone, cfg, label_texts):
         super().__init__(backbone, cfg, label_texts)
-        backbone.require_kv_cache("prefix")
         g = backbone.geo
         self.prefix = nn.Parameter(torch.randn(g.layers, 2, g.kv_heads, cfg.num_virtual_tokens, g.head_dim))
 
