@@ -63,8 +63,9 @@ def main() -> None:
         if case.applies is not None and not case.applies():
             continue
         with tempfile.TemporaryDirectory() as tmp:
+            os.environ["LTUNE_OUTPUTS"] = f"{tmp}/outputs"  # as the test sets it; a case's `around` may change it
             with case.around(Path(tmp)) if case.around else contextlib.nullcontext():
-                r = CliRunner().invoke(app, case.args(Path(tmp)), env={"LTUNE_OUTPUTS": f"{tmp}/outputs"})
+                r = CliRunner().invoke(app, case.args(Path(tmp)))
         msg = next((line for line in r.output.splitlines() if line.startswith("error:")), r.output.strip())
         msg = msg.replace(tempfile.gettempdir(), "/tmp").replace("|", "\\|")
         rows.append(f"| {case.area} | {case.what} | {r.exit_code} | `{msg}` |")

@@ -47,6 +47,18 @@ def wait_for(pred, proc, timeout=180):
     return pred()
 
 
+STEPS = 40  # short: SIGSTOP (below) keeps a run from finishing before the test acts, however fast
+
+
+def hit_mid_run(proc, sig):
+    """Deliver `sig` while the run is certainly still training: stop it first (SIGSTOP), queue the
+    signal, then let it continue (SIGCONT); it handles the signal at its next step."""
+    proc.send_signal(signal.SIGSTOP)
+    assert proc.poll() is None, "the run finished before the test could signal it"
+    proc.send_signal(sig)
+    proc.send_signal(signal.SIGCONT)
+
+
 def test_any_path_to_the_folder_resumes_it(tmp_path, monkeypatch):
     """Default out_dir (stored as the resolved folder), relative, absolute, symlink, x/../run."""
     monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path / "outputs"))
@@ -77,11 +89,11 @@ def test_ctrl_c_then_the_printed_command_finishes_the_run(sentiment_files, tmp_p
     """Ctrl-C a run with the default out_dir, run the command it printed, exactly, from elsewhere."""
     train, dev = sentiment_files
     outputs = tmp_path / "outputs"
-    ov = without_out_dir(tiny_overrides(train, dev, None, steps=300, **{"model.path": tiny_bert_dir,
-                                                                         "train.checkpoint_every": 1}))
+    ov = without_out_dir(tiny_overrides(train, dev, None, steps=STEPS, **{"model.path": tiny_bert_dir,
+                                                                           "train.checkpoint_every": 1}))
     proc = cli(["train", *ov], tmp_path, env={"LTUNE_OUTPUTS": "outputs"})  # relative, as users set it
     assert wait_for(lambda: any(checkpoint.list_checkpoints(r) for r in outputs.glob("*")), proc), "no checkpoint"
-    proc.send_signal(signal.SIGINT)
+    hit_mid_run(proc, signal.SIGINT)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, out
     assert "Traceback" not in out
@@ -98,7 +110,7 @@ def test_ctrl_c_then_the_printed_command_finishes_the_run(sentiment_files, tmp_p
     assert resumed.returncode == 0, out
     assert runfolder.read_results(run)["status"] == "completed"
     steps = [r["step"] for r in runfolder.read_metrics(run) if r["kind"] == "train"]
-    assert steps == list(range(1, 301)), "records lost or duplicated across the resume"
+    assert steps == list(range(1, STEPS + 1)), "records lost or duplicated across the resume"
     assert not (elsewhere / "outputs").exists()  # resumed in place, no second folder
 
 
@@ -123,10 +135,12 @@ def test_one_writer_per_run_folder(sentiment_files, tmp_path, tiny_bert_dir):
     first; once the first is SIGKILLed (no clean-up at all) the folder resumes."""
     train, dev = sentiment_files
     run = tmp_path / "run"
-    ov = tiny_overrides(train, dev, run, steps=300, **{"model.path": tiny_bert_dir, "train.checkpoint_every": 1})
+    ov = tiny_overrides(train, dev, run, steps=STEPS, **{"model.path": tiny_bert_dir, "train.checkpoint_every": 1})
     first = cli(["train", *ov], tmp_path)
     try:
         assert wait_for(lambda: bool(checkpoint.list_checkpoints(run)), first), "no checkpoint"
+        first.send_signal(signal.SIGSTOP)  # a stopped process keeps its lock; it cannot finish meanwhile
+        assert first.poll() is None, "the run finished before the test could stop it"
         for args in (["train", "--resume", str(run)], ["train", *ov]):
             second = cli(args, tmp_path)
             out = second.communicate(timeout=300)[0]
@@ -134,15 +148,15 @@ def test_one_writer_per_run_folder(sentiment_files, tmp_path, tiny_bert_dir):
             (line,) = [x for x in out.splitlines() if x.startswith("error:")]
             assert f"is being written by another ltune run (pid {first.pid} on " in line, line
             assert first.poll() is None, "the refused process stopped the first one"
+        assert not (run / "results.json").exists() and len(runfolder.read_metrics(run)) > 0
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
-    assert not (run / "results.json").exists()
-    n = len(runfolder.read_metrics(run))
-    resumed = cli(["train", "--resume", str(run)], tmp_path)
+    resumed = cli(["train", "--resume", str(run)], tmp_path)  # SIGKILL released the lock: no clean-up needed
     out = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, out
-    assert n > 0 and runfolder.read_results(run)["status"] == "completed"
+    assert runfolder.read_results(run)["status"] == "completed"
+    assert [r["step"] for r in runfolder.read_metrics(run) if r["kind"] == "train"] == list(range(1, STEPS + 1))
 
 
 def test_lock_is_exclusive_and_released(tmp_path):
