@@ -54,6 +54,18 @@ EXTRA = [
      "test_failures::test_overlong_rows_are_truncated_and_counted"),
     ("data", "arbitrary bytes / CSV / TSV / JSONL shapes", "only LtuneError, never another exception (hypothesis)",
      "test_data_fuzz"),
+    # --- issue 10: inputs and config
+    ("run", "same seed and config on machines with different core counts (default hardware=cpu)",
+     "bit-identical weights, metrics and scores: the preset fixes hardware.num_threads=1",
+     "test_engine::test_default_cpu_preset_is_bit_identical_whatever_the_machine_thread_count"),
+    ("run", "a logging window whose every batch `train.on_nonfinite=skip` skipped", "train_loss null, not 0.0",
+     "test_engine::test_nonfinite_loss_skip_mode_completes"),
+    ("run", "a NaN or infinite score", "written as null: results.json and metrics.jsonl are strict JSON",
+     "test_engine::test_json_files_are_strict_json"),
+    ("data", "L-Tuning label texts with near-identical frozen states", "a warning naming both and their cosine",
+     "test_methods::test_labels_with_near_identical_frozen_states_warn_with_the_cosine"),
+    ("data", "a stray id among label texts in either file", "labels read for train and eval together; the value "
+     "that fits neither reading is an error at its file and line", "test_data::test_files_labels_are_read_for_train_and_eval_together"),
 ]
 
 

@@ -61,6 +61,19 @@ def _run_folder(tmp: Path, **changes) -> str:
     return str(run)
 
 
+def _bad_config_yaml(tmp: Path) -> list[str]:
+    """Two comparable runs, one with a config.yaml damaged after training."""
+    args = _compare_mismatch(tmp)
+    (tmp / "a" / "config.yaml").write_text("train: [lr: 0.1\n")
+    return args
+
+
+def _eval_out_taken(tmp: Path) -> list[str]:
+    (tmp / "ev").mkdir()
+    (tmp / "ev" / "eval.json").write_text("{}")
+    return ["eval", _run_folder(tmp), "--out", str(tmp / "ev")]
+
+
 def _no_weights(tmp: Path) -> str:
     d = tmp / "model"
     d.mkdir()
@@ -156,6 +169,10 @@ CASES: list[Case] = [
          "'train.warmup_ratio' must be in [0, 1], got 1.5"),
     Case("config", "negative seed", lambda t: ["validate", "seed=-1"], "'seed' must be an integer from 0 to 2**64-1"),
     Case("config", "seed above 2**64-1", lambda t: ["validate", f"seed={2**64}"], "'seed' must be an integer"),
+    Case("config", "+key=value outside the schema", lambda t: ["validate", "+train.lrr=0.1"],
+         "unknown config key 'train.lrr'. Did you mean 'train.lr'?"),
+    Case("config", "+key=value of a new top-level key", lambda t: ["train", "+seeds=1", f"out_dir={t}/r"],
+         "unknown config key 'seeds'. Did you mean 'seed'?"),
     Case("data", "two L-Tuning label texts that read as the same tokens ([UNK])",
          lambda t: _tiny_train(t, "dataset.label_texts=[zzz,yyy]"), "label texts 'zzz' and 'yyy' reach the model as "
          "the same tokens ([CLS] [UNK] [SEP])"),
@@ -169,6 +186,15 @@ CASES: list[Case] = [
     Case("model", "a label text longer than the model's positions",
          lambda t: _tiny_train(t, f"dataset.label_texts=[negative,{' '.join(['good'] * 200)}]"),
          "the label texts (dataset.label_texts) need 202 positions, but the model has 128"),
+    # --- issue 10: eval and compare
+    Case("eval", "dataset.eval_path on a GLUE run (eval would ignore it)",
+         lambda t: ["eval", _run_folder(t), f"dataset.eval_path={t}/dev.csv"], "read only by dataset.kind=files"),
+    Case("eval", "a training-only override (hardware.nproc)", lambda t: ["eval", _run_folder(t), "hardware.nproc=2"],
+         "is not honoured"),
+    Case("eval", "--out is a file", lambda t: ["eval", _run_folder(t), "--out", _csv(t, "x.json", "{}")],
+         "is a file; give a folder"),
+    Case("eval", "--out already holds an eval", _eval_out_taken, "already holds an eval.json"),
+    Case("compare", "damaged config.yaml", _bad_config_yaml, "config.yaml is not valid YAML"),
 ]
 
 

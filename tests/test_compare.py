@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from ltune_cli.errors import LtuneError
 from ltune_cli.metrics import classification_scores, macro_f1, matthews_corrcoef
@@ -57,8 +58,12 @@ def write_run(
     trainable: int = 1000,
     total: int = 100_000,
     name: str | None = None,
+    config: dict | None = None,
 ) -> Path:
-    """One run folder with config.yaml, metrics.jsonl, results.json and predictions.json."""
+    """One run folder with config.yaml, metrics.jsonl, results.json and predictions.json.
+
+    `config`: extra config.yaml keys, dotted ({"train.lr": 0.1}), as `ltune train` would store them.
+    """
     tag = "" if variant == "per_token" else f"-{variant}"
     name = name or f"{method}{tag}-{model}-{dataset}-s{seed}"
     d = root / name
@@ -83,7 +88,14 @@ def write_run(
         "train_examples": 1000, "eval_examples": n_eval, "primary_metric": primary,
         "final": final, "best": final, "wall_time_s": 1.0, "train_time_s": 0.9,
     }
-    (d / "config.yaml").write_text(f"method:\n  name: {method}\nseed: {seed}\n")
+    cfg: dict = {"method": {"name": method}, "seed": seed}
+    for key, value in (config or {}).items():
+        *parents, leaf = key.split(".")
+        node = cfg
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     (d / "results.json").write_text(json.dumps(results))
     with open(d / "metrics.jsonl", "w") as f:
         for i, (step, loss) in enumerate(zip(steps, losses, strict=True)):
@@ -171,17 +183,28 @@ def test_table_mean_std_n_match_results(sweep, report):
         assert c["mean"] == pytest.approx(want_acc[(c["method"], c["variant"], c["dataset"], c["model"])][0])
 
 
-def test_csv_long_format(sweep, report):
+def test_csv_has_one_line_per_run_and_per_cell(sweep, report):
     rows = list(csv.DictReader(report["files"]["csv"].open()))
-    assert list(rows[0]) == ["method", "variant", "dataset", "model", "metric", "mean", "std", "n", "trainable_params"]
+    assert list(rows[0])[:14] == ["kind", "row", "method", "variant", "settings", "dataset", "model", "seed", "n",
+                                  "status", "name", "path", "eval_examples", "trainable_params"]
+    runs = [r for r in rows if r["kind"] == "run"]
+    assert len(runs) == len(list(sweep.rglob("results.json")))  # every folder, the failed one too
+    for r in runs:
+        res = read_results(r["path"])
+        assert r["status"] == res["status"] and int(r["seed"]) == res["seed"]
+        if res["status"] == "completed":
+            assert float(r["accuracy"]) == res["final"]["accuracy"] and float(r["val_loss"]) == res["final"]["val_loss"]
     want = expected_cells(sweep, lambda d: "accuracy")
-    for r in (r for r in rows if r["metric"] == "accuracy"):
-        mean, _, n = want[(r["method"], r["variant"], r["dataset"], r["model"])]
-        assert float(r["mean"]) == pytest.approx(mean) and int(r["n"]) == n
-    lt = [r for r in rows if r["method"] == "lt_prefix" and r["variant"] == ""]
+    summary = [r for r in rows if r["kind"] == "summary"]
+    assert len(summary) == len(want)
+    for r in summary:
+        mean, std, n = want[(r["method"], r["variant"], r["dataset"], r["model"])]
+        assert float(r["accuracy"]) == pytest.approx(mean) and int(r["n"]) == n
+        assert float(r["accuracy_std"]) == pytest.approx(std)
+    lt = [r for r in summary if r["method"] == "lt_prefix" and r["variant"] == ""]
     assert {r["trainable_params"] for r in lt} == {"2000"}
-    assert any(r["metric"] == "pair_accuracy" for r in lt)
-    assert not any(r["metric"] == "pair_accuracy" for r in rows if r["method"] == "prefix")
+    assert all(r["pair_accuracy"] for r in lt)
+    assert not any(r["pair_accuracy"] for r in summary if r["method"] == "prefix")
 
 
 # ----------------------------------------------------------------------------- (b) best marking
@@ -351,7 +374,95 @@ def test_default_out_dir(sweep, tmp_path, monkeypatch):
     assert default_out_dir([str(run)]).name.startswith("compare-")
 
 
-# ----------------------------------------------------------------------------- (g) no torch
+# ----------------------------------------------------------------------------- (g) distinct experiments
+
+
+def _report(paths, out) -> dict:
+    files = compare([str(p) for p in paths], str(out), n_boot=50)
+    return json.loads(files["json"].read_text()) | {"files": files}
+
+
+def _cells(rep) -> dict:
+    return {(c["row"], c["dataset"], c["model"]): c for c in rep["tables"][0]["cells"]}
+
+
+def test_runs_differing_in_an_override_are_distinct_rows(tmp_path):
+    """Same method, model, dataset and seeds, two learning rates: two rows, nothing superseded."""
+    for lr, acc in ((0.1, 0.9), (0.01, 0.6)):
+        for seed in range(2):
+            write_run(tmp_path / "runs", "prefix", seed=seed, correct=acc, name=f"prefix-lr{lr}-s{seed}",
+                      config={"train.lr": lr, "train.max_steps": 300})
+    rep = _report([tmp_path / "runs"], tmp_path / "out")
+    cells = _cells(rep)
+    assert set(cells) == {("prefix (train.lr=0.01)", "sst2", "minilm"), ("prefix (train.lr=0.1)", "sst2", "minilm")}
+    assert cells[("prefix (train.lr=0.1)", "sst2", "minilm")]["mean"] == pytest.approx(0.9)
+    assert cells[("prefix (train.lr=0.01)", "sst2", "minilm")]["mean"] == pytest.approx(0.6)
+    assert all(c["n"] == 2 for c in cells.values())
+    assert not any("superseded" in n for n in rep["notes"])
+    rows = list(csv.DictReader(rep["files"]["csv"].open()))
+    assert {r["settings"] for r in rows if r["kind"] == "summary"} == {"train.lr=0.1", "train.lr=0.01"}
+    assert "prefix (train.lr=0.1)" in rep["files"]["markdown"].read_text()
+
+
+def test_identical_config_and_seed_is_superseded_only_then(tmp_path):
+    for name, created in (("old", "2026-11-29T01:00:00+00:00"), ("new", "2026-11-29T03:00:00+00:00")):
+        d = write_run(tmp_path / "runs", "prefix", name=name, config={"train.lr": 0.1})
+        res = json.loads((d / "results.json").read_text())
+        res["created"] = created
+        (d / "results.json").write_text(json.dumps(res))
+    rep = _report([tmp_path / "runs"], tmp_path / "out")
+    (cell,) = rep["tables"][0]["cells"]
+    assert cell["row"] == "prefix" and cell["n"] == 1
+    (note,) = [n for n in rep["notes"] if "superseded" in n]
+    assert note.startswith(str(tmp_path / "runs" / "old")) and "identical config" in note
+
+
+def test_keys_differing_only_between_columns_do_not_split_rows(tmp_path):
+    """A per-dataset budget (sst2 300 steps, cola 1000) is one row per method, as in the paper's table."""
+    for dataset, steps in (("sst2", 300), ("cola", 1000)):
+        for method in ("prefix", "lt_prefix"):
+            write_run(tmp_path / "runs", method, dataset=dataset, config={"train.max_steps": steps})
+    rep = _report([tmp_path / "runs"], tmp_path / "out")
+    assert rep["tables"][0]["rows"] == ["prefix", "lt_prefix"]
+    assert {(d["lt"], d["baseline"], d["dataset"]) for d in rep["differences"]} == {
+        ("lt_prefix", "prefix", "sst2"), ("lt_prefix", "prefix", "cola")}
+
+
+def test_lt_rows_pair_with_the_baseline_of_the_same_settings(tmp_path):
+    for lr in (0.1, 0.01):
+        for method in ("prefix", "lt_prefix"):
+            write_run(tmp_path / "runs", method, name=f"{method}-{lr}", config={"train.lr": lr})
+    rep = _report([tmp_path / "runs"], tmp_path / "out")
+    assert sorted((d["lt"], d["baseline"]) for d in rep["differences"]) == [
+        ("lt_prefix (train.lr=0.01)", "prefix (train.lr=0.01)"), ("lt_prefix (train.lr=0.1)", "prefix (train.lr=0.1)")]
+
+
+def test_files_runs_are_named_after_their_data(tmp_path):
+    """dataset=files runs of two data sets: two columns named after the data, not one 'files' column."""
+    for data, n in (("imdb", 120), ("yelp", 80)):
+        for method in ("prefix", "lt_prefix"):
+            write_run(tmp_path / "runs", method, dataset="files", n_eval=n, name=f"{method}-{data}", config={
+                "dataset.name": "files", "dataset.kind": "files",
+                "dataset.train_path": f"/data/{data}/train.csv", "dataset.eval_path": f"/data/{data}/dev.csv"})
+    write_run(tmp_path / "runs", "prefix", dataset="files", n_eval=50, name="prefix-reviews", config={
+        "dataset.name": "files", "dataset.kind": "files", "dataset.eval_path": "/data/reviews_dev.tsv"})
+    rep = _report([tmp_path / "runs"], tmp_path / "out")
+    cols = {(c["dataset"], c["model"]) for c in rep["tables"][0]["columns"]}
+    assert cols == {("imdb", "minilm"), ("yelp", "minilm"), ("reviews_dev", "minilm")}
+    assert {d["dataset"] for d in rep["differences"]} == {"imdb", "yelp"}
+
+
+def test_same_name_other_data_gets_its_own_column(tmp_path):
+    """Two data sets both called 'reviews' (dataset.name=reviews): the differing key tells the columns apart."""
+    for path, n in (("/a/reviews.csv", 100), ("/b/reviews.csv", 60)):
+        write_run(tmp_path / "runs", "prefix", dataset="reviews", n_eval=n, name=f"prefix{path.replace('/', '-')}",
+                  config={"dataset.name": "reviews", "dataset.kind": "files", "dataset.eval_path": path})
+    rep = _report([tmp_path / "runs"], tmp_path / "out")
+    assert {c["dataset"] for c in rep["tables"][0]["columns"]} == {
+        "reviews (dataset.eval_path=/a/reviews.csv)", "reviews (dataset.eval_path=/b/reviews.csv)"}
+
+
+# ----------------------------------------------------------------------------- (h) no torch
 
 
 def test_compare_imports_no_torch(tmp_path):

@@ -121,3 +121,20 @@ def test_unhonoured_overrides_are_refused(run, override, fragment):
     r = ltune_eval(run, override)
     assert r.exit_code == 2 and fragment in r.output, r.output
     assert not (run / "eval.json").exists()
+
+
+def test_unwritable_folder_prints_the_scores_then_says_so(run, monkeypatch):
+    """A read-only run folder (root ignores chmod, so the write itself fails here): exit 2, scores shown."""
+    import errno
+
+    from ltune_cli import evaluate
+
+    def read_only(path, obj):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(evaluate.runfolder, "write_json", read_only)
+    r = ltune_eval(run)
+    assert r.exit_code == 2, r.output
+    assert "accuracy" in r.output and "reproduces results.json: yes" in r.output
+    (line,) = [x for x in r.output.splitlines() if x.startswith("error:")]
+    assert "Read-only file system" in line and "--out" in line

@@ -58,3 +58,13 @@ def test_overlong_rows_are_truncated_and_counted(caplog):
 def test_debug_flag_shows_the_traceback(tmp_path):
     result = CliRunner().invoke(app, ["validate", "model=minlm", "--debug"])
     assert result.exit_code != 0 and result.exception is not None
+
+
+def test_plus_override_outside_the_schema_writes_nothing(tmp_path):
+    """`+key=value` is checked against the schema before a run folder exists (it used to land in
+    config.yaml, where it later broke `ltune eval` and `--resume`)."""
+    result = CliRunner().invoke(app, ["train", "+train.foo=1", f"out_dir={tmp_path}/run"])
+    assert result.exit_code == 2 and "unknown config key 'train.foo'" in result.output
+    assert not (tmp_path / "run").exists()
+    result = CliRunner().invoke(app, ["validate", "+sweep=cpu_smoke", "+model.arch.layers_note=6"])
+    assert result.exit_code == 0, result.output  # a config group and the free-form model.arch stay open

@@ -119,17 +119,22 @@ def test_more_processes_than_visible_gpus_is_a_clear_error(nproc, ok, monkeypatc
 
 
 def test_gated_hub_model_says_to_log_in(monkeypatch):
-    from transformers import AutoTokenizer
+    """Both places a hub model is first touched: its config.json (models.folder.describe) and its weights."""
+    from transformers import AutoConfig, AutoTokenizer
 
-    from ltune_cli.models import backbone
+    from ltune_cli.models import backbone, folder
 
     def gated(*a, **k):  # what transformers raises for a gated repo without a granted token
         raise OSError("You are trying to access a gated repo.\nMake sure to have access to it at "
                       "https://huggingface.co/meta-llama/Llama-2-7b-hf.\n401 Client Error.")
 
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", gated)
+    monkeypatch.setattr(AutoConfig, "from_pretrained", gated)
+    model_cfg = compose(["model=llama2_7b", "hardware=cpu"]).model
     with pytest.raises(LtuneError, match=r"gated on the Hugging Face hub.*hf auth login.*HF_TOKEN"):
-        backbone._from_pretrained(compose(["model=llama2_7b", "hardware=cpu"]).model, torch.bfloat16)
+        folder.describe(model_cfg)
+    with pytest.raises(LtuneError, match=r"gated on the Hugging Face hub.*hf auth login.*HF_TOKEN"):
+        backbone._from_pretrained(model_cfg.path, model_cfg, torch.bfloat16)
 
 
 def test_quant_extra_brings_accelerate():
@@ -192,9 +197,10 @@ def test_every_model_runs_with_its_own_preset_unless_hardware_is_given():
     from ltune_cli.paths import conf_dir
 
     for p in sorted((conf_dir() / "model").glob("*.yaml")):
-        cfg = compose([f"model={p.stem}"])
-        assert cfg.hardware.name == cfg.model.hardware_preset, p.stem
-        assert compose([f"model={p.stem}", "hardware=cpu"]).hardware.name == "cpu"
+        path = ["model.path=/any/folder"] if p.stem == "custom" else []  # model=custom needs a path
+        cfg = compose([f"model={p.stem}", *path])
+        assert cfg.hardware.name == (cfg.model.hardware_preset or "cpu"), p.stem
+        assert compose([f"model={p.stem}", *path, "hardware=cpu"]).hardware.name == "cpu"
     cfg = compose(["model=llama2_7b", "hardware.batch_size=2"])  # a key override keeps the preset
     assert (cfg.hardware.name, cfg.hardware.batch_size, cfg.hardware.gradient_checkpointing) == ("gpu_large", 2, True)
 

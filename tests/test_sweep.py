@@ -91,12 +91,15 @@ def test_joblib_sweep_then_compare(tiny_setup, tmp_path):
     for name in ("report.md", "results.csv", "tables.tex", "curves.png", "report.html"):
         assert (out / name).stat().st_size > 0, name
     rows = list(csv.DictReader((out / "results.csv").open()))
+    assert sum(x["kind"] == "run" for x in rows) == 4
+    data = tiny_setup[2].parent.name  # dataset=files runs are named after their data (dev.csv's folder)
     for method in ("prefix", "lt_prefix"):
         finals = [v["final"]["accuracy"] for v in res.values() if v["run"]["method"] == method]
-        row = next(x for x in rows if x["method"] == method and x["metric"] == "accuracy")
-        assert int(row["n"]) == 2 and row["model"] == "tiny_bert" and row["dataset"] == "files"
-        assert float(row["mean"]) == pytest.approx(np.mean(finals), abs=1e-12)
-        assert float(row["std"]) == pytest.approx(np.std(finals, ddof=1), abs=1e-12)
+        (row,) = [x for x in rows if x["kind"] == "summary" and x["method"] == method]  # the seeds share one row
+        assert int(row["n"]) == 2 and row["model"] == "tiny_bert" and row["dataset"] == data
+        assert row["row"] == method and row["settings"] == ""
+        assert float(row["accuracy"]) == pytest.approx(np.mean(finals), abs=1e-12)
+        assert float(row["accuracy_std"]) == pytest.approx(np.std(finals, ddof=1), abs=1e-12)
     assert "prefix" in (out / "report.md").read_text() and "lt\\_prefix" in (out / "tables.tex").read_text()
 
 

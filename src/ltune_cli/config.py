@@ -49,6 +49,8 @@ class DatasetConfig:
     train_split: str = "train"
     eval_split: str = "validation"
     train_limit: int | None = None
+    # Tuning: N train examples (a fixed draw) become the eval split; the dev set is never seen.
+    holdout: int | None = None
     eval_limit: int | None = None
     primary_metric: str = "accuracy"
 
@@ -153,7 +155,7 @@ CHOICES = {
 POSITIVE = ("model.max_length", "method.num_virtual_tokens", "hardware.batch_size",
             "hardware.eval_batch_size", "hardware.grad_accum", "train.max_steps",
             "train.eval_every", "train.log_every", "method.label_len", "method.head_lr",
-            "dataset.train_limit", "dataset.eval_limit", "hardware.num_threads", "train.keep_checkpoints",
+            "dataset.train_limit", "dataset.eval_limit", "dataset.holdout", "hardware.num_threads", "train.keep_checkpoints",
             "hardware.nodes", "hardware.time_min", "hardware.cpus_per_task", "hardware.mem_gb",
             "hardware.gpu_mem_gb")
 #: key -> (low, high, high included): ranges a finite float must fall in.
@@ -212,6 +214,13 @@ def check(cfg: Any) -> None:
     def get(key):
         return OmegaConf.select(cfg, key)
 
+    # Hydra lets `+key=value` add a key the schema lacks (it then lands in config.yaml and breaks
+    # `ltune eval` and `--resume` later): checked against the schema here like any typo.
+    try:
+        OmegaConf.merge(OmegaConf.structured(LtuneConfig),
+                        {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"})
+    except Exception as e:  # noqa: BLE001 - translated into a user-facing error
+        raise translate_config_error(e) from None
     check_numbers(get)
 
     for key, allowed in CHOICES.items():

@@ -352,6 +352,20 @@ def shard(items: list, d: Dist | None = None) -> list:
     return items[d.rank::d.world]
 
 
+def shard_even(items: list, d: Dist | None = None) -> list[tuple[object, bool]]:
+    """This rank's items (every world-th) as (item, keep) pairs, all ranks the same count under FSDP.
+
+    Every FSDP forward all-gathers the blocks' weights on every rank, so a rank with fewer
+    items than another must still join its forwards: it runs items[0] again with keep=False,
+    and the caller drops that result. ddp forwards involve no collective: no padding.
+    """
+    d = d or state()
+    mine = [(x, True) for x in shard(items, d)]
+    if d.strategy == "fsdp" and items:
+        mine += [(items[0], False)] * (-(-len(items) // d.world) - len(mine))
+    return mine
+
+
 def resume_grad_accum(micro: int, world: int, grad_accum: int) -> int:
     """grad_accum that keeps a checkpoint's `micro` micro-batches per step on `world` processes."""
     if micro == grad_accum * world:
@@ -364,12 +378,18 @@ def resume_grad_accum(micro: int, world: int, grad_accum: int) -> int:
 
 
 # --------------------------------------------------------------------------- FSDP
-def shard_frozen(model: torch.nn.Module) -> int:
-    """FSDP2 over the frozen base: each transformer block is one shard group.
+def shard_frozen(model: torch.nn.Module, device: torch.device) -> int:
+    """FSDP2 over the frozen base, moved onto `device` one block at a time; returns the block count.
 
-    Blocks are the model's `_no_split_modules` classes (what HF itself never splits), except
-    any that holds the input embeddings, which stay whole on every rank: prompt methods call
-    the embedding directly, outside any block. Returns the number of sharded blocks.
+    Each transformer block (the model's `_no_split_modules` classes, what HF itself never
+    splits) is one shard group that frees its gathered weights after its forward
+    (reshard_after_forward=True), and the model itself is the root group over what is left
+    (final norm, position tables): a rank holds 1/N of the blocks plus the one block being
+    run. Without a root, every block is its own root, and a root keeps its weights gathered
+    after forward (FSDP2's default), so each rank ended up holding the whole base.
+    The input embeddings stay whole on every rank (prompt methods call them directly,
+    outside the model's forward). The base arrives on the CPU; fully_shard moves each block
+    to `device` and keeps its shard, so the whole base is never on one device.
     """
     from torch.distributed.fsdp import fully_shard
 
@@ -380,7 +400,9 @@ def shard_frozen(model: torch.nn.Module) -> int:
     if not blocks:
         raise LtuneError(f"hardware.strategy=fsdp: {type(model).__name__} names no transformer blocks "
                          f"(_no_split_modules) to shard; use hardware.strategy=ddp.")
+    emb.to(device)
     for b in blocks:
-        fully_shard(b)
+        fully_shard(b, reshard_after_forward=True)
+    fully_shard(model, ignored_params=set(emb.parameters()))
     log.info("fsdp: %d blocks sharded over %d processes", len(blocks), state().world)
     return len(blocks)

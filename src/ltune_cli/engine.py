@@ -68,9 +68,11 @@ def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
     seed_everything(cfg.seed)  # method init does not depend on how many draws loading took
     method = _to_device(build_method(cfg.method, backbone, data.label_texts), backbone, device)
     tok, L = backbone.tokenizer, cfg.model.max_length
-    P = method.positions_before_text()
+    P = method.positions_before_text()  # texts longer than the position table: an error, not a silent cut
+    room = (backbone.max_positions or 0) - P
     backbone.check_positions(L + P, f"model.max_length={L} plus the method's {P} positions before the text",
-                             fix=f"set model.max_length<={(backbone.max_positions or 0) - P}")
+                             fix=f"set model.max_length<={room}" if room > 0 else
+                             "use fewer positions before the text (method.num_virtual_tokens, method.label_len)")
     train_enc = encode_examples(data.train, tok, L, what="train") if with_train else None
     eval_enc = encode_examples(data.eval, tok, L, what="eval")
     dtype = DTYPES[hw.dtype]
@@ -114,10 +116,12 @@ def evaluate(s: Setup, batch_size: int | None = None) -> tuple[dict, np.ndarray]
     all_scores = np.zeros((n, method.num_labels), dtype=np.float32)
     E = batch_size or s.cfg.hardware.eval_batch_size
     try:
-        for idx in distributed.shard(eval_batches(enc.lengths, E)):
+        for idx, keep in distributed.shard_even(eval_batches(enc.lengths, E)):  # FSDP: a short rank runs one unkept
             batch = collate(enc, idx, s.backbone.pad_id, s.backbone.padding_side, s.device)
             with s.autocast():
-                all_scores[idx] = method.scores(batch).float().cpu().numpy()
+                scores = method.scores(batch).float().cpu().numpy()
+            if keep:
+                all_scores[idx] = scores
     except torch.OutOfMemoryError:
         raise LtuneError(f"out of memory while evaluating at hardware.eval_batch_size={E} "
                          f"({method.num_labels} labels scored per text); use hardware.eval_batch_size="
@@ -422,12 +426,14 @@ def _step(s: Setup, method, idx, pairs_gen, hw, scaler=None) -> float:
     try:
         for j in distributed.my_micro_batches(d, hw.grad_accum):
             micro = micros[j]
-            if len(micro) == 0:  # a short last batch of an epoch
-                continue
+            if len(micro) == 0:  # a short last batch of an epoch left this micro-batch empty
+                if d.strategy != "fsdp":
+                    continue
+                micro = idx[:1]  # FSDP: every rank joins every sharded forward/backward; weight 0 below
             batch = collate(s.train_enc, micro, s.backbone.pad_id, s.backbone.padding_side, s.device)
             with _micro_rng(seeds[j] if seeds else None, s.device) as gen:
                 with s.autocast():
-                    loss = method.training_loss(batch, gen or pairs_gen) * (len(micro) / len(idx))
+                    loss = method.training_loss(batch, gen or pairs_gen) * (len(micros[j]) / len(idx))
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             loss_val += loss.item()
     except torch.OutOfMemoryError:

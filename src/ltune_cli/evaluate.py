@@ -35,14 +35,18 @@ TOLERANCE = {"accuracy": 1e-9, "mcc": 1e-9, "macro_f1": 1e-9, "pair_accuracy": 1
 PREDICTIONS_FILE = "eval_predictions.json"
 
 
-def _check_override(o: str, kind: str, dataset: str) -> str:
+def _check_override(o: str, cfg) -> str:
     """The key of one `key=value` override eval honours for this run, else a one-line error."""
+    from omegaconf import OmegaConf
+
+    kind, dataset = str(cfg.dataset.kind), str(cfg.dataset.name)
     if "=" not in o:
         raise LtuneError(f"eval override '{o}' is not key=value; eval takes {', '.join(EVAL_KEYS)}.")
     key = o.split("=", 1)[0]
     if key not in EVAL_KEYS:
+        known = OmegaConf.select(cfg, key, default="<missing>") != "<missing>"  # a real key: no typo to fix
         raise LtuneError(f"eval override '{o}' is not honoured: eval re-scores the run with its stored config "
-                         f"and takes only {', '.join(EVAL_KEYS)}.{suggest(key, EVAL_KEYS)}")
+                         f"and takes only {', '.join(EVAL_KEYS)}.{'' if known else suggest(key, EVAL_KEYS)}")
     kinds = DATA_KEYS.get(key)
     if kinds is not None and kind not in kinds:
         raise LtuneError(f"eval override '{o}' is not honoured: this run's dataset '{dataset}' is "
@@ -68,7 +72,7 @@ def load_run_config(run: Path, overrides=()):
                          f"{runfolder.SCHEMA!r} (run folder from another version).")
     cfg = load_stored(run / "config.yaml")
     for o in overrides:
-        _check_override(o, str(cfg.dataset.kind), str(cfg.dataset.name))
+        _check_override(o, cfg)
     if overrides:
         from ltune_cli.config import translate_config_error
 

@@ -44,8 +44,9 @@ RESULT_KEYS = (
 REQUIRED_FILES = ("config.yaml", "metrics.jsonl", "results.json")
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename: a reader never sees half a file.
+def atomic_write(path: str | Path, write) -> None:
+    """Call write(f) on a temporary file in the same folder, then rename: a reader never sees half
+    a file, and large contents (checkpoints) stream to disk instead of being built in memory.
 
     The file gets the permissions a plain open() would (0666 less the umask), not mkstemp's
     0600, so colleagues on a shared filesystem can read results and reports.
@@ -56,7 +57,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -72,6 +73,10 @@ def _umask() -> int:
     mask = os.umask(0o022)  # the only portable way to read it is to set it, then put it back
     os.umask(mask)
     return mask
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -41,6 +41,7 @@ class Backbone(nn.Module):
         self.max_length = max_length
         self.padding_side = padding_side
         self.pad_id = _pad_id(tokenizer)
+        self.sharded = any(hasattr(p, "to_local") for p in model.parameters())  # FSDP (DTensor weights)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
@@ -81,8 +82,11 @@ class Backbone(nn.Module):
         its P soft tokens once per forward (not once per text), `lt_prompt` its K label
         prompts. The text then attends to them exactly as in one concatenated forward
         (tests/test_methods.py checks scores and gradients). Needs a key/value cache and
-        last-token pooling (the pooled state is then a text position)."""
-        return self.geo.kind == "decoder" and self.family.kv_cache and self.pooling == "last"
+        last-token pooling (the pooled state is then a text position). Not on an FSDP-sharded
+        base: the prompt's keys/values come out of a block's inside, not its output, so FSDP
+        would not gather the block again for their backward (it frees a block's weights after
+        its forward); the prompt is then read with each text, in one concatenated forward."""
+        return self.geo.kind == "decoder" and self.family.kv_cache and self.pooling == "last" and not self.sharded
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                token_type_ids: torch.Tensor | None = None,
@@ -241,7 +245,8 @@ class Backbone(nn.Module):
         cache = DynamicCache()
         self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
                    **self._positions(mask, mask.shape[1]))
-        layers = [torch.stack([layer.keys, layer.values], 0) for layer in cache.layers]  # (2, N, kvh, l, hd)
+        # (2, N, kvh, l, hd) each; device_map: every layer's cache sits on its own layer's device
+        layers = [torch.stack([layer.keys, layer.values], 0).to(self.device) for layer in cache.layers]
         if len(layers) != self.geo.layers or layers[0].shape[2] != self.geo.kv_heads:
             raise LtuneError(f"the {self.geo.family} cache layout ({len(layers)} layers, "
                              f"{layers[0].shape[2]} key/value heads) does not match the family table "
@@ -341,19 +346,19 @@ def load_backbone(model_cfg, hardware_cfg=None, *, model=None, tokenizer=None) -
     dtype = DTYPES[hw.dtype] if hw else torch.float32
     placement = _placement(hw, device, dtype)  # from_pretrained places quantized / device-mapped bases
     if model is None:
-        model, tokenizer = _from_pretrained(info.path, model_cfg, dtype, **placement)
+        model, tokenizer = _from_pretrained(info.path, model_cfg, dtype, **(placement or _direct(hw, device)))
     geo = geometry(model.config, getattr(model_cfg, "family", "auto"))
     pooling = resolve_pooling(geo.kind, geo.family, model_cfg.pooling)
     _check_arch(model_cfg, geo, pooling)
-    if not placement:
-        model.to(device=device, dtype=dtype)
     if getattr(model.config, "use_cache", None):
         # Nothing is generated: plain forwards keep no key/value cache (prefix forwards pass their own).
         model.config.use_cache = False
     from ltune_cli import distributed
 
-    if getattr(hw, "strategy", "single") == "fsdp" and distributed.state().enabled:
-        distributed.shard_frozen(model)
+    if _fsdp(hw):  # on the CPU until sharded: each block goes to the device as its shard
+        distributed.shard_frozen(model.to(dtype=dtype), device)
+    elif not placement:
+        model.to(device=device, dtype=dtype)  # a no-op when from_pretrained loaded it there
     if getattr(hw, "gradient_checkpointing", False):
         enable_checkpointing(model)
     if getattr(hw, "compile", False):
@@ -380,6 +385,24 @@ def _check_arch(model_cfg, geo: Geometry, pooling: str) -> None:
             "pooling %s; model=%s's arch (%s) describes another model and is not used.", model_cfg.path, geo.family,
             geo.kind, geo.layers, geo.hidden, geo.heads, geo.kv_heads, pooling, model_cfg.name,
             ", ".join(f"{k} {arch[k]}" for k in got if k in arch))
+
+
+def _fsdp(hw) -> bool:
+    from ltune_cli import distributed
+
+    return getattr(hw, "strategy", "single") == "fsdp" and distributed.state().enabled
+
+
+def _direct(hw, device: torch.device) -> dict:
+    """from_pretrained arguments that load a plain base straight onto its GPU, tensor by tensor,
+    instead of building it in host RAM and copying it over (every rank of a ddp run did that).
+    FSDP loads on the CPU: each block then goes to the GPU as its shard (shard_frozen).
+    transformers places through accelerate (a dependency); without it: load, then move."""
+    import importlib.util
+
+    if device.type != "cuda" or _fsdp(hw) or importlib.util.find_spec("accelerate") is None:
+        return {}
+    return {"device_map": {"": device}}
 
 
 def _placement(hw, device: torch.device, dtype: torch.dtype) -> dict:

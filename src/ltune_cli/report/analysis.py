@@ -39,7 +39,7 @@ BOOTSTRAP_DOC = (
     "recomputable from predictions.json (or runs without it) resample seeds only."
 )
 
-Row = tuple[str, str]  # (method, variant)
+Row = tuple[str, str, tuple]  # (method, variant, settings: ((key, value), ...))
 Col = tuple[str, str]  # (dataset, model)
 
 
@@ -70,7 +70,8 @@ class Table:
             "rows": [row_label(r) for r in self.rows],
             "columns": [{"dataset": d, "model": m, "metric": self.metric[(d, m)]} for d, m in self.columns],
             "cells": [
-                {"row": row_label(r), "method": r[0], "variant": r[1], "dataset": c[0], "model": c[1],
+                {"row": row_label(r), "method": r[0], "variant": r[1], "settings": settings_text(r[2]),
+                 "dataset": c[0], "model": c[1],
                  "metric": self.metric[c], "mean": _num(cell.mean), "std": cell.std, "n": cell.n,
                  "seeds": cell.seeds, "best": cell.best}
                 for (r, c), cell in self.cells.items()
@@ -86,7 +87,7 @@ class Report:
     settings: dict
     runs: list[Run]
     tables: list[Table]
-    summary: list[dict]  # long format: one record per (method, variant, dataset, model, metric)
+    summary: list[dict]  # long format: one record per (row, dataset, model, metric)
     differences: list[dict]
     steps_to_target: list[dict]
     params: list[dict]
@@ -101,11 +102,7 @@ class Report:
             "created": self.created,
             "inputs": self.inputs,
             "settings": self.settings,
-            "runs": [
-                {"name": r.name, "path": str(r.path), "method": r.method, "variant": r.variant, "model": r.model,
-                 "dataset": r.dataset, "seed": r.seed, "status": r.status}
-                for r in self.runs
-            ],
+            "runs": run_records(self.runs),
             "tables": [t.to_dict() for t in self.tables],
             "summary": self.summary,
             "differences": self.differences,
@@ -117,6 +114,25 @@ class Report:
         }
 
 
+def settings_text(settings: tuple) -> str:
+    """'train.lr=0.1; train.max_steps=50' ('' for a row without settings)."""
+    return "; ".join(f"{k}={v}" for k, v in settings)
+
+
+def run_records(runs: list[Run]) -> list[dict]:
+    """One record per run folder (completed and failed): what fed each table row, with its final scores."""
+    out = []
+    for r in runs:
+        rec = {"row": row_label(r.row), "method": r.method, "variant": r.variant, "settings": settings_text(r.settings),
+               "dataset": r.dataset, "model": r.model, "seed": r.seed, "status": r.status, "name": r.name,
+               "path": str(r.path), "eval_examples": r.eval_examples, "trainable_params": r.trainable_params}
+        for k, v in (r.final or {}).items():
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                rec[k] = _num(float(v))
+        out.append(rec)
+    return out
+
+
 def _num(x: float | None) -> float | None:
     """NaN is not JSON: empty cells become null."""
     return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
@@ -126,7 +142,7 @@ def order_rows(rows: set[Row]) -> list[Row]:
     """Paper order (prefix, prompt, lt_prefix, lt_prompt, then others A-Z); default variant first."""
     def key(r: Row):
         rank = METHOD_ORDER.index(r[0]) if r[0] in METHOD_ORDER else len(METHOD_ORDER)
-        return (rank, r[0], r[1] != "", r[1])
+        return (rank, r[0], r[1] != "", r[1], r[2])
     return sorted(rows, key=key)
 
 
@@ -214,7 +230,8 @@ def summary_records(groups: dict, rows: list[Row], columns: list[Col]) -> list[d
             for name in names:
                 mean, std, n = summarize([r.final.get(name) for r in runs])
                 out.append({
-                    "method": row[0], "variant": row[1], "dataset": col[0], "model": col[1], "metric": name,
+                    "row": row_label(row), "method": row[0], "variant": row[1], "settings": settings_text(row[2]),
+                    "dataset": col[0], "model": col[1], "metric": name,
                     "mean": _num(mean), "std": std, "n": n,
                     "trainable_params": int(np.median(tp)) if tp else None,
                 })
@@ -222,9 +239,15 @@ def summary_records(groups: dict, rows: list[Row], columns: list[Col]) -> list[d
 
 
 def lt_pairs(rows: list[Row]) -> list[tuple[Row, Row]]:
-    """(L-Tuning row, its baseline row) for every L-Tuning variant whose baseline is present."""
-    present = set(rows)
-    return [(r, (BASELINE_OF[r[0]], "")) for r in rows if r[0] in BASELINE_OF and (BASELINE_OF[r[0]], "") in present]
+    """(L-Tuning row, baseline row) for every L-Tuning row and each default-variant baseline row whose
+    settings agree with it on the keys both carry ('lt_prefix (train.lr=0.1)' pairs with
+    'prefix (train.lr=0.1)', or with plain 'prefix' when the baseline ran one config only)."""
+    def agree(a: Row, b: Row) -> bool:
+        da, db = dict(a[2]), dict(b[2])
+        return all(da[k] == db[k] for k in da.keys() & db.keys())
+
+    return [(r, b) for r in rows if r[0] in BASELINE_OF
+            for b in rows if b[0] == BASELINE_OF[r[0]] and b[1] == "" and agree(r, b)]
 
 
 def difference(lt: list[Run], base: list[Run], metric: str, n_boot: int, seed: int, key: str) -> dict:
@@ -317,7 +340,8 @@ def params_records(runs: list[Run], rows: list[Row]) -> list[dict]:
                 continue
             total = int(np.median(d["total"])) if d["total"] else None
             out.append({
-                "method": row[0], "variant": row[1], "label": row_label(row), "model": model,
+                "method": row[0], "variant": row[1], "settings": settings_text(row[2]), "label": row_label(row),
+                "model": model,
                 "trainable_params_min": min(d["tp"]), "trainable_params_max": max(d["tp"]),
                 "total_params": total,
                 "trainable_fraction": (float(np.median(d["tp"])) / total) if total else None,
@@ -335,7 +359,8 @@ def curve_records(groups, rows: list[Row], columns: list[Col]) -> list[dict]:
                 continue
             curve = _curve(runs, "val_loss")
             if curve:
-                out.append({"label": row_label(row), "method": row[0], "variant": row[1], "dataset": col[0],
+                out.append({"label": row_label(row), "method": row[0], "variant": row[1],
+                            "settings": settings_text(row[2]), "dataset": col[0],
                             "model": col[1], "n": len(runs), "steps": [s for s, _ in curve],
                             "val_loss": [v for _, v in curve]})
     return out

@@ -3,6 +3,11 @@
 Validation happens here, once, so every later stage can trust its inputs: a folder
 with a missing file or a foreign results schema, or two runs of one dataset evaluated
 on different example sets, fails with one `LtuneError` line naming the folder(s).
+
+Experiments are told apart by their whole config.yaml (`experiment_config`), never by
+method/model/dataset names alone: runs that differ in any key but the seed (and the
+bookkeeping keys of `IGNORED_KEYS`) land in different rows or columns, labelled by the
+keys that differ (`label_experiments`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,17 @@ from ltune_cli.runfolder import REQUIRED_FILES, RESULT_KEYS, SCHEMA, find_run_di
 
 # Variants that are a method's default and so get no suffix in the row label.
 DEFAULT_VARIANTS = ("", "per_token", "default", None)
+#: Config keys that never change a run's numbers: the seed (the thing averaged over), where
+#: and under which name the run was written, display and checkpoint cadence, cluster requests.
+IGNORED_KEYS = frozenset({
+    "seed", "out_dir", "name", "resume", "train.progress", "train.log_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "hardware.partition", "hardware.time_min", "hardware.cpus_per_task",
+    "hardware.mem_gb", "hardware.gpus_per_node",
+})
+#: Key prefixes that belong to a table column (dataset x model); every other key belongs to the row.
+COLUMN_PREFIXES = ("dataset.", "model.")
+#: File stems too generic to name a dataset=files dataset (then its folder names it).
+GENERIC_STEMS = frozenset({"train", "dev", "eval", "test", "valid", "validation", "val", "data", "training"})
 
 
 @dataclass
@@ -40,21 +56,79 @@ class Run:
     created: str
     evals: list[dict] = field(default_factory=list)  # the "kind": "eval" lines of metrics.jsonl
     predictions: dict | None = None  # {"gold", "pred", "label_texts"} or None when absent
+    config: dict[str, Any] = field(default_factory=dict)  # config.yaml flattened to dotted keys
+    settings: tuple[tuple[str, str], ...] = ()  # the row keys that tell this run's experiment apart
 
     @property
     def completed(self) -> bool:
         return self.status == "completed"
 
     @property
-    def row(self) -> tuple[str, str]:
-        """The table row this run belongs to: (method, variant)."""
-        return (self.method, self.variant)
+    def row(self) -> tuple[str, str, tuple]:
+        """The table row this run belongs to: (method, variant, settings)."""
+        return (self.method, self.variant, self.settings)
+
+    def experiment(self, prefixes: tuple[str, ...] | None = None) -> tuple:
+        """The config that defines the experiment (all keys but IGNORED_KEYS), optionally only some."""
+        return tuple(sorted((k, v) for k, v in self.config.items()
+                            if k not in IGNORED_KEYS and (prefixes is None or k.startswith(prefixes))))
 
 
-def row_label(row: tuple[str, str]) -> str:
-    """'lt_prefix' or 'lt_prefix (paper)': variants only show when not the default."""
-    method, variant = row
-    return f"{method} ({variant})" if variant else method
+def row_label(row: tuple) -> str:
+    """'lt_prefix', 'lt_prefix (paper)', 'prefix (train.lr=0.1)': only what is not the default shows."""
+    method, variant, settings = (*row, ())[:3]
+    parts = ([variant] if variant else []) + [f"{k}={v}" for k, v in settings]
+    return f"{method} ({', '.join(parts)})" if parts else method
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 0.1}} -> {'train.lr': '0.1'}: values as YAML would print them (lists too)."""
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: _show(d)}
+
+
+def _show(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_show(x) for x in v) + "]"
+    return str(v)
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    """config.yaml flattened; absent (a run that failed early) -> {}."""
+    import yaml
+
+    path = folder / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise LtuneError(f"run folder {folder}: config.yaml is not valid YAML ({str(e).splitlines()[0]})") from None
+    if cfg is not None and not isinstance(cfg, dict):
+        raise LtuneError(f"run folder {folder}: config.yaml is not a mapping of config keys")
+    return flatten(cfg or {})
+
+
+def data_name(config: dict[str, Any], fallback: str) -> str:
+    """A dataset=files run is named after its data: dataset.name if the user set one, else the
+    eval file's stem ('imdb_dev'), or its folder when the stem is generic ('data/imdb/dev.csv' -> 'imdb')."""
+    if config.get("dataset.kind") != "files" or config.get("dataset.name", fallback) != "files":
+        return fallback
+    path = config.get("dataset.eval_path") or config.get("dataset.train_path")
+    if not path or path == "null":
+        return fallback
+    p = Path(path)
+    if p.stem.lower() not in GENERIC_STEMS or not p.parent.name:
+        return p.stem
+    return p.parent.name
 
 
 def _read_json(path: Path, folder: Path) -> Any:
@@ -147,13 +221,14 @@ def load_run(folder: str | Path) -> Run:
     if completed and (folder / "predictions.json").is_file():
         predictions = _check_predictions(_read_json(folder / "predictions.json", folder), folder, eval_examples)
     variant = run.get("variant")
+    config = _read_config(folder)
     return Run(
         path=folder,
         name=str(run.get("name") or folder.name),
         method=str(run["method"]),
         variant="" if variant in DEFAULT_VARIANTS else str(variant),
         model=str(run["model"]),
-        dataset=str(run["dataset"]),
+        dataset=data_name(config, str(run["dataset"])),
         seed=None if seed is None else int(seed),
         status=str(res["status"]),
         error=res.get("error"),
@@ -165,6 +240,7 @@ def load_run(folder: str | Path) -> Run:
         created=str(res.get("created") or ""),
         evals=_read_evals(folder) if completed else [],
         predictions=predictions,
+        config=config,
     )
 
 
@@ -186,26 +262,65 @@ def collect_run_dirs(paths: list[str | Path]) -> list[Path]:
 
 
 def dedupe(runs: list[Run]) -> tuple[list[Run], list[str]]:
-    """Keep the newest completed run per (method, variant, model, dataset, seed).
+    """Keep the newest completed run per experiment config and seed.
 
-    Two folders for the same cell and seed (a re-run, or overlapping inputs) would
-    count one seed twice in the mean and make seed pairing ambiguous.
+    Two folders of one config and seed (a re-run, or overlapping inputs) would count one
+    seed twice in the mean and make seed pairing ambiguous. Runs whose configs differ in
+    anything but IGNORED_KEYS are different experiments and are all kept.
     """
     keep: dict[tuple, Run] = {}
     notes = []
     for r in runs:
         if not r.completed:
             continue
-        key = (r.method, r.variant, r.model, r.dataset, r.seed)
+        key = (r.method, r.variant, r.model, r.dataset, r.seed, r.experiment())
         old = keep.get(key)
         if old is None:
             keep[key] = r
             continue
         newer, older = (r, old) if r.created >= old.created else (old, r)
         keep[key] = newer
-        notes.append(f"{older.path} superseded by newer run {newer.path} (same method, model, dataset, seed)")
+        notes.append(f"{older.path} superseded by newer run {newer.path} (identical config and seed)")
     kept = set(map(id, keep.values()))
     return [r for r in runs if not r.completed or id(r) in kept], notes
+
+
+def _differing(configs: list[tuple]) -> list[str]:
+    """Keys whose value is not the same in every one of `configs` (a key absent counts as a value)."""
+    dicts = [dict(c) for c in configs]
+    keys = sorted(set().union(*dicts))
+    return [k for k in keys if len({d.get(k, "<unset>") for d in dicts}) > 1]
+
+
+def label_experiments(runs: list[Run]) -> None:
+    """Give every run a column and row that no other experiment shares.
+
+    Columns: runs with the same dataset and model names but different dataset.*/model.* keys
+    get those keys appended to the dataset label ('sst2 (dataset.eval_limit=100)'). Rows:
+    among runs of one method (and variant) in one column, the other keys that differ become
+    the row's settings ('prefix (train.lr=0.1)'); keys that differ only between columns
+    (say a per-dataset train.max_steps) do not split a row. Failed runs keep their names:
+    they enter no table, and may have died before writing config.yaml.
+    """
+    runs = [r for r in runs if r.completed]
+    by_col: dict[tuple[str, str], set] = {}
+    for r in runs:
+        by_col.setdefault((r.dataset, r.model), set()).add(r.experiment(COLUMN_PREFIXES))
+    for r in runs:
+        configs = sorted(by_col[(r.dataset, r.model)])
+        if len(configs) > 1:
+            mine = dict(r.experiment(COLUMN_PREFIXES))
+            shown = ", ".join(f"{k}={mine.get(k, '<unset>')}" for k in _differing(configs))
+            r.dataset = f"{r.dataset} ({shown})"
+    row_keys: dict[tuple[str, str], set[str]] = {}
+    groups: dict[tuple, set] = {}
+    for r in runs:
+        groups.setdefault((r.method, r.variant, r.dataset, r.model), set()).add(r.experiment())
+    for (method, variant, _, _), configs in groups.items():
+        row_keys.setdefault((method, variant), set()).update(_differing(sorted(configs)))
+    for r in runs:
+        keys = sorted(row_keys.get((r.method, r.variant), ()))
+        r.settings = tuple((k, r.config.get(k, "<unset>")) for k in keys)
 
 
 def check_eval_sets(runs: list[Run]) -> None:
@@ -237,8 +352,9 @@ def check_eval_sets(runs: list[Run]) -> None:
 
 
 def load_runs(paths: list[str | Path]) -> tuple[list[Run], list[str]]:
-    """Read, validate, dedupe and cross-check every run under `paths`; return (runs, notes)."""
+    """Read, validate, dedupe, label and cross-check every run under `paths`; return (runs, notes)."""
     runs = [load_run(d) for d in collect_run_dirs(paths)]
     runs, notes = dedupe(runs)
+    label_experiments(runs)
     check_eval_sets(runs)
     return runs, notes

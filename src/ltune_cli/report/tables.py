@@ -3,18 +3,21 @@
 Scores in [0, 1] (accuracy, MCC, macro-F1, pair accuracy) are shown x100 with two
 decimals, as in the paper; losses keep four decimals. The CSV and report.json keep
 the raw, unscaled values.
+
+results.csv is one pandas frame: a `kind=run` line per run folder, then a `kind=summary`
+line per table cell (row x dataset x model) whose metric columns hold the mean over seeds
+and `<metric>_std` the sample std.
 """
 
 from __future__ import annotations
-
-import csv
-import io
 
 from ltune_cli.report.analysis import Report, Table
 from ltune_cli.report.load import row_label
 
 PERCENT_METRICS = ("accuracy", "mcc", "macro_f1", "pair_accuracy")
-CSV_COLUMNS = ("method", "variant", "dataset", "model", "metric", "mean", "std", "n", "trainable_params")
+CSV_KEYS = ("kind", "row", "method", "variant", "settings", "dataset", "model", "seed", "n", "status", "name", "path",
+            "eval_examples", "trainable_params")
+METRIC_ORDER = ("accuracy", "mcc", "macro_f1", "pair_accuracy", "val_loss")
 
 
 def fmt_value(v: float | None, metric: str, signed: bool = False) -> str:
@@ -140,6 +143,20 @@ def markdown_failed(failed: list[dict]) -> str:
                     [[f["name"], f["status"], f["error"] or "–", f["path"]] for f in failed])
 
 
+def markdown_runs(rep: Report) -> str:
+    """Every completed run that fed the main table, with its value in that table's metric."""
+    recs = [r for r in rep.to_json()["runs"] if r["status"] == "completed"]
+    if not recs or not rep.tables:
+        return "_no completed runs_"
+    metric = rep.tables[0].metric
+    body = []
+    for r in recs:
+        m = metric.get((r["dataset"], r["model"]))
+        body.append([r["row"], r["dataset"], r["model"], "–" if r["seed"] is None else str(r["seed"]),
+                     f"{m} {fmt_value(r.get(m), m)}" if m else "–", r["path"]])
+    return md_table(["row", "dataset", "model", "seed", "score", "folder"], body)
+
+
 def to_markdown(rep: Report, curves_png: str | None = "curves.png") -> str:
     """The whole report as one Markdown document (report.md)."""
     n_done = sum(r.completed for r in rep.runs)
@@ -165,20 +182,53 @@ def to_markdown(rep: Report, curves_png: str | None = "curves.png") -> str:
         parts += ["## Convergence (validation loss)",
                   "Seed-mean val_loss per eval step; baselines solid, L-Tuning dashed, one colour per model.",
                   f"![convergence curves]({curves_png})"]
+    parts += ["## Runs", "One line per completed run folder (results.csv has every score of each).",
+              markdown_runs(rep)]
     parts += ["## Failed runs", "Excluded from every number above.", markdown_failed(rep.failed)]
     if rep.notes:
         parts += ["## Notes"] + [f"- {_md_escape(n)}" for n in rep.notes]
     return "\n\n".join(parts) + "\n"
 
 
+def run_frame(rep: Report):
+    """One line per run folder (completed and failed), final scores as columns."""
+    import pandas as pd
+
+    return pd.DataFrame(rep.to_json()["runs"]).assign(kind="run")
+
+
+def summary_frame(rep: Report):
+    """One line per table cell: metric columns hold the seed mean, `<metric>_std` the sample std."""
+    import pandas as pd
+
+    long = pd.DataFrame(rep.summary)
+    if long.empty:
+        return pd.DataFrame(columns=["kind"])
+    keys = ["row", "method", "variant", "settings", "dataset", "model"]
+    wide = long.pivot(index=keys, columns="metric", values=["mean", "std"])
+    wide.columns = [m if stat == "mean" else f"{m}_std" for stat, m in wide.columns]
+    cells = long.groupby(keys, sort=False).agg(n=("n", "max"), trainable_params=("trainable_params", "first"))
+    order = long[keys].drop_duplicates()  # the report's row/column order, not pandas' sort
+    return order.merge(cells.join(wide).reset_index(), on=keys).assign(kind="summary")
+
+
+def _metric_columns(columns) -> list[str]:
+    names = sorted({c.removesuffix("_std") for c in columns if c not in CSV_KEYS},
+                   key=lambda m: (METRIC_ORDER.index(m) if m in METRIC_ORDER else len(METRIC_ORDER), m))
+    return [c for m in names for c in (m, f"{m}_std") if c in columns]
+
+
 def to_csv(rep: Report) -> str:
-    """Long format, one line per (method, variant, dataset, model, metric), raw unscaled values."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for rec in rep.summary:
-        w.writerow({k: ("" if rec[k] is None else rec[k]) for k in CSV_COLUMNS})
-    return buf.getvalue()
+    """results.csv: the per-run lines, then the per-cell summary lines; raw unscaled values."""
+    import pandas as pd
+
+    frame = pd.concat([run_frame(rep), summary_frame(rep)], ignore_index=True)
+    for col in CSV_KEYS:
+        if col not in frame:
+            frame[col] = None
+    for col in ("seed", "n", "eval_examples", "trainable_params"):
+        frame[col] = frame[col].astype("Int64")  # integers stay integers next to blanks
+    return frame[list(CSV_KEYS) + _metric_columns(frame.columns)].to_csv(index=False, lineterminator="\n")
 
 
 _LATEX_SPECIAL = {
