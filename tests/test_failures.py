@@ -11,16 +11,24 @@ from ltune_cli.cli import app
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.area}-{c.what}" for c in CASES])
 def test_bad_input_is_one_clear_line(case, tmp_path, monkeypatch):
+    import contextlib
+
     if case.applies is not None and not case.applies():
         pytest.skip("machine-dependent case: this machine has what it lacks")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result = CliRunner().invoke(app, case.args(tmp_path))
+    monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path / "outputs"))
+    with case.around(tmp_path) if case.around else contextlib.nullcontext():
+        result = CliRunner().invoke(app, case.args(tmp_path))
     out = result.output
-    assert result.exit_code == 2, out
+    assert result.exit_code == case.code, out
     assert "Traceback" not in out
     lines = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, out
     assert case.expect in lines[0], lines[0]
+    if case.also:
+        assert case.also in out.replace(lines[0], ""), out
+    if case.check:
+        case.check(tmp_path, out)
 
 
 def test_prefix_methods_refuse_deberta_clearly(tmp_path, sentiment_files):

@@ -260,6 +260,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
     from ltune_cli.paths import conf_dir
 
     _register()
+    _refuse_deletions(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -268,6 +269,18 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
         raise translate_config_error(e, overrides) from None
     check(cfg)
     return cfg
+
+
+def _refuse_deletions(overrides) -> None:
+    """`~key` would delete a setting every run reads (it fails later, mid-run): refuse it here."""
+    from omegaconf import OmegaConf
+
+    schema = OmegaConf.structured(LtuneConfig)
+    for o in overrides:
+        key = str(o)[1:].split("=", 1)[0] if str(o).startswith("~") else None
+        if key and not key.startswith("hydra") and (key.split(".")[0] in schema):
+            raise LtuneError(f"'{o}' deletes '{key}', which every run needs; set it instead (e.g. {key}=<value>; "
+                             f"`ltune validate` shows the defaults).")
 
 
 def translate_config_error(e: Exception, overrides=()) -> LtuneError:
