@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= offline-models,dev,launchers,bench
 ARGS   ?=
 
-.PHONY: install run test test-all lint bench clean-venv
+.PHONY: install run test test-all lint bench study clean-venv
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,12 @@ lint: install
 
 bench: install
 	$(BIN)/ltune bench $(ARGS)
+
+# The L-Tuning vs baselines study (conf/study/reproduce_cpu.yaml; src/ltune_cli/study.py): runs what is
+# missing of one stage (pilot, tune, final, ablate), two runs at a time; resumable across sittings.
+STAGE ?= tune
+study: install
+	$(BIN)/python -m ltune_cli.study run $(STAGE) --jobs 2 $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

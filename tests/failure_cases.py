@@ -2,13 +2,17 @@
 tests/test_failures.py and for docs/failure-modes.md (`python scripts/failure_table.py`).
 
 A case builds its command line in a scratch folder and names a fragment the one-line
-error must contain. All exit with code 2 and print no traceback.
+error must contain. All exit with `code` (2 unless said) and print no traceback. Setup beyond
+argv (an environment variable, a held lock, an injected fault) is the case's `around`
+context, and `check` asserts afterwards that nothing was lost or silently altered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +23,10 @@ class Case:
     what: str
     args: Callable[[Path], list[str]]  # scratch folder -> argv after `ltune`
     expect: str  # fragment of the one-line error
+    code: int = 2
+    around: Callable[[Path], AbstractContextManager] | None = None  # entered before args(): env, lock, fault
+    check: Callable[[Path, str], None] | None = None  # (scratch folder, output) afterwards
+    also: str | None = None  # a fragment the rest of the output must hold (e.g. scores still printed)
     # A machine-dependent case (a package or a GPU this machine lacks) runs only where this holds.
     applies: Callable[[], bool] | None = None
 
@@ -161,6 +169,10 @@ CASES: list[Case] = [
          "'train.warmup_ratio' must be in [0, 1], got 1.5"),
     Case("config", "negative seed", lambda t: ["validate", "seed=-1"], "'seed' must be an integer from 0 to 2**64-1"),
     Case("config", "seed above 2**64-1", lambda t: ["validate", f"seed={2**64}"], "'seed' must be an integer"),
+    Case("config", "+key=value outside the schema", lambda t: ["validate", "+train.lrr=0.1"],
+         "unknown config key 'train.lrr'. Did you mean 'train.lr'?"),
+    Case("config", "+key=value of a new top-level key", lambda t: ["train", "+seeds=1", f"out_dir={t}/r"],
+         "unknown config key 'seeds'. Did you mean 'seed'?"),
     Case("data", "two L-Tuning label texts that read as the same tokens ([UNK])",
          lambda t: _tiny_train(t, "dataset.label_texts=[zzz,yyy]"), "label texts 'zzz' and 'yyy' reach the model as "
          "the same tokens ([CLS] [UNK] [SEP])"),
@@ -262,4 +274,232 @@ CASES += [
          applies=_missing("hydra_plugins.hydra_ray_launcher")),
     Case("hardware", "validate: unknown sweep launcher", lambda t: ["validate", "hydra/launcher=joblb"],
          "Did you mean 'joblib'?"),
+]
+
+
+# --- issue 10: run folders, resume, signals, permissions
+# Unwritable paths: the tests run as root here, and root writes into mode-0555 folders and
+# `chattr` is unavailable, so an unwritable path is one *below a regular file* (mkdir fails with
+# ENOTDIR) and a read-only eval.json is a folder in its place (the write fails with EISDIR).
+# The same code path handles EACCES/EROFS: every OSError of the write becomes the one line.
+
+
+def _blocked(tmp: Path, name: str = "sub") -> str:
+    """A path nothing can create: it lies below a regular file."""
+    (tmp / "a-file").write_text("not a folder\n")
+    return str(tmp / "a-file" / name)
+
+
+@contextlib.contextmanager
+def _env(**values):
+    import os
+
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _tiny_run_argv(tmp: Path, out: Path, steps: int = 4, **extra) -> list[str]:
+    """`ltune train` on a tiny random BERT saved in the scratch folder (seconds on a CPU)."""
+    from conftest import save_tiny_model, tiny_overrides, write_sentiment_csv
+
+    model = tmp / "tiny-bert"
+    if not model.exists():
+        save_tiny_model(model, "bert")
+        write_sentiment_csv(tmp / "train.csv", 48, seed=1)
+        write_sentiment_csv(tmp / "dev.csv", 16, seed=2)
+    return ["train", *tiny_overrides(tmp / "train.csv", tmp / "dev.csv", out, steps=steps,
+                                     **{"model.path": model, "hardware.num_threads": 1, **extra})]
+
+
+def _stored_run(tmp: Path, name: str = "run") -> Path:
+    """A run folder as `ltune train` leaves it before step 1 (config.yaml, metrics.jsonl), unlocked."""
+    from ltune_cli import runfolder
+    from ltune_cli.config import compose
+
+    cfg = compose(_tiny_run_argv(tmp, tmp / name)[1:])  # tiny: a case that wrongly trains ends in seconds
+    run, _ = runfolder.prepare_run_dir(cfg)
+    runfolder.release(run)
+    return run
+
+
+@contextlib.contextmanager
+def _held_lock(tmp: Path):
+    """Another writer holds tmp/run (its own open file description, so this process is refused too)."""
+    from ltune_cli import runfolder
+
+    run = _stored_run(tmp)
+    lock = runfolder.RunLock(run)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _built_run(tmp: Path, damage: str | None = None) -> str:
+    """A finished-looking run of a tiny model: real config.yaml and trainable weights (untrained)."""
+    from ltune_cli import engine, runfolder
+    from ltune_cli.config import compose
+
+    argv = _tiny_run_argv(tmp, tmp / "run")
+    cfg = compose(argv[1:])
+    run, _ = runfolder.prepare_run_dir(cfg)
+    runfolder.release(run)
+    s = engine.build(cfg, with_train=False)
+    runfolder.save_trainable(s.method, run)
+    runfolder.write_json(run / "results.json", {"schema": runfolder.SCHEMA, "status": "completed",
+                                               "eval_examples": len(s.eval_enc), "final": None})
+    if damage == "weights":
+        data = (run / "trainable.safetensors").read_bytes()
+        (run / "trainable.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "results":
+        (run / "results.json").write_text('{"schema": "ltune.results/1", "status": "compl')
+    elif damage == "read-only":
+        (run / "eval.json").mkdir()
+    return str(run)
+
+
+def _compare_ok(tmp: Path, out: str) -> list[str]:
+    argv = _compare_mismatch(tmp)
+    for name in ("a", "b"):  # same eval set this time
+        res = json.loads((tmp / name / "results.json").read_text())
+        res["eval_examples"] = 10
+        (tmp / name / "results.json").write_text(json.dumps(res))
+    return [*argv[:-2], "--out", out]
+
+
+@contextlib.contextmanager
+def _disk_full(where: str, after: int = 0):
+    """ENOSPC from runfolder.<where> from its (after+1)-th call on (the disk fills up mid-run)."""
+    import errno
+    from unittest import mock
+
+    from ltune_cli import runfolder
+
+    real, calls = getattr(runfolder, where), {"n": 0}
+
+    def full(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > after:
+            raise OSError(errno.ENOSPC, "No space left on device", str(a[0] if where == "append_jsonl" else a[1]))
+        return real(*a, **k)
+
+    with mock.patch.object(runfolder, where, full):
+        yield
+
+
+def _failed_but_resumable(tmp: Path, out: str) -> None:
+    from ltune_cli import checkpoint, runfolder
+
+    run = tmp / "run"
+    res = runfolder.read_results(run)
+    assert res["status"] == "failed" and "disk full" in res["error"], res
+    assert "disk full" in (run / "error.txt").read_text()
+    assert checkpoint.list_checkpoints(run), "the resumable checkpoint was removed"
+    assert "ltune train --resume" in out
+
+
+@contextlib.contextmanager
+def _signal_during_load(sig_name: str):
+    """The signal arrives while the model and data load (before the training loop)."""
+    import os
+    import signal
+    import time
+    from unittest import mock
+
+    from ltune_cli import engine
+
+    real = engine.build
+
+    def build(*a, **k):
+        os.kill(os.getpid(), getattr(signal, sig_name))
+        time.sleep(0.5)  # the handler runs at the next bytecode boundary
+        return real(*a, **k)
+
+    with mock.patch.object(engine, "build", build):
+        yield
+
+
+def _nothing_trained(tmp: Path, out: str) -> None:
+    run = tmp / "run"
+    assert (run / "config.yaml").is_file() and not (run / "results.json").exists()  # resumable, not "failed"
+
+
+def _untouched(name: str, files: dict[str, str]):
+    def check(tmp: Path, out: str) -> None:
+        for f, text in files.items():
+            assert (tmp / name / f).read_text() == text, f
+        assert sorted(p.name for p in (tmp / name).iterdir()) == sorted(files)  # nothing added either
+    return check
+
+
+def _resume_changed(tmp: Path) -> list[str]:
+    (tmp / "link").symlink_to(_stored_run(tmp))
+    return [*_tiny_run_argv(tmp, tmp / "link"), "resume=true", "train.lr=0.5"]
+
+
+def _other_files(tmp: Path, name: str, files: dict[str, str]) -> Path:
+    d = tmp / name
+    d.mkdir()
+    for f, text in files.items():
+        (d / f).write_text(text)
+    return d
+
+
+_NOTES = {"notes.txt": "my notes\n"}
+_SWEEP = {"manifest.json": '{"schema": "ltune.sweep/1"}\n'}
+
+CASES += [
+    Case("config", "`~seed` (deleting a key every run reads)", lambda t: ["train", "~seed", f"out_dir={t}/r"],
+         "'~seed' deletes 'seed', which every run needs"),
+    Case("run", "resume=true, out_dir missing", lambda t: ["train", "resume=true", f"out_dir={t}/nope"],
+         "/nope: no such folder"),
+    Case("run", "resume=true, out_dir not a run folder",
+         lambda t: ["train", "resume=true", f"out_dir={_other_files(t, 'f', _NOTES)}"], "not an ltune run folder",
+         check=_untouched("f", _NOTES)),
+    Case("run", "resume via a symlink with another config (out_dir itself never counts)", _resume_changed,
+         "differs at train.lr; resume"),
+    Case("run", "--resume a folder another process is writing", lambda t: ["train", "--resume", str(t / "run")],
+         "is being written by another ltune run (pid", around=_held_lock),
+    Case("run", "train into a folder another process is writing", lambda t: _tiny_run_argv(t, t / "run"),
+         "is being written by another ltune run (pid", around=_held_lock),
+    Case("run", "out_dir holds foreign files", lambda t: _tiny_run_argv(t, _other_files(t, "f", _NOTES)),
+         "not an ltune run folder (it holds notes.txt)", check=_untouched("f", _NOTES)),
+    Case("run", "out_dir is a sweep folder", lambda t: _tiny_run_argv(t, _other_files(t, "s", _SWEEP)),
+         "is a sweep folder", check=_untouched("s", _SWEEP)),
+    Case("run", "unwritable out_dir", lambda t: ["train", f"out_dir={_blocked(t)}"], "cannot write to out_dir="),
+    Case("run", "unwritable LTUNE_OUTPUTS", lambda t: ["train", "train.max_steps=1"], "cannot write to LTUNE_OUTPUTS=",
+         around=lambda t: _env(LTUNE_OUTPUTS=_blocked(t))),
+    Case("model", "unwritable LTUNE_CACHE (GGUF conversion)",
+         lambda t: ["train", "model.path=offline:smollm2_135m", f"out_dir={t}/run"], "cannot write to LTUNE_CACHE=",
+         around=lambda t: _env(LTUNE_CACHE=_blocked(t))),
+    Case("compare", "unwritable --out", lambda t: _compare_ok(t, _blocked(t)), "cannot write to --out"),
+    Case("sweep", "unwritable --out", lambda t: ["sweep", "--out", _blocked(t), "train.max_steps=1"],
+         "cannot write to --out"),
+    Case("eval", "damaged results.json", lambda t: ["eval", _built_run(t, "results")], "results.json is damaged"),
+    Case("eval", "damaged trainable.safetensors", lambda t: ["eval", _built_run(t, "weights")],
+         "trainable.safetensors is damaged"),
+    Case("eval", "swapped model (other shapes)", lambda t: ["eval", _built_run(t), "model.path=offline:minilm"],
+         "does not fit the run's method/model"),
+    Case("eval", "read-only run folder: scores printed, not lost", lambda t: ["eval", _built_run(t, "read-only")],
+         "could not write the eval to", also="accuracy"),
+    Case("run", "disk full while appending metrics",
+         lambda t: _tiny_run_argv(t, t / "run", **{"train.checkpoint_every": 1}), "disk full",
+         around=lambda t: _disk_full("append_jsonl", after=2), check=_failed_but_resumable),
+    Case("run", "disk full while writing the final weights",
+         lambda t: _tiny_run_argv(t, t / "run", **{"train.checkpoint_every": 1}), "disk full",
+         around=lambda t: _disk_full("save_trainable"), check=_failed_but_resumable),
+    Case("run", "SIGTERM while the model loads", lambda t: _tiny_run_argv(t, t / "run"),
+         "SIGTERM while loading the model and data: stopped without saving; continue from step 0 with `ltune train "
+         "--resume", code=130, around=lambda t: _signal_during_load("SIGTERM"), check=_nothing_trained),
+    Case("run", "SIGHUP while the model loads", lambda t: _tiny_run_argv(t, t / "run"),
+         "SIGHUP while loading", code=130, around=lambda t: _signal_during_load("SIGHUP"), check=_nothing_trained),
 ]

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from ltune_cli.config import DatasetConfig
 from ltune_cli.data import Example, Splits, load_splits
 from ltune_cli.errors import LtuneError
-from ltune_cli.paths import conf_dir, glue_dir
+from ltune_cli.paths import conf_dir, glue_dir, r8_dir
 
 # Split sizes and label counts published in data/glue/README.md: task -> split -> {class id: count}
 GLUE_COUNTS = {
@@ -104,6 +104,43 @@ def test_glue_limits_keep_the_first_examples(glue_splits):
     limited = load_splits(dataset_cfg("cola", train_limit=10, eval_limit=3))
     assert limited.train == glue_splits["cola"].train[:10]
     assert limited.eval == glue_splits["cola"].eval[:3]
+
+
+# --- Reuters R8 (data/r8/README.md): 8 topics, classes in order of train frequency -------------
+R8_COUNTS = {"train": [2840, 1596, 253, 251, 206, 190, 108, 41], "eval": [1083, 696, 121, 75, 87, 81, 36, 10]}
+
+
+def test_r8_sha256sums_sizes_and_label_counts():
+    root = r8_dir()
+    for line in (root / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        assert hashlib.sha256((root / name).read_bytes()).hexdigest() == digest, name
+    splits = load_splits(dataset_cfg("r8"))
+    for split, counts in R8_COUNTS.items():
+        examples = getattr(splits, split)
+        assert Counter(e.label for e in examples) == dict(enumerate(counts))
+        assert all(e.text and e.text_pair is None for e in examples)
+    assert len(splits.label_texts) == 8 and splits.label_texts[0] == "earnings"
+    assert splits.eval[0].label == 3 and splits.eval[0].text.startswith("asian exporters fear damage")
+
+
+# --- dataset.holdout: tuning on a fixed slice of train, never on dev ------------------------------
+def test_holdout_is_a_fixed_slice_of_train_disjoint_from_training():
+    full = load_splits(dataset_cfg("rte"))
+    tuned = load_splits(dataset_cfg("rte", holdout=200))
+    assert len(tuned.eval) == 200 and len(tuned.train) == len(full.train) - 200
+    key = lambda e: (e.text, e.text_pair, e.label)  # noqa: E731
+    assert {key(e) for e in tuned.eval} | {key(e) for e in tuned.train} == {key(e) for e in full.train}
+    assert not {key(e) for e in tuned.eval} & {key(e) for e in tuned.train}
+    assert not {key(e) for e in tuned.eval} & {key(e) for e in full.eval}  # dev is never seen
+    assert load_splits(dataset_cfg("rte", holdout=200)).eval == tuned.eval  # the same draw every time
+    assert tuned.eval != full.train[:200] and "holdout" in tuned.source["eval"]
+    limited = load_splits(dataset_cfg("rte", holdout=200, train_limit=50, eval_limit=20))
+    assert limited.train == tuned.train[:50] and limited.eval == tuned.eval[:20]
+
+
+def test_holdout_larger_than_train_is_an_error():
+    error_of(dataset_cfg("rte", holdout=5000), "dataset.holdout", "5000", "2490")
 
 
 def test_glue_task_name_ignores_case_and_punctuation():

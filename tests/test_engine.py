@@ -126,8 +126,8 @@ def test_resume_in_process_equals_uninterrupted(sentiment_files, tmp_path, tiny_
     assert runfolder.read_results(cut)["final"] == runfolder.read_results(full)["final"]
 
 
-def _cli(*args, **kw):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _cli(*args, env_extra=None, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.Popen([sys.executable, "-m", "ltune_cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, **kw)
 
@@ -167,6 +167,30 @@ def test_sigkill_then_resume_is_bit_identical(sentiment_files, tmp_path, tiny_be
     assert out.strip().splitlines()[-1] == f"run folder: {run}"
     assert records(run) == records(tmp_path / "ref")
     assert runfolder.read_results(run)["final"] == runfolder.read_results(tmp_path / "ref")["final"]
+    assert (run / "trainable.safetensors").read_bytes() == (tmp_path / "ref" / "trainable.safetensors").read_bytes()
+
+
+def test_default_cpu_preset_is_bit_identical_whatever_the_machine_thread_count(sentiment_files, tmp_path,
+                                                                             tiny_bert_dir):
+    """Same seed and config, default hardware=cpu (no num_threads override): the same bytes of
+    trainable weights, metrics and results.json scores, from processes whose torch would pick
+    different thread counts by default (as on two machines: OMP_NUM_THREADS stands in for their
+    core counts; the preset's fixed thread count must win over it)."""
+    runs = []
+    for threads in ("1", "3"):
+        run = tmp_path / f"threads-{threads}"
+        proc = _cli("train", *tiny_overrides(*sentiment_files, run, steps=12,
+                                             **{"model.path": tiny_bert_dir, "train.eval_every": 6}),
+                    env_extra={"OMP_NUM_THREADS": threads})
+        out = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 0, out
+        runs.append(run)
+    a, b = runs
+    assert "num_threads" not in " ".join(tiny_overrides(*sentiment_files, a))
+    assert (a / "trainable.safetensors").read_bytes() == (b / "trainable.safetensors").read_bytes()
+    assert records(a) == records(b)
+    ra, rb = runfolder.read_results(a), runfolder.read_results(b)
+    assert (ra["final"], ra["best"]) == (rb["final"], rb["best"])
 
 
 def test_sigint_saves_a_checkpoint_and_says_how_to_resume(sentiment_files, tmp_path, tiny_bert_dir):

@@ -11,16 +11,24 @@ from ltune_cli.cli import app
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.area}-{c.what}" for c in CASES])
 def test_bad_input_is_one_clear_line(case, tmp_path, monkeypatch):
+    import contextlib
+
     if case.applies is not None and not case.applies():
         pytest.skip("machine-dependent case: this machine has what it lacks")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result = CliRunner().invoke(app, case.args(tmp_path))
+    monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path / "outputs"))
+    with case.around(tmp_path) if case.around else contextlib.nullcontext():
+        result = CliRunner().invoke(app, case.args(tmp_path))
     out = result.output
-    assert result.exit_code == 2, out
+    assert result.exit_code == case.code, out
     assert "Traceback" not in out
     lines = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, out
     assert case.expect in lines[0], lines[0]
+    if case.also:
+        assert case.also in out.replace(lines[0], ""), out
+    if case.check:
+        case.check(tmp_path, out)
 
 
 def test_prefix_methods_refuse_deberta_clearly(tmp_path, sentiment_files):
@@ -50,3 +58,13 @@ def test_overlong_rows_are_truncated_and_counted(caplog):
 def test_debug_flag_shows_the_traceback(tmp_path):
     result = CliRunner().invoke(app, ["validate", "model=minlm", "--debug"])
     assert result.exit_code != 0 and result.exception is not None
+
+
+def test_plus_override_outside_the_schema_writes_nothing(tmp_path):
+    """`+key=value` is checked against the schema before a run folder exists (it used to land in
+    config.yaml, where it later broke `ltune eval` and `--resume`)."""
+    result = CliRunner().invoke(app, ["train", "+train.foo=1", f"out_dir={tmp_path}/run"])
+    assert result.exit_code == 2 and "unknown config key 'train.foo'" in result.output
+    assert not (tmp_path / "run").exists()
+    result = CliRunner().invoke(app, ["validate", "+sweep=cpu_smoke", "+model.arch.layers_note=6"])
+    assert result.exit_code == 0, result.output  # a config group and the free-form model.arch stay open

@@ -19,11 +19,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_tokenizer, tiny_config
+from conftest import V, make_tokenizer, tiny_config
 from ltune_cli.config import ModelConfig
 from ltune_cli.models.backbone import load_backbone
 
-NEW_DECODERS = ["qwen2", "mistral", "gemma", "gemma2"]
+# qwen3-as-llama: a family with no row, run with model.family=llama (docs/models.md)
+NEW_DECODERS = ["qwen2", "mistral", "gemma", "gemma2", "qwen3-as-llama"]
 NEW_ENCODERS = ["xlm-roberta"]
 INIT = 0.25
 TOL = 2e-5
@@ -34,14 +35,21 @@ PREFIXES = ["positive", "not neutral", "sports world business"]  # 1, 2 and 3 to
 def oracle_backbone(family: str, pooling: str = "auto"):
     from transformers import AutoModel
 
-    config = tiny_config(family)
+    if family == "qwen3-as-llama":
+        import transformers
+
+        config = transformers.Qwen3Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                          num_key_value_heads=2, head_dim=8, intermediate_size=64, vocab_size=V,
+                                          pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    else:
+        config = tiny_config(family)
     config.initializer_range = INIT
     torch.manual_seed(0)
     model = AutoModel.from_config(config).eval()
     tok = make_tokenizer(pair_template=family in NEW_ENCODERS)
-    bb = load_backbone(ModelConfig(name=f"tiny-{family}", path=f"tiny:{family}", pooling=pooling), None,
-                       model=model, tokenizer=tok)
-    return bb
+    mc = ModelConfig(name=f"tiny-{family}", path=f"tiny:{family}", pooling=pooling,
+                     family="llama" if family == "qwen3-as-llama" else "auto")
+    return load_backbone(mc, None, model=model, tokenizer=tok)
 
 
 def ids_of(tok, text: str) -> torch.Tensor:

@@ -192,6 +192,34 @@ def test_usr2_checkpoints_then_hands_over_to_submitit_for_requeue(sentiment_file
     assert runfolder.read_results(engine.train(cfg))["status"] == "completed"
 
 
+def test_usr2_while_loading_is_handed_to_submitit_too(sentiment_files, tmp_path, tiny_bert_dir, monkeypatch):
+    """Before the loop there is nothing to checkpoint: the job is requeued at once (it resumes from
+    the last checkpoint, or step 0)."""
+    import os
+    import signal
+
+    seen = []
+
+    def submitit_handler(signum, frame):
+        seen.append(signum)
+        raise SystemExit(-1)
+
+    real_build = engine.build
+
+    def build(*a, **k):
+        os.kill(os.getpid(), signal.SIGUSR2)
+        return real_build(*a, **k)
+
+    monkeypatch.setattr(engine, "build", build)
+    old = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        with pytest.raises(SystemExit):
+            engine.train(_cfg(sentiment_files, tmp_path / "run", **{"model.path": tiny_bert_dir}))
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+    assert seen == [signal.SIGUSR2]
+
+
 # --------------------------------------------------------------------------- item 8: the model's preset
 def test_every_model_runs_with_its_own_preset_unless_hardware_is_given():
     from ltune_cli.paths import conf_dir
@@ -292,3 +320,105 @@ def test_a_slurm_step_with_several_tasks_is_refused(monkeypatch):
         distributed.needs_launch(compose(["hardware=ddp", "hardware.nproc=2", "hardware.device=cpu"]).hardware)
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
     assert distributed.needs_launch(compose(["hardware=ddp", "hardware.nproc=2", "hardware.device=cpu"]).hardware)
+
+
+# --------------------------------------------------------------------------- item 7: the estimate's 7B terms
+def _cpu_peak(fn) -> int:
+    """Peak of live CPU tensor bytes allocated while fn runs (torch.profiler, profile_memory)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    cur = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        cur += e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+        peak = max(peak, cur)
+    return peak
+
+
+def test_warm_start_transient_is_what_fit_linear_allocates():
+    """The formula memory.py counts for the label maps' least-squares warm start, against the
+    bytes fit_linear really allocates (Llama-2-7B's map: d=4096 -> 262144 outputs)."""
+    from ltune_cli.memory import fit_linear_transient_bytes
+    from ltune_cli.methods.base import fit_linear
+
+    torch.manual_seed(0)
+    for i, o, rows in ((256, 20000, 6), (96, 50000, 3)):
+        lin = torch.nn.Linear(i, o)
+        x, y = torch.randn(rows, i), torch.randn(rows, o)
+        measured = _cpu_peak(lambda lin=lin, x=x, y=y: fit_linear(lin, x, y))
+        assert measured == pytest.approx(fit_linear_transient_bytes(i, o, rows), rel=0.05), (i, o, measured)
+
+
+def test_estimate_counts_autocast_copy_gradient_temporaries_and_warm_start(sentiment_files, tmp_path,
+                                                                          tiny_llama_dir):
+    """bf16, grad_accum 2: autocast's cached bf16 copy of the map (2 bytes a weight), its gradient
+    temporaries at the end of backward (bf16 gradient + its fp32 cast = 6 bytes a weight) and the
+    warm start's solve are in the estimate."""
+    from ltune_cli import memory
+    from ltune_cli.memory import fit_linear_transient_bytes
+
+    cfg = _cfg(sentiment_files, tmp_path / "run", **{"model.path": tiny_llama_dir, "hardware.dtype": "bf16",
+                                                     "hardware.grad_accum": 2})
+    s = engine.build(cfg)
+    Z = s.method.Z
+    n = Z.weight.numel() + Z.bias.numel()
+    est = memory.estimate(s, cfg)
+    assert est["autocast_copy_bytes"] == 2 * n
+    assert est["grad_temporary_bytes"] == 6 * n
+    rows = int(s.method.labels_frozen.mask.sum())
+    assert est["warm_start_bytes"] >= fit_linear_transient_bytes(Z.in_features, Z.out_features, rows)
+    parts = ("frozen_bytes", "trainable_bytes", "grad_bytes", "optimizer_bytes", "other_bytes", "activation_bytes",
+             "transient_bytes")
+    assert est["estimate_bytes"] == pytest.approx(sum(est[k] for k in parts), abs=len(parts))
+    persistent = sum(est[k] for k in parts[:5])
+    assert est["estimate_bytes"] >= est["frozen_bytes"] + max(
+        persistent - est["frozen_bytes"] + est["train_activation_bytes"] + est["autocast_copy_bytes"],
+        persistent - est["frozen_bytes"] + est["grad_temporary_bytes"], est["warm_start_bytes"])
+    # fp32, one micro-batch: no copy, and the first gradient becomes .grad itself
+    cfg32 = _cfg(sentiment_files, tmp_path / "run32", **{"model.path": tiny_llama_dir})
+    est32 = memory.estimate(engine.build(cfg32), cfg32)
+    assert (est32["autocast_copy_bytes"], est32["grad_temporary_bytes"]) == (0, 0)
+
+
+# --------------------------------------------------------------------------- item 8: validate's estimate
+def _validate(args):
+    from typer.testing import CliRunner
+
+    from ltune_cli.cli import app
+
+    return CliRunner().invoke(app, ["validate", *args])
+
+
+def test_validate_prints_the_estimate_and_refuses_a_preset_that_cannot_fit(monkeypatch):
+    """The issue's cases: Llama-2-7B lt_prefix on RTE with gpu's batch 32 does not fit its 40 GB;
+    with its own preset (gpu_large: micro-batch 8, checkpointing) it does; BLOOM-7b1 ddp batch 32
+    (the old README SLURM example) does not fit a 40 GB A100. (The checks that need the hub's
+    config.json and a GPU, preflight.check, are stubbed: this machine has neither.)"""
+    from types import SimpleNamespace
+
+    from ltune_cli import preflight
+
+    monkeypatch.setattr(preflight, "check", lambda cfg: SimpleNamespace(summary=lambda: "stub"))
+    r = _validate(["model=llama2_7b", "dataset=rte", "method=lt_prefix"])
+    assert r.exit_code == 0, r.output
+    assert "memory estimate per process" in r.output and "hardware=gpu_large" in r.output
+    r = _validate(["model=llama2_7b", "dataset=rte", "method=lt_prefix", "hardware=gpu"])
+    assert r.exit_code == 2 and "hardware.gpu_mem_gb=40 but this run needs about" in r.output, r.output
+    r = _validate(["model=bloom_7b1", "dataset=sst2", "method=lt_prefix", "hardware=ddp"])
+    assert r.exit_code == 2 and "gpu_mem_gb=40" in r.output, r.output
+    r = _validate(["model=bloom_7b1", "dataset=sst2", "method=lt_prefix", "hardware=ddp", "hardware.gpu_mem_gb=80"])
+    assert r.exit_code == 0, r.output
+
+
+def test_plan_counts_the_published_parameters_and_the_7b_terms():
+    from ltune_cli import memory
+    from ltune_cli.data import load_splits
+
+    cfg = compose(["model=llama2_7b", "dataset=rte", "method=lt_prefix"])  # gpu_large: bf16, grad_accum 4
+    est = memory.plan(cfg, load_splits(cfg.dataset))
+    n_map = (4096 + 1) * 32 * 2 * 4096  # Z: d -> layers x 2 x kv_dim, with bias
+    assert est["trainable_params"] == n_map + 2 * 4096 + 2
+    assert est["frozen_params"] == pytest.approx(6607e6, rel=0.01)
+    assert est["autocast_copy_bytes"] == 2 * n_map and est["grad_temporary_bytes"] == 6 * n_map
+    assert est["warm_start_bytes"] > 12 * n_map  # the float64 solve of the warm start

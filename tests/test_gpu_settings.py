@@ -97,7 +97,8 @@ def test_estimate_is_printed_and_recorded(sentiment_files, tmp_path, tiny_bert_d
     run = engine.train(cfg_for(sentiment_files, tmp_path / "m", tiny_bert_dir))
     assert any("memory estimate per process" in r.getMessage() for r in caplog.records)
     m = runfolder.read_results(run)["memory"]
-    parts = ("frozen_bytes", "trainable_bytes", "grad_bytes", "optimizer_bytes", "other_bytes", "activation_bytes")
+    parts = ("frozen_bytes", "trainable_bytes", "grad_bytes", "optimizer_bytes", "other_bytes", "activation_bytes",
+             "transient_bytes")
     assert m["estimate_bytes"] == pytest.approx(sum(m[k] for k in parts), abs=len(parts))
     bb = tiny_backbone("bert")
     assert m["frozen_bytes"] == sum(t.numel() * t.element_size() for t in [*bb.parameters(), *bb.buffers()])

@@ -208,3 +208,27 @@ def test_head_learning_rate_is_its_own_group():
     assert sum(p.numel() for g in groups for p in g["params"]) == m.num_trainable()
     plain = build_method(MethodConfig(name="prefix"), bb, LABELS).param_groups(1e-2)
     assert all(g["lr"] == 1e-2 for g in plain)
+
+
+def test_labels_with_near_identical_frozen_states_warn_with_the_cosine(caplog):
+    """The warning half of the label check (the error half, identical tokens, is in failure_cases)."""
+    from conftest import make_tokenizer
+    from ltune_cli.models.backbone import check_distinct_labels
+
+    tok = make_tokenizer()
+    ids = torch.tensor([[2, 8, 3], [2, 9, 3], [2, 12, 3]])  # three different label words
+    mask = torch.ones_like(ids)
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(3, 8, generator=g)
+    near = base + 2e-2 * torch.randn(3, 8, generator=g)  # label 1 ~ label 0
+    states = torch.stack([base, near, torch.randn(3, 8, generator=g)])  # (K, l, d)
+    with caplog.at_level("WARNING", logger="ltune"):
+        check_distinct_labels(["good", "Good", "bad"], ids, mask, states, tok, None)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "'good' and 'Good' have near-identical frozen states (cosine 0.99" in lines[0], lines
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ltune"):
+        check_distinct_labels(["good", "Good", "bad"], ids, mask, torch.randn(3, 3, 8, generator=g), tok, None)
+    assert not caplog.records
+    with pytest.raises(LtuneError, match="'good' and 'bad' reach the model as the same tokens"):
+        check_distinct_labels(["good", "Good", "bad"], ids[[0, 1, 0]], mask, states, tok, None)

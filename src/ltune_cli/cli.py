@@ -186,10 +186,16 @@ def validate(overrides: list[str] = OVERRIDES, debug: bool = DEBUG):
     from ltune_cli.data import load_splits
 
     data = load_splits(cfg.dataset)
+    from ltune_cli import memory
+
+    est = memory.plan(cfg, data)  # from the model's published architecture; nothing loads
+    memory.check_fits(est, cfg.hardware)  # before the device checks: it plans a GPU run from any machine
     info = preflight.check(cfg)
     typer.echo(f"ok: {cfg.method.name} on {cfg.model.name} ({cfg.model.path}: {info.summary()}), "
                f"{cfg.dataset.name}: {len(data.train)} train / {len(data.eval)} eval examples, "
                f"labels {data.label_texts}")
+    if est is not None:
+        typer.echo(f"{memory.describe(est)}; from conf/model/{cfg.model.name}.yaml arch, hardware={cfg.hardware.name}")
 
 
 @app.command()

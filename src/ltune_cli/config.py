@@ -49,6 +49,8 @@ class DatasetConfig:
     train_split: str = "train"
     eval_split: str = "validation"
     train_limit: int | None = None
+    # Tuning: N train examples (a fixed draw) become the eval split; the dev set is never seen.
+    holdout: int | None = None
     eval_limit: int | None = None
     primary_metric: str = "accuracy"
 
@@ -63,7 +65,7 @@ class MethodConfig:
     # L-Tuning: start the trainable map at the frozen LM's own reading of the label text
     # (prefix = the label's key/values, prompt = its input embeddings); False = random init.
     init_from_label: bool = True
-    init: str = "vocab"  # prompt: vocab | normal
+    init: str = "vocab"  # prompt, prefix: vocab | normal (see their docstrings)
     dropout: float = 0.0
     lr: float = 5e-3  # the method's recommended learning rate (train.lr overrides)
     # The head's learning rate (None = lr). L-Tuning's label maps have a fan-in of d, so
@@ -153,7 +155,7 @@ CHOICES = {
 POSITIVE = ("model.max_length", "method.num_virtual_tokens", "hardware.batch_size",
             "hardware.eval_batch_size", "hardware.grad_accum", "train.max_steps",
             "train.eval_every", "train.log_every", "method.label_len", "method.head_lr",
-            "dataset.train_limit", "dataset.eval_limit", "hardware.num_threads", "train.keep_checkpoints",
+            "dataset.train_limit", "dataset.eval_limit", "dataset.holdout", "hardware.num_threads", "train.keep_checkpoints",
             "hardware.nodes", "hardware.time_min", "hardware.cpus_per_task", "hardware.mem_gb",
             "hardware.gpu_mem_gb")
 #: key -> (low, high, high included): ranges a finite float must fall in.
@@ -212,6 +214,13 @@ def check(cfg: Any) -> None:
     def get(key):
         return OmegaConf.select(cfg, key)
 
+    # Hydra lets `+key=value` add a key the schema lacks (it then lands in config.yaml and breaks
+    # `ltune eval` and `--resume` later): checked against the schema here like any typo.
+    try:
+        OmegaConf.merge(OmegaConf.structured(LtuneConfig),
+                        {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"})
+    except Exception as e:  # noqa: BLE001 - translated into a user-facing error
+        raise translate_config_error(e) from None
     check_numbers(get)
 
     for key, allowed in CHOICES.items():
@@ -251,6 +260,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
     from ltune_cli.paths import conf_dir
 
     _register()
+    _refuse_deletions(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -259,6 +269,18 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
         raise translate_config_error(e, overrides) from None
     check(cfg)
     return cfg
+
+
+def _refuse_deletions(overrides) -> None:
+    """`~key` would delete a setting every run reads (it fails later, mid-run): refuse it here."""
+    from omegaconf import OmegaConf
+
+    schema = OmegaConf.structured(LtuneConfig)
+    for o in overrides:
+        key = str(o)[1:].split("=", 1)[0] if str(o).startswith("~") else None
+        if key and not key.startswith("hydra") and (key.split(".")[0] in schema):
+            raise LtuneError(f"'{o}' deletes '{key}', which every run needs; set it instead (e.g. {key}=<value>; "
+                             f"`ltune validate` shows the defaults).")
 
 
 def translate_config_error(e: Exception, overrides=()) -> LtuneError:

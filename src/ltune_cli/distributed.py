@@ -129,10 +129,10 @@ def needs_launch(hw) -> bool:
     if hw.strategy == "single":
         return False
     if int(hw.nodes) > 1:
-        raise LtuneError(f"hardware.nodes={hw.nodes}: start torchrun on every node yourself, e.g. `srun --ntasks-per-node "
-                         f"1 torchrun --nnodes {hw.nodes} --nproc_per_node <gpus> --rdzv-backend c10d --rdzv-endpoint "
-                         f"{hw.rdzv_endpoint or '<first node>:29500'} -m ltune_cli train hardware=ddp "
-                         f"out_dir=<shared folder> ...` (docs/gpu.md).")
+        raise LtuneError(f"hardware.nodes={hw.nodes}: start torchrun on every node yourself, one SLURM task per node "
+                         f"(--ntasks-per-node 1), e.g. `srun torchrun --nnodes {hw.nodes} --nproc_per_node <gpus> "
+                         f"--rdzv-backend c10d --rdzv-endpoint {hw.rdzv_endpoint or '<first node>:29500'} -m ltune_cli "
+                         f"train hardware=ddp out_dir=<shared folder> ...` (docs/gpu.md).")
     return resolve_nproc(hw) > 1
 
 

@@ -68,9 +68,11 @@ def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
     seed_everything(cfg.seed)  # method init does not depend on how many draws loading took
     method = _to_device(build_method(cfg.method, backbone, data.label_texts), backbone, device)
     tok, L = backbone.tokenizer, cfg.model.max_length
-    P = method.positions_before_text()
+    P = method.positions_before_text()  # texts longer than the position table: an error, not a silent cut
+    room = (backbone.max_positions or 0) - P
     backbone.check_positions(L + P, f"model.max_length={L} plus the method's {P} positions before the text",
-                             fix=f"set model.max_length<={(backbone.max_positions or 0) - P}")
+                             fix=f"set model.max_length<={room}" if room > 0 else
+                             "use fewer positions before the text (method.num_virtual_tokens, method.label_len)")
     train_enc = encode_examples(data.train, tok, L, what="train") if with_train else None
     eval_enc = encode_examples(data.eval, tok, L, what="eval")
     dtype = DTYPES[hw.dtype]
@@ -174,6 +176,7 @@ def train(cfg, *, backbone=None, console=None) -> Path:
                 except KeyboardInterrupt:
                     if stop.hard is None:
                         raise
+                    stop.hand_over(stop.hard)  # SIGUSR2 while loading: requeued, resumes from the last checkpoint
                     raise _hard_stop(stop, run_dir) from None
         except RunInterrupted:
             raise  # not a failure: the checkpoint is the state, and resume continues it

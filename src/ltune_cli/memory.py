@@ -8,6 +8,13 @@
     activations      what autograd keeps for backward in one micro-batch (hardware.batch_size
                      texts of the longest training length) plus one block's transient tensors
                      and their gradients, or the evaluation forward if that is larger
+    transients       (bf16/fp16) autocast's cached half-precision copy of every trainable Linear
+                     weight, alive through each forward; the gradient temporaries of those
+                     weights at the end of backward (the half-precision gradient, its fp32 cast,
+                     and with grad_accum > 1 the new fp32 gradient before it is added); and at
+                     start-up the least-squares warm start of the label maps (fit_linear). The
+                     largest of these moments counts: for Llama-2-7B lt_prefix the 1.07 B-weight
+                     map makes them GiBs (docs/gpu.md)
 
 Activations are measured, not taken from a formula: probe forwards of `method.scores` on
 the longest one and two training texts run under a saved-tensors hook that adds up the
@@ -140,15 +147,58 @@ def estimate(s, cfg, world: int = 1) -> dict:
     # is one forward's worth of texts.
     e_texts = min(E, method.texts_per_forward(E, int(s.eval_enc.lengths.max()), s.device))
     eval_act = 1.2 * max(0, e1 - fixed) * e_texts / layers
-    activations = max(train_act, eval_act)
     grads = trainable
     optimizer = 2 * n_train * 4
-    total = frozen + trainable + grads + optimizer + extra + activations
+    half = hw.dtype in ("bf16", "fp16") and s.device.type in ("cuda", "cpu", "mps")
+    tr = transients(method, half=half, accumulate=int(hw.grad_accum) * world > 1)
+    # Forward (train or eval): activations + the cached half copies; end of backward: the map's
+    # gradient temporaries (activations are freed by then); start-up: weights + the warm start.
+    during_step = max(train_act + tr["autocast_copy"], tr["grad_temporaries"], eval_act + tr["autocast_copy"])
+    startup = tr["warm_start"] - (trainable + grads + optimizer + extra)  # before the optimizer exists
+    activations = max(train_act, eval_act)
+    transient = max(during_step, startup) - activations
+    total = frozen + trainable + grads + optimizer + extra + activations + transient
     return {"estimate_bytes": int(total), "frozen_bytes": int(frozen), "trainable_bytes": int(trainable),
             "grad_bytes": int(grads), "optimizer_bytes": int(optimizer), "other_bytes": int(extra),
             "activation_bytes": int(activations), "train_activation_bytes": int(train_act),
-            "eval_activation_bytes": int(eval_act), "processes": world,
+            "eval_activation_bytes": int(eval_act), "transient_bytes": int(transient),
+            "autocast_copy_bytes": int(tr["autocast_copy"]), "grad_temporary_bytes": int(tr["grad_temporaries"]),
+            "warm_start_bytes": int(tr["warm_start"]), "processes": world,
             "micro_batch": B, "longest_train_tokens": int(s.train_enc.lengths.max())}
+
+
+def _maps(method) -> list[torch.nn.Linear]:
+    """The method's trainable Linear maps, head excluded (it runs in fp32 outside autocast)."""
+    head = getattr(method, "head", None)
+    return [m for name, m in method.named_children() if isinstance(m, torch.nn.Linear) and m is not head
+            and m.weight.requires_grad]
+
+
+def fit_linear_transient_bytes(in_features: int, out_features: int, rows: int, bias: bool = True) -> int:
+    """Peak bytes methods.base.fit_linear allocates for an (in -> out) map fitted on `rows` rows:
+    the float64 solution (in [+1], out) and its fp32 transpose for the copy into the weight
+    (plus the float64 targets). tests/test_gpu_config.py measures fit_linear against this."""
+    i = in_features + int(bias)
+    return 8 * i * out_features + 4 * in_features * out_features + 8 * rows * out_features
+
+
+def transients(method, *, half: bool, accumulate: bool) -> dict:
+    """Short-lived bytes the persistent terms miss, each at its own moment (see the module doc)."""
+    maps = _maps(method)
+    n = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0) for m in maps)
+    copy = 2 * n if half else 0  # autocast caches the bf16/fp16 cast of a leaf weight per forward
+    # backward of a Linear under autocast: a half-precision weight gradient, cast to fp32 (the
+    # cast's result becomes .grad, counted under gradients, unless one is there to add it to)
+    temporaries = (2 * n + 4 * n if accumulate else 2 * n) if half else (4 * n if accumulate else 0)
+    warm = 0
+    if getattr(method.cfg, "init_from_label", False) and maps:
+        lab = getattr(method, "labels_frozen", None)
+        rows = int(lab.mask.sum()) if lab is not None else 1
+        warm = max(fit_linear_transient_bytes(m.in_features, m.out_features, rows, m.bias is not None)
+                   for m in maps)
+        # what is alive then: the base, the method's weights, the label states
+        warm += sum(_tensor_bytes(p) for p in method.trainable_parameters()) + _label_state_bytes(method)
+    return {"autocast_copy": copy, "grad_temporaries": temporaries, "warm_start": warm}
 
 
 def _label_state_bytes(method) -> int:
@@ -168,8 +218,8 @@ def describe(est: dict) -> str:
 
     return (f"memory estimate per process: {g('estimate_bytes')} {unit} = frozen weights {g('frozen_bytes')} + "
             f"trainable {g('trainable_bytes')} + gradients {g('grad_bytes')} + AdamW {g('optimizer_bytes')} + "
-            f"activations {g('activation_bytes')} (micro-batch {est['micro_batch']}, "
-            f"{est['longest_train_tokens']} tokens)")
+            f"activations {g('activation_bytes')} + transients {g('transient_bytes')} (micro-batch "
+            f"{est['micro_batch']}, {est['longest_train_tokens']} tokens)")
 
 
 def peak(device: torch.device) -> dict:
@@ -186,3 +236,152 @@ def peak(device: torch.device) -> dict:
     except (ImportError, OSError):
         pass
     return out
+
+
+# --------------------------------------------------------------------------- before anything loads
+# `ltune validate` has no model to probe (a 7B base may not even be downloadable where it runs):
+# `plan` counts from the model's published architecture (conf/model/<name>.yaml `arch`). Weights,
+# gradients, AdamW and the transients are exact counts; activations follow the usual per-layer
+# tally of what a block saves (Korthikanti et al. 2022, without dropout: the frozen base runs in
+# eval mode; flash/memory-efficient attention on GPUs keeps no T x T scores, except BLOOM, whose
+# ALiBi attention is eager). With no tokenizer at hand, lengths in tokens are bounded from the
+# characters: a text of c characters is taken as c/3 tokens (English BPE/WordPiece average ~4),
+# capped at model.max_length; a label as 1.5 tokens a word plus two special tokens.
+EAGER_ATTENTION = ("bloom",)
+GATED_MLP = ("llama",)
+BIASED = ("bert", "roberta", "deberta-v2", "gpt2", "bloom")
+CUDA_CONTEXT = GiB  # CUDA context + allocator slack the tensors do not show
+
+
+def arch_params(arch: dict) -> dict:
+    """Parameter counts of the bare model from its published architecture: embeddings, the
+    Linear weights of the blocks (what 8/4-bit loading quantizes) and the rest (norms, biases)."""
+    mt, V, d, L = arch["model_type"], int(arch["vocab"]), int(arch["hidden"]), int(arch["layers"])
+    h, kvh, inter = int(arch["heads"]), int(arch["kv_heads"]), int(arch["intermediate"])
+    kv_dim = kvh * (d // h)
+    emb = V * d + d * int(arch.get("type_vocab", 0) or 0)
+    if arch.get("positions") == "learned" or mt in ("bert", "roberta", "gpt2"):
+        emb += int(arch.get("max_positions", 512)) * d
+    if arch.get("relative_attention"):
+        emb += 2 * int(arch.get("position_buckets", 256)) * d
+    mlp = (3 if mt in GATED_MLP else 2) * d * inter
+    linear = L * (2 * d * d + 2 * d * kv_dim + mlp)
+    biased = mt in BIASED or bool(arch.get("bias"))
+    per_layer_rest = 4 * d + ((2 * d + 2 * kv_dim + inter + d) if biased else 0)
+    rest = L * per_layer_rest + 2 * d
+    return {"embedding": emb, "linear": linear, "rest": rest, "total": emb + linear + rest}
+
+
+def method_params(arch: dict, method, num_labels: int, label_len: int) -> dict:
+    """(trainable weights, of which in Linear maps the warm start fits) per method."""
+    d, L = int(arch["hidden"]), int(arch["layers"])
+    kv_dim = int(arch["kv_heads"]) * (d // int(arch["heads"]))
+    P, K, l = int(method.num_virtual_tokens), num_labels, label_len
+    pair_head = 2 * d + 2
+    if method.name == "prefix":
+        return {"trainable": L * 2 * kv_dim * P + d * K + K, "maps": 0, "map_in": 0}
+    if method.name == "prompt":
+        return {"trainable": P * d + d * K + K, "maps": 0, "map_in": 0}
+    if method.name == "lt_prompt":
+        return {"trainable": d * d + pair_head, "maps": d * d, "map_in": d}
+    if method.variant == "paper":
+        z = l * l * L * 2 * kv_dim
+        return {"trainable": d + z + pair_head, "maps": z, "map_in": l}
+    z = (d + 1) * L * 2 * kv_dim
+    return {"trainable": z + pair_head, "maps": z, "map_in": d}
+
+
+def token_bounds(cfg, data) -> tuple[int, int]:
+    """(longest text, longest label) in tokens, bounded from characters (see above)."""
+    import math
+
+    texts = [e.text + " " + (e.text_pair or "") for e in [*data.train, *data.eval]]
+    longest = min(int(cfg.model.max_length), math.ceil(max((len(t) for t in texts), default=1) / 3) + 3)
+    label = cfg.method.label_len or max(math.ceil(1.5 * len(t.split())) + 2 for t in data.label_texts)
+    return longest, int(label)
+
+
+def plan(cfg, data) -> dict | None:
+    """Per-process estimate (bytes) from conf/model's `arch` and the data (data.Splits), before
+    anything loads; None when the model config has no `arch` (the run prints its probed estimate)."""
+    arch = dict(cfg.model.arch or {})
+    if not arch:
+        return None
+    num_labels = len(data.label_texts)
+    longest, label_len = token_bounds(cfg, data)
+    hw, m = cfg.hardware, cfg.method
+    mt, d, L = arch["model_type"], int(arch["hidden"]), int(arch["layers"])
+    h, kvh, inter = int(arch["heads"]), int(arch["kv_heads"]), int(arch["intermediate"])
+    kv_dim = kvh * (d // h)
+    half = hw.dtype in ("bf16", "fp16") or hw.load_in != "none"
+    b = 2 if half else 4
+    p = arch_params(arch)
+    if hw.load_in == "8bit":
+        frozen = p["linear"] * 1 + (p["embedding"] + p["rest"]) * 2
+    elif hw.load_in == "4bit":  # NF4: half a byte a weight + its block constants
+        frozen = p["linear"] * 0.53 + (p["embedding"] + p["rest"]) * 2
+    else:
+        frozen = p["total"] * b
+    world = max(1, int(hw.nproc) or int(hw.gpus_per_node) or 1) if hw.strategy != "single" else 1
+    if hw.strategy == "fsdp":  # blocks sharded; embeddings whole; one block gathered at a time
+        frozen = (p["embedding"] + p["rest"]) * b + p["linear"] * b / world + p["linear"] * b / L
+    mp = method_params(arch, m, num_labels, label_len)
+    n_train, n_map = mp["trainable"], mp["maps"]
+    trainable, grads, optimizer = 4 * n_train, 4 * n_train, 8 * n_train
+    # Activations of one micro-batch: one sequence per text in training, at max_length tokens,
+    # plus the prefix (P or the label's l positions) the attention reads.
+    T = longest
+    prefix = int(m.num_virtual_tokens) if m.name in ("prefix", "prompt") else label_len
+    mlp_saved = (4 if mt in GATED_MLP else 2) * inter
+    per_token_layer = (8 * d + 2 * kv_dim + mlp_saved) * b
+    if mt in EAGER_ATTENTION:  # scores and probabilities, T x (T + prefix) per head
+        per_token_layer += h * (T + prefix) * (b + 4)
+    B, E = int(hw.batch_size), int(hw.eval_batch_size)
+    tokens = B * (T + (prefix if m.name in ("prompt", "lt_prompt") else 0))
+    if hw.gradient_checkpointing:  # block inputs kept; one block recomputed with its gradients
+        train_act = L * d * b * tokens + 3 * per_token_layer * tokens
+    else:
+        train_act = L * per_token_layer * tokens + 2 * per_token_layer * tokens
+    pairs = E * (num_labels if m.name.startswith("lt_") else 1)
+    eval_act = 1.2 * per_token_layer * pairs * T
+    copy = 2 * n_map if half else 0
+    accumulate = int(hw.grad_accum) * world > 1
+    temporaries = (6 * n_map if accumulate else 2 * n_map) if half else (4 * n_map if accumulate else 0)
+    label_states = num_labels * label_len * d * 4
+    warm = 0
+    if m.init_from_label and n_map:
+        out = n_map // mp["map_in"]
+        warm = fit_linear_transient_bytes(mp["map_in"], out, num_labels * label_len, m.name == "lt_prefix"
+                                          and m.variant != "paper") + trainable + label_states
+    activations = max(train_act, eval_act)
+    during = max(train_act + copy, temporaries, eval_act + copy)
+    transient = max(during, warm - (trainable + grads + optimizer + label_states)) - activations
+    total = frozen + trainable + grads + optimizer + label_states + activations + transient
+    return {"estimate_bytes": int(total), "frozen_bytes": int(frozen), "trainable_bytes": int(trainable),
+            "grad_bytes": int(grads), "optimizer_bytes": int(optimizer), "other_bytes": int(label_states),
+            "activation_bytes": int(activations), "train_activation_bytes": int(train_act),
+            "eval_activation_bytes": int(eval_act), "transient_bytes": int(transient),
+            "autocast_copy_bytes": int(copy), "grad_temporary_bytes": int(temporaries),
+            "warm_start_bytes": int(warm), "processes": world, "micro_batch": B, "longest_train_tokens": T,
+            "trainable_params": int(n_train), "frozen_params": int(p["total"])}
+
+
+def check_fits(est: dict, hw) -> None:
+    """Refuse a preset whose estimate (+ the CUDA context) exceeds its declared GPU memory."""
+    from ltune_cli.errors import LtuneError
+
+    limit = hw.gpu_mem_gb
+    if limit is None or est is None:
+        return
+    need = (est["estimate_bytes"] + CUDA_CONTEXT) / GiB
+    if need > limit:
+        method = (est["trainable_bytes"] + est["grad_bytes"] + est["optimizer_bytes"]) / GiB
+        what = (f"the method's {method:.1f} GiB of trainable weights, gradients and AdamW do not shrink with the "
+                f"batch: use a GPU with more memory or a smaller method (prefix, prompt, lt_prompt)"
+                if method > 0.5 * limit or est["frozen_bytes"] / GiB + method > limit else
+                "lower hardware.batch_size and raise hardware.grad_accum, set hardware.gradient_checkpointing=true, "
+                "or use hardware=gpu_large / fsdp / gpu_8bit")
+        raise LtuneError(
+            f"hardware={hw.name} declares hardware.gpu_mem_gb={limit:g} but this run needs about {need:.1f} GiB per "
+            f"GPU (estimate {est['estimate_bytes'] / GiB:.1f} + 1 CUDA context): {what}. A larger GPU: set "
+            f"hardware.gpu_mem_gb=<its GiB>.")

@@ -31,6 +31,11 @@ def glue_dir() -> Path:
     return _first_existing(PACKAGE_DIR / "glue", REPO_ROOT / "data" / "glue")
 
 
+def r8_dir() -> Path:
+    """The vendored Reuters R8 topics (data/r8: train.tsv, dev.tsv)."""
+    return _first_existing(PACKAGE_DIR / "r8", REPO_ROOT / "data" / "r8")
+
+
 def cache_dir() -> Path:
     """Converted model weights (e.g. the GGUF -> safetensors copy of SmolLM2)."""
     env = os.environ.get("LTUNE_CACHE")

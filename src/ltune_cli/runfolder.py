@@ -177,7 +177,16 @@ def prepare_run_dir(cfg, *, lock: bool = True) -> tuple[Path, bool]:
     """
     if cfg.resume:
         return _open_for_resume(cfg, lock), True
-    d = make_run_dir(cfg)
+    held = None
+    if lock and cfg.out_dir and (Path(cfg.out_dir).expanduser() / RunLock.NAME).exists():
+        held = Path(cfg.out_dir).expanduser().resolve()  # a run may be writing there: name its holder
+        acquire(held)
+    try:
+        d = make_run_dir(cfg)
+    except BaseException:
+        if held:
+            release(held)
+        raise
     if lock:
         acquire(d)
     try:
@@ -332,9 +341,10 @@ def os_reason(e: OSError) -> str:
 class RunLock:
     """One writer per run folder: an exclusive `flock` on `<run>/.ltune.lock`.
 
-    The kernel drops the lock when the process ends, however it ends (SIGKILL, a crash, a
-    lost node on a local filesystem), so a stale lock never blocks a resume. The file names
-    its holder (pid, host, start time) for the error the next process gets.
+    The kernel drops the lock when the process ends, however it ends (SIGKILL, a crash), so a
+    stale lock never blocks a resume. The file names its holder (pid, host, start time) for
+    the error the next process gets, and is removed on release (a process that locked a file
+    just removed or replaced checks the inode and tries again, so two never both hold it).
     """
 
     NAME = ".ltune.lock"
@@ -347,19 +357,30 @@ class RunLock:
         import fcntl
         import socket
 
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as e:
-            raise LtuneError(f"cannot write to run folder {self.path.parent} ({os_reason(e)}); choose a writable "
-                             f"out_dir.") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 400, 0).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            raise LtuneError(f"{self.path.parent} is being written by another ltune run ({holder}); wait for it "
-                             f"to finish or stop it (Ctrl-C checkpoints it), then `{resume_command(self.path.parent)}`"
-                             f", or choose another out_dir.") from None
+        for _ in range(10):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                raise LtuneError(f"cannot write to run folder {self.path.parent} ({os_reason(e)}); choose a "
+                                 f"writable out_dir.") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 400, 0).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                raise LtuneError(f"{self.path.parent} is being written by another ltune run ({holder}); wait for "
+                                 f"it to finish or stop it (Ctrl-C checkpoints it), then "
+                                 f"`{resume_command(self.path.parent)}`, or choose another out_dir.") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder removed the file between our open and flock: take the new one
+        else:
+            raise LtuneError(f"could not lock {self.path}: it keeps being replaced; is another process "
+                             f"writing {self.path.parent}?")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
                       .encode(), 0)
@@ -367,6 +388,10 @@ class RunLock:
 
     def release(self) -> None:
         if self.fd is not None:
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError:
+                pass
             os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = None
 

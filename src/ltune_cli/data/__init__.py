@@ -8,9 +8,16 @@ file content.
 Texts are stripped of surrounding whitespace. `train_limit` / `eval_limit` keep the first N
 examples of a split in file order (deterministic, no shuffling); for local files the whole
 file is still checked, for the hub only the first N rows are read.
+
+`holdout: N` tunes without touching the eval split: N train examples, drawn once with a fixed
+seed (`HOLDOUT_SEED`, the same slice for every method and run seed), become the eval split and
+training uses the rest (then `train_limit`/`eval_limit` apply). Learning rates and lengths
+chosen on it never saw the dev set.
 """
 
 from __future__ import annotations
+
+import random
 
 from ltune_cli.data.examples import Columns
 from ltune_cli.data.files import load_files
@@ -59,6 +66,23 @@ def load_splits(cfg) -> Splits:
     columns = Columns.from_cfg(cfg)
     train_limit = _limit(cfg.train_limit, "dataset.train_limit")
     eval_limit = _limit(cfg.eval_limit, "dataset.eval_limit")
+    holdout = _limit(getattr(cfg, "holdout", None), "dataset.holdout")
     train, eval_, source = loader(cfg, columns, label_texts)
+    if holdout:
+        train, eval_, source = _hold_out(train, holdout, source)
     return Splits(name=str(cfg.name), label_texts=label_texts, train=train[:train_limit],
                   eval=eval_[:eval_limit], primary_metric=str(cfg.primary_metric), source=source)
+
+
+HOLDOUT_SEED = 20240201  # fixed: every method, run seed and sweep tunes on the same slice
+
+
+def _hold_out(train: list[Example], n: int, source: dict) -> tuple[list[Example], list[Example], dict]:
+    """(train without the slice, the slice as eval split, source noting it); file order is kept."""
+    if n >= len(train):
+        raise LtuneError(f"config key 'dataset.holdout' is {n} but the train split has {len(train)} examples; "
+                         f"hold out fewer (e.g. dataset.holdout={max(len(train) // 5, 1)}).")
+    picked = set(random.Random(HOLDOUT_SEED).sample(range(len(train)), n))
+    held = [e for i, e in enumerate(train) if i in picked]
+    rest = [e for i, e in enumerate(train) if i not in picked]
+    return rest, held, {**source, "eval": f"holdout: {n} train examples (seed {HOLDOUT_SEED})"}

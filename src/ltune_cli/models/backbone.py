@@ -206,8 +206,13 @@ class Backbone(nn.Module):
         The label goes in as the tokenizer frames any input ([CLS] label [SEP] for BERT):
         a lone word without its special tokens gives BERT-style encoders the same state for
         every label (MiniLM: cosine 1.000 between "negative" and "positive"; 0.72 framed).
+        A decoder reads the label after a start token (`label_start_id`): at position 0 a causal
+        LM writes nearly the same state for any token (SmolLM2-135M: cosine 0.9999 between the
+        two labels, so the trainable map moved both labels' prefixes alike and lt_prefix /
+        lt_prompt stayed at chance; 0.90 after <|im_start|>).
         """
-        enc = [self.tokenizer(t)["input_ids"] for t in label_texts]
+        start = self.label_start_id()
+        enc = [([start] if start is not None else []) + self.tokenizer(t)["input_ids"] for t in label_texts]
         for t, ids in zip(label_texts, enc, strict=True):
             if not ids:
                 raise LtuneError(f"label text '{t}' tokenizes to nothing (dataset.label_texts).")
@@ -225,8 +230,20 @@ class Backbone(nn.Module):
         self.eval()
         states = self.hidden_states(ids, mask).float() * mask[..., None]
         self.train(was_training)
-        check_distinct_labels(label_texts, ids, mask, states, self.tokenizer, label_len)
+        s = 0 if start is None else 1  # the shared start token says nothing about the label
+        check_distinct_labels(label_texts, ids[:, s:], mask[:, s:], states[:, s:], self.tokenizer, label_len)
         return LabelStates(states=states, mask=mask, ids=ids)
+
+    def label_start_id(self) -> int | None:
+        """The token a decoder reads before a label text: the tokenizer's BOS (else EOS), unless
+        the tokenizer already starts every input with it; None for encoders (framed by CLS)."""
+        if self.geo.kind != "decoder":
+            return None
+        tok = self.tokenizer
+        start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        if start is None or tok("a")["input_ids"][:1] == [start]:
+            return None
+        return int(start)
 
     @property
     def max_positions(self) -> int | None:

@@ -89,7 +89,7 @@ def family_name(model_type: str | None, requested: str = "auto", where: str = "c
     name = model_type if requested == "auto" else requested
     if name in FAMILIES:
         return name
-    near = suggest(name, FAMILIES)
+    near = suggest(name, FAMILIES) if requested != "auto" else ""  # a typo in model.family, not a model_type
     near = near if near.startswith(" Did you mean") else ""
     src = "model.family" if requested != "auto" else f"model_type in {where}"
     raise LtuneError(f"model family '{name}' ({src}) is not supported.{near} Supported: {', '.join(FAMILIES)}; "

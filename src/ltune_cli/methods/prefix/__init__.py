@@ -1,7 +1,14 @@
 """Prefix tuning (P-tuning v2): P trainable key/value vectors at every layer, K-way head.
 
 Trainable: prefix (L, 2, kv_heads, P, head_dim) + head (d*K + K).
-Initialised N(0, 1) like PEFT's PrefixEncoder embedding (no reparameterisation).
+
+init=vocab (default): the prefix starts as the key/values the frozen LM writes when it reads
+P random vocabulary tokens, so at step 0 a text reads as "P words, then text" (prompt tuning's
+init=vocab, in key/value form). init=normal: N(0, 1) like PEFT's PrefixEncoder embedding.
+N(0, 1) is far off a real model's scale (SmolLM2-135M writes values of rms 0.04 at layer 0,
+0.4-1.2 above) and erases the text from the pooled state: a logistic probe on SmolLM2's
+step-0 encodings fell from 0.72 (no prefix) to 0.47 under an N(0, 1) prefix (docs/methods.md,
+scripts/step0_probe.py).
 """
 
 from __future__ import annotations
@@ -20,7 +27,15 @@ class Prefix(ClassifierMethod):
     def __init__(self, backbone, cfg, label_texts):
         super().__init__(backbone, cfg, label_texts)
         g = backbone.geo
-        self.prefix = nn.Parameter(torch.randn(g.layers, 2, g.kv_heads, cfg.num_virtual_tokens, g.head_dim))
+        P = cfg.num_virtual_tokens
+        if cfg.init == "vocab":
+            vocab = backbone.model.get_input_embeddings().weight.shape[0]
+            ids = torch.randint(0, vocab, (1, P)).to(backbone.device)
+            kv = backbone.reading_kv(ids, torch.ones_like(ids))[0]  # (P, L, 2, kv_heads, head_dim)
+            init = kv.permute(1, 2, 3, 0, 4).contiguous().cpu()
+        else:
+            init = torch.randn(g.layers, 2, g.kv_heads, P, g.head_dim)
+        self.prefix = nn.Parameter(init)
 
     def encode(self, batch):
         B = batch["input_ids"].shape[0]

@@ -1,0 +1,341 @@
+"""The study that answers "does L-Tuning beat prefix and prompt tuning?" (docs/RESULTS.md).
+
+A study is a plan in `conf/study/<name>.yaml` (cells = model x dataset, methods, budget, the
+tuning grid, seeds, ablations). It becomes a list of jobs, each one `ltune train` run with
+explicit overrides in its own folder under `outputs/study/<name>/<stage>/<model>-<dataset>/...`.
+Running a stage runs only what is missing: a completed run folder is skipped, an interrupted one
+is resumed from its checkpoint, so a study spans as many sittings as it needs
+(`python -m ltune_cli.study run <stage>`; `make study`).
+
+Stages, in order (each later stage reads the earlier ones' run folders):
+- `pilot`: every method at its default learning rate for a long budget on the held-out slice of
+  train, to choose the step budget from the curves (where the best method has plateaued).
+- `tune`: every method x learning-rate scale (x prefix/prompt length for the baselines) on a
+  fixed held-out slice of *train* (`dataset.holdout`), seed 0. The dev split is never seen.
+- `final`: every method with its chosen values, several seeds, scored on the full dev split.
+- `ablate`: label texts made meaningless or swapped between classes, lt_prefix's A.5 variant,
+  the warm start off; each with the chosen values of the method it varies.
+
+The run folders' small files (config, metrics, results, predictions) are committed; weights and
+checkpoints are not (.gitignore), so a run cut by the end of a sitting is rerun from its start on
+a fresh checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ltune_cli import runfolder
+from ltune_cli.errors import LtuneError
+from ltune_cli.paths import conf_dir
+
+STAGES = ("pilot", "tune", "final", "ablate")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+@dataclass
+class Job:
+    stage: str
+    model: str
+    dataset: str
+    method: str
+    tag: str  # what distinguishes this job inside its (stage, cell, method): e.g. "lr0.3-P10-s0"
+    overrides: list[str] = field(default_factory=list)
+    values: dict = field(default_factory=dict)  # the varied values, recorded in the results CSV
+
+    @property
+    def cell(self) -> str:
+        return f"{self.model}-{self.dataset}"
+
+    def __post_init__(self):
+        # One value per key, the last given winning (as Hydra does), in first-mention order.
+        last = {o.split("=", 1)[0]: o for o in self.overrides}
+        self.overrides = [last[k] for k in dict.fromkeys(o.split("=", 1)[0] for o in self.overrides)]
+
+    def folder(self, root: Path) -> Path:
+        return root / self.stage / self.cell / self.method / self.tag
+
+
+def load_spec(name_or_path: str) -> dict:
+    from omegaconf import OmegaConf
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = conf_dir() / "study" / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise LtuneError(f"study plan {path} not found; the plans are in {conf_dir() / 'study'}.")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
+def root_of(spec: dict) -> Path:
+    from ltune_cli.paths import outputs_dir
+
+    return outputs_dir() / "study" / spec["name"]
+
+
+def _method_defaults(method: str) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(conf_dir() / "method" / f"{method}.yaml"))
+
+
+def _dataset_labels(dataset: str) -> list[str]:
+    from omegaconf import OmegaConf
+
+    return list(OmegaConf.load(conf_dir() / "dataset" / f"{dataset}.yaml").label_texts)
+
+
+def _lr_overrides(method: str, scale: float) -> list[str]:
+    """The method's own learning rates (conf/method/<m>.yaml) times `scale`: every method gets the
+    same relative grid around its default, and the absolute values land in config.yaml."""
+    d = _method_defaults(method)
+    out = [f"method.lr={d['lr'] * scale:.6g}"]
+    if d.get("head_lr") is not None:
+        out.append(f"method.head_lr={d['head_lr'] * scale:.6g}")
+    return out
+
+
+def _base(spec: dict, model: str, dataset: str, method: str) -> list[str]:
+    return [f"model={model}", f"dataset={dataset}", f"method={method}", *spec.get("common", []),
+            *spec.get("datasets", {}).get(dataset, []), *spec.get("models", {}).get(model, [])]
+
+
+def _cells(spec: dict):
+    for model, datasets in spec["cells"].items():
+        for dataset in datasets:
+            yield model, dataset
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def pilot_jobs(spec: dict) -> list[Job]:
+    p = spec["pilot"]
+    jobs = []
+    for cell in p["cells"]:
+        model, dataset = cell.split("/")
+        for method in spec["methods"]:
+            ov = [*_base(spec, model, dataset, method), *p.get("overrides", []),
+                  f"dataset.holdout={spec['tune']['holdout'][dataset]}", "seed=0"]
+            jobs.append(Job("pilot", model, dataset, method, "s0", ov, {}))
+    return jobs
+
+
+def tune_jobs(spec: dict) -> list[Job]:
+    t = spec["tune"]
+    jobs = []
+    for model, dataset in _cells(spec):
+        for method in spec["methods"]:
+            lengths = t.get("num_virtual_tokens", []) if method in ("prefix", "prompt") else []
+            for scale in t["lr_scale"]:
+                for P in lengths or [None]:
+                    tag = f"lr{_fmt(scale)}" + (f"-P{P}" if P else "") + f"-s{t['seed']}"
+                    ov = [*_base(spec, model, dataset, method), *_lr_overrides(method, scale),
+                          f"dataset.holdout={t['holdout'][dataset]}", f"seed={t['seed']}"]
+                    if P:
+                        ov.append(f"method.num_virtual_tokens={P}")
+                    if t.get("eval_limit"):
+                        ov.append(f"dataset.eval_limit={t['eval_limit']}")
+                    values = {"lr_scale": scale, "num_virtual_tokens": P}
+                    jobs.append(Job("tune", model, dataset, method, tag, ov, values))
+    return jobs
+
+
+def choose(spec: dict, root: Path, strict: bool = True) -> dict[tuple[str, str, str], dict]:
+    """(model, dataset, method) -> the tune job's values with the best final primary metric on the
+    held-out slice (ties: the first in grid order). strict: every tune run must have completed."""
+    chosen: dict = {}
+    for job in tune_jobs(spec):
+        res = _completed(job.folder(root))
+        if res is None:
+            if strict:
+                raise LtuneError(f"tune run {job.folder(root)} has not completed: run `python -m ltune_cli.study "
+                                 f"run tune` first.")
+            continue
+        score = (res.get("final") or {}).get(res["primary_metric"])
+        key = (job.model, job.dataset, job.method)
+        if score is not None and (key not in chosen or score > chosen[key]["score"]):
+            chosen[key] = {**job.values, "score": score}
+    return chosen
+
+
+def _chosen_overrides(method: str, values: dict) -> list[str]:
+    ov = _lr_overrides(method, values["lr_scale"])
+    if values.get("num_virtual_tokens"):
+        ov.append(f"method.num_virtual_tokens={values['num_virtual_tokens']}")
+    return ov
+
+
+def _seeds(spec: dict, stage: str, dataset: str) -> list[int]:
+    s = spec[stage]
+    return list(range(s.get("seeds_by_dataset", {}).get(dataset, s["seeds"])))
+
+
+def final_jobs(spec: dict, chosen: dict) -> list[Job]:
+    jobs = []
+    for model, dataset in _cells(spec):
+        for method in spec["methods"]:
+            values = chosen[(model, dataset, method)]
+            for seed in _seeds(spec, "final", dataset):
+                ov = [*_base(spec, model, dataset, method), *_chosen_overrides(method, values), f"seed={seed}"]
+                jobs.append(Job("final", model, dataset, method, f"s{seed}", ov, dict(values)))
+    return jobs
+
+
+def _ablation(name: str, dataset: str) -> list[str]:
+    if name == "labels_meaningless":  # "label zero", "label one", ...: no meaning, same shape
+        k = len(_dataset_labels(dataset))
+        return ["dataset.label_texts=[" + ",".join(f"label {NUMBER_WORDS[i]}" for i in range(k)) + "]"]
+    if name == "labels_swapped":  # class i gets class i+1's text: the meaning points the wrong way
+        texts = _dataset_labels(dataset)
+        return ["dataset.label_texts=[" + ",".join(texts[1:] + texts[:1]) + "]"]
+    if name == "variant_paper":
+        return ["method.variant=paper"]
+    if name == "warm_start_off":
+        return ["method.init_from_label=false"]
+    raise LtuneError(f"study plan: unknown ablation '{name}' (known: labels_meaningless, labels_swapped, "
+                     f"variant_paper, warm_start_off).")
+
+
+def ablate_jobs(spec: dict, chosen: dict) -> list[Job]:
+    a = spec["ablate"]
+    jobs = []
+    for cell in a["cells"]:
+        model, dataset = cell.split("/")
+        for name, methods in a["variants"].items():
+            for method in methods:
+                values = chosen[(model, dataset, method)]
+                for seed in _seeds(spec, "ablate", dataset):
+                    ov = [*_base(spec, model, dataset, method), *_chosen_overrides(method, values),
+                          *_ablation(name, dataset), f"seed={seed}"]
+                    jobs.append(Job("ablate", model, dataset, method, f"{name}-s{seed}", ov,
+                                    {**values, "ablation": name}))
+    return jobs
+
+
+def jobs_for(spec: dict, stage: str, root: Path) -> list[Job]:
+    if stage == "pilot":
+        return pilot_jobs(spec)
+    if stage == "tune":
+        return tune_jobs(spec)
+    chosen = choose(spec, root)
+    return final_jobs(spec, chosen) if stage == "final" else ablate_jobs(spec, chosen)
+
+
+def _completed(folder: Path) -> dict | None:
+    try:
+        res = runfolder.read_results(folder)
+    except (OSError, ValueError):
+        return None
+    return res if res.get("status") == "completed" else None
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    return (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
+
+
+def run_job(job: Job, root: Path) -> str:
+    """Run (or resume) one job in a subprocess; its output goes to <folder>.log. Returns its status."""
+    folder = job.folder(root)
+    if _completed(folder):
+        return "skipped"
+    if folder.exists() and not _has_checkpoint(folder):
+        shutil.rmtree(folder)  # an earlier attempt that left nothing to resume from
+    argv = ([sys.executable, "-m", "ltune_cli", "train", "--resume", str(folder)] if folder.exists()
+            else [sys.executable, "-m", "ltune_cli", "train", *job.overrides, f"out_dir={folder}"])
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{job.tag}.log", "a") as log:
+        log.write(f"$ {' '.join(argv)}\n")
+        log.flush()
+        rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+    return "completed" if rc == 0 and _completed(folder) else f"failed (exit {rc}, see {folder.parent / job.tag}.log)"
+
+
+def run_stage(spec: dict, stage: str, jobs_in_parallel: int = 2, dry: bool = False) -> int:
+    root = root_of(spec)
+    jobs = jobs_for(spec, stage, root)
+    todo = [j for j in jobs if not _completed(j.folder(root))]
+    print(f"study {spec['name']}, stage {stage}: {len(jobs)} runs, {len(jobs) - len(todo)} done, {len(todo)} to run")
+    if dry:
+        for j in todo:
+            print("  ltune train " + " ".join(j.overrides) + f" out_dir={j.folder(root)}")
+        return 0
+    t0, failed = time.time(), 0
+    with ThreadPoolExecutor(max_workers=jobs_in_parallel) as pool:
+        for n, (job, status) in enumerate(zip(todo, pool.map(lambda j: run_job(j, root), todo)), 1):
+            failed += status.startswith("failed")
+            print(f"[{n}/{len(todo)}] {job.folder(root).relative_to(root)}: {status} "
+                  f"({time.time() - t0:.0f} s elapsed)", flush=True)
+    return 1 if failed else 0
+
+
+def runs_table(spec: dict):
+    """One row per completed run of every stage (pandas DataFrame): the per-run CSV's content."""
+    import pandas as pd
+
+    root = root_of(spec)
+    rows = []
+    for stage in STAGES:
+        try:
+            jobs = jobs_for(spec, stage, root)
+        except LtuneError:  # the tune stage has not finished: no later stage yet
+            continue
+        for job in jobs:
+            res = _completed(job.folder(root))
+            if res is None:
+                continue
+            final = res.get("final") or {}
+            rows.append({"stage": stage, "model": job.model, "dataset": job.dataset, "method": job.method,
+                         "tag": job.tag, "seed": res["seed"], **{k: v for k, v in job.values.items()},
+                         "steps": res["steps"], "trainable_params": res["trainable_params"],
+                         "train_time_s": res["train_time_s"], "wall_time_s": res["wall_time_s"],
+                         "eval_examples": res["eval_examples"],
+                         **{k: final.get(k) for k in ("accuracy", "mcc", "macro_f1", "val_loss", "pair_accuracy")},
+                         "run_dir": str(job.folder(root))})
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ltune_cli.study", description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=("run", "status", "chosen"))
+    p.add_argument("stage", nargs="?", choices=STAGES)
+    p.add_argument("--plan", default="reproduce_cpu", help="conf/study/<plan>.yaml or a path")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (each on hardware.num_threads=1)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands still to run")
+    a = p.parse_args(argv)
+    try:
+        spec = load_spec(a.plan)
+        if a.command == "run":
+            if a.stage is None:
+                raise LtuneError("say which stage to run: pilot, tune, final or ablate.")
+            return run_stage(spec, a.stage, a.jobs, a.dry_run)
+        if a.command == "chosen":
+            print(json.dumps({"/".join(k): v for k, v in choose(spec, root_of(spec), strict=False).items()},
+                             indent=1))
+            return 0
+        root = root_of(spec)
+        for stage in STAGES:
+            try:
+                jobs = jobs_for(spec, stage, root)
+            except LtuneError as e:
+                print(f"{stage}: waiting ({e})")
+                continue
+            done = sum(_completed(j.folder(root)) is not None for j in jobs)
+            print(f"{stage}: {done}/{len(jobs)} runs completed")
+        return 0
+    except LtuneError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The study driver (ltune_cli.study): plan -> jobs, selection on held-out train, resumable runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from ltune_cli import study
+from ltune_cli.errors import LtuneError
+
+SPEC = {
+    "name": "t", "cells": {"minilm": ["sst2", "r8"]}, "methods": ["prefix", "lt_prefix"],
+    "common": ["train.max_steps=10", "hardware.num_threads=1"], "datasets": {"r8": ["model.max_length=64"]},
+    "pilot": {"cells": ["minilm/sst2"], "overrides": ["train.max_steps=30"]},
+    "tune": {"seed": 0, "holdout": {"sst2": 50, "r8": 40}, "lr_scale": [0.5, 2.0], "num_virtual_tokens": [5, 10]},
+    "final": {"seeds": 2, "seeds_by_dataset": {"r8": 3}},
+    "ablate": {"cells": ["minilm/r8"], "seeds": 1,
+               "variants": {"labels_meaningless": ["lt_prefix"], "labels_swapped": ["lt_prefix"]}},
+}
+
+
+def _finish(folder, score, seed=0):
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({
+        "status": "completed", "primary_metric": "accuracy", "seed": seed, "final": {"accuracy": score},
+        "steps": 10, "trainable_params": 1, "train_time_s": 1.0, "wall_time_s": 2.0, "eval_examples": 5}))
+
+
+def test_jobs_cover_the_grid_with_explicit_values(tmp_path, monkeypatch):
+    tune = study.tune_jobs(SPEC)
+    # per cell: prefix 2 lr x 2 P + lt_prefix 2 lr
+    assert len(tune) == 2 * (4 + 2)
+    j = next(j for j in tune if j.method == "lt_prefix" and j.dataset == "r8" and j.values["lr_scale"] == 2.0)
+    assert "method.lr=0.0006" in j.overrides and "method.head_lr=0.01" in j.overrides  # 2 x 3e-4, 2 x 5e-3
+    assert "dataset.holdout=40" in j.overrides and "model.max_length=64" in j.overrides
+    pilot = study.pilot_jobs(SPEC)
+    assert len(pilot) == 2 and all("train.max_steps=30" in j.overrides for j in pilot)
+    assert all(sum(o.startswith("train.max_steps=") for o in j.overrides) == 1 for j in pilot)  # last wins
+
+
+def test_selection_reads_held_out_scores_and_drives_final_and_ablations(tmp_path):
+    root = tmp_path / "study"
+    with pytest.raises(LtuneError, match="has not completed"):
+        study.choose(SPEC, root)
+    for j in study.tune_jobs(SPEC):  # best: lr 2.0, P 5 for prefix; lr 0.5 for lt_prefix
+        best = (j.values["lr_scale"] == 2.0 and j.values["num_virtual_tokens"] == 5) if j.method == "prefix" \
+            else j.values["lr_scale"] == 0.5
+        _finish(j.folder(root), 0.9 if best else 0.6)
+    chosen = study.choose(SPEC, root)
+    assert chosen[("minilm", "sst2", "prefix")]["lr_scale"] == 2.0
+    assert chosen[("minilm", "sst2", "prefix")]["num_virtual_tokens"] == 5
+    assert chosen[("minilm", "r8", "lt_prefix")]["lr_scale"] == 0.5
+    final = study.final_jobs(SPEC, chosen)
+    assert len(final) == 2 * 2 + 2 * 3  # sst2: 2 seeds, r8: 3 seeds
+    f = next(j for j in final if j.method == "prefix")
+    assert "method.lr=0.02" in f.overrides and "method.num_virtual_tokens=5" in f.overrides
+    assert not any(o.startswith("dataset.holdout") for o in f.overrides)  # final runs score on dev
+    abl = {j.values["ablation"]: j for j in study.ablate_jobs(SPEC, chosen)}
+    assert abl["labels_meaningless"].overrides[-2].startswith("dataset.label_texts=[label zero,label one,")
+    assert abl["labels_swapped"].overrides[-2] == ("dataset.label_texts=[acquisition,crude oil,trade,"
+                                                   "foreign exchange,interest rates,shipping,grain,earnings]")
+
+
+def test_run_skips_completed_resumes_checkpointed_and_restarts_empty(tmp_path, monkeypatch):
+    root = tmp_path / "study"
+    jobs = study.tune_jobs(SPEC)[:3]
+    _finish(jobs[0].folder(root), 0.5)
+    (jobs[1].folder(root) / "checkpoints" / "step_5").mkdir(parents=True)
+    jobs[2].folder(root).mkdir(parents=True)  # a start that left nothing to resume from
+    calls = []
+
+    def fake_run(argv, **kw):
+        calls.append(argv)
+        folder = argv[argv.index("--resume") + 1] if "--resume" in argv else argv[-1].split("=", 1)[1]
+        from pathlib import Path
+        if "--resume" not in argv:
+            assert not Path(folder).exists()
+        (Path(folder)).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "results.json").write_text(json.dumps({"status": "completed"}))
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    assert [study.run_job(j, root) for j in jobs] == ["skipped", "completed", "completed"]
+    assert len(calls) == 2 and "--resume" in calls[0] and "--resume" not in calls[1]
+    assert calls[1][-1] == f"out_dir={jobs[2].folder(root)}"
+
+
+def test_runs_table_has_one_row_per_completed_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path))
+    root = study.root_of(SPEC)
+    for n, j in enumerate(study.tune_jobs(SPEC)):
+        _finish(j.folder(root), 0.5 + n / 100)
+    table = study.runs_table(SPEC)
+    assert (table["stage"] == "tune").sum() == 12 and table["accuracy"].max() == pytest.approx(0.61)
