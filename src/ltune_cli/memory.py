@@ -174,12 +174,14 @@ def _maps(method) -> list[torch.nn.Linear]:
             and m.weight.requires_grad]
 
 
-def fit_linear_transient_bytes(in_features: int, out_features: int, rows: int, bias: bool = True) -> int:
+def fit_linear_transient_bytes(in_features: int, out_features: int, rows: int, bias: bool = True,
+                               chunk: int = 1 << 14) -> int:
     """Peak bytes methods.base.fit_linear allocates for an (in -> out) map fitted on `rows` rows:
-    the float64 solution (in [+1], out) and its fp32 transpose for the copy into the weight
-    (plus the float64 targets). tests/test_gpu_config.py measures fit_linear against this."""
-    i = in_features + int(bias)
-    return 8 * i * out_features + 4 * in_features * out_features + 8 * rows * out_features
+    one chunk of the fp32 solution (in [+1], chunk) and of the fp32 targets (rows, chunk, and its
+    row-weighted copy), plus the small float64 N x N solve. tests/test_gpu_config.py measures
+    fit_linear against this."""
+    i, c = in_features + int(bias), min(chunk, out_features)
+    return 4 * i * c + 8 * rows * c + 24 * rows * i
 
 
 def transients(method, *, half: bool, accumulate: bool) -> dict:

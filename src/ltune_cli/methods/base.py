@@ -180,6 +180,7 @@ def fit_linear(layer: nn.Linear, x: torch.Tensor, y: torch.Tensor, ridge: float 
         layer.weight[c:c + chunk].copy_(w[: layer.in_features].T)
         if layer.bias is not None:
             layer.bias[c:c + chunk].copy_(w[layer.in_features])
+        del w  # else the next chunk's product is allocated while this one is still alive
 
 
 def draw_pairs(labels: torch.Tensor, num_labels: int, generator: torch.Generator):
