@@ -482,17 +482,9 @@ def record_failure(run_dir: Path, cfg, e: BaseException, t_start: float) -> None
     try:
         (run_dir / "error.txt").write_text(msg + "\n\n" + "".join(traceback.format_exception(e)))
         if not (run_dir / "results.json").exists():
-            write_json(run_dir / "results.json", {
-                "schema": SCHEMA, "status": "failed", "error": msg, "ltune_version": _version(),
-                "versions": versions(), "git": git_info(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "run": {"name": run_name(cfg), "method": cfg.method.name,
-                        "variant": cfg.method.variant if cfg.method.name == "lt_prefix" else None,
-                        "model": cfg.model.name, "model_path": cfg.model.path, "family": None,
-                        "dataset": cfg.dataset.name, "seed": cfg.seed},
-                "seed": cfg.seed, "trainable_params": None, "total_params": None, "steps": None,
-                "train_examples": None, "eval_examples": None,
-                "primary_metric": cfg.dataset.primary_metric, "final": None, "best": None,
-                "wall_time_s": time.time() - t_start, "train_time_s": None})
+            write_json(run_dir / "results.json", result_record(  # no setup: the size fields are null
+                cfg, None, status="failed", history=[], steps=None, wall=time.time() - t_start,
+                train_time=None, error=msg))
     except OSError as err:
         logging.getLogger("ltune").warning("could not record the failure in %s (%s)", run_dir, os_reason(err))
 
