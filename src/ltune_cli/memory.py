@@ -184,14 +184,20 @@ def fit_linear_transient_bytes(in_features: int, out_features: int, rows: int, b
     return 4 * i * c + 8 * rows * c + 24 * rows * i
 
 
-def transients(method, *, half: bool, accumulate: bool) -> dict:
-    """Short-lived bytes the persistent terms miss, each at its own moment (see the module doc)."""
-    maps = _maps(method)
-    n = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0) for m in maps)
+def map_transients(n: int, *, half: bool, accumulate: bool) -> tuple[int, int]:
+    """(autocast copy, gradient temporaries) in bytes for label maps of n weights."""
     copy = 2 * n if half else 0  # autocast caches the bf16/fp16 cast of a leaf weight per forward
     # backward of a Linear under autocast: a half-precision weight gradient, cast to fp32 (the
     # cast's result becomes .grad, counted under gradients, unless one is there to add it to)
     temporaries = (2 * n + 4 * n if accumulate else 2 * n) if half else (4 * n if accumulate else 0)
+    return copy, temporaries
+
+
+def transients(method, *, half: bool, accumulate: bool) -> dict:
+    """Short-lived bytes the persistent terms miss, each at its own moment (see the module doc)."""
+    maps = _maps(method)
+    n = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0) for m in maps)
+    copy, temporaries = map_transients(n, half=half, accumulate=accumulate)
     warm = 0
     if getattr(method.cfg, "init_from_label", False) and maps:
         lab = getattr(method, "labels_frozen", None)
@@ -346,9 +352,7 @@ def plan(cfg, data) -> dict | None:
         train_act = L * per_token_layer * tokens + 2 * per_token_layer * tokens
     pairs = E * (num_labels if m.name.startswith("lt_") else 1)
     eval_act = 1.2 * per_token_layer * pairs * T
-    copy = 2 * n_map if half else 0
-    accumulate = int(hw.grad_accum) * world > 1
-    temporaries = (6 * n_map if accumulate else 2 * n_map) if half else (4 * n_map if accumulate else 0)
+    copy, temporaries = map_transients(n_map, half=half, accumulate=int(hw.grad_accum) * world > 1)
     label_states = num_labels * label_len * d * 4
     warm = 0
     if m.init_from_label and n_map:

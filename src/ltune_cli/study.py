@@ -295,7 +295,7 @@ def runs_table(spec: dict):
                 continue
             final = res.get("final") or {}
             rows.append({"stage": stage, "model": job.model, "dataset": job.dataset, "method": job.method,
-                         "tag": job.tag, "seed": res["seed"], **{k: v for k, v in job.values.items()},
+                         "tag": job.tag, "seed": res["seed"], **job.values,
                          "steps": res["steps"], "trainable_params": res["trainable_params"],
                          "train_time_s": res["train_time_s"], "wall_time_s": res["wall_time_s"],
                          "eval_examples": res["eval_examples"],
