@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -15,12 +16,43 @@ import typer
 
 from ltune_cli.errors import LtuneError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Label-aware parameter-efficient fine-tuning (L-Tuning, prefix and prompt tuning).")
 
+
+def _complete_override(incomplete: str) -> list[str]:
+    from ltune_cli.catalog import complete_override
+
+    return complete_override(incomplete)
+
+
 OVERRIDES = typer.Argument(None, help="Hydra-style overrides: model=minilm dataset=sst2 method=lt_prefix "
-                                      "train.max_steps=300 ...", show_default=False)
+                                      "train.max_steps=300 ...", show_default=False,
+                           autocompletion=_complete_override)
 DEBUG = typer.Option(False, "--debug", help="Show full tracebacks.")
+CONFIG_DIR = typer.Option(None, "--config-dir", envvar="LTUNE_CONFIG_DIR", show_default=False,
+                          help="Your own config folder: <DIR>/model|dataset|method|hardware|sweep/<name>.yaml "
+                               "become options next to the shipped conf/ (docs/config-dir.md).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"ltune {version('ltune-cli')}")
+        except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+            from ltune_cli import __version__
+
+            typer.echo(f"ltune {__version__} (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the installed ltune version and exit.")):
+    """Label-aware parameter-efficient fine-tuning (L-Tuning, prefix and prompt tuning)."""
 
 
 def _console():
@@ -44,7 +76,10 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         debug = kwargs.get("debug", False)
+        before = os.environ.get("LTUNE_CONFIG_DIR")
         try:
+            if kwargs.get("config_dir") is not None:  # read by config.compose (and inherited by subprocesses)
+                os.environ["LTUNE_CONFIG_DIR"] = str(kwargs["config_dir"])
             return fn(*args, **kwargs)
         except LtuneError as e:
             if debug:
@@ -62,6 +97,11 @@ def user_errors(fn):
             typer.echo(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                        f"(run with --debug for the traceback; a run folder keeps it in error.txt)", err=True)
             raise typer.Exit(code=1) from None
+        finally:  # the process environment as it was (commands also run in-process, e.g. in tests)
+            if before is None:
+                os.environ.pop("LTUNE_CONFIG_DIR", None)
+            else:
+                os.environ["LTUNE_CONFIG_DIR"] = before
 
     return wrapper
 
@@ -83,7 +123,7 @@ def train(overrides: list[str] = OVERRIDES,
           resume: Path | None = typer.Option(None, "--resume", help="Continue this run folder from its newest "
                                              "checkpoint, with its stored config (and, optionally, another "
                                              "process layout: hardware.nproc=M hardware.strategy=...)."),
-          debug: bool = DEBUG):
+          config_dir: Path | None = CONFIG_DIR, debug: bool = DEBUG):
     """Train one method on one model and dataset; writes a run folder under outputs/.
 
     Several GPUs/processes: hardware=ddp hardware.nproc=N (or run it under torchrun); see docs/gpu.md.
@@ -175,7 +215,7 @@ def eval_(run: Path = typer.Argument(..., help="A run folder written by `ltune t
 
 @app.command()
 @user_errors
-def validate(overrides: list[str] = OVERRIDES, debug: bool = DEBUG):
+def validate(overrides: list[str] = OVERRIDES, config_dir: Path | None = CONFIG_DIR, debug: bool = DEBUG):
     """Check a configuration without loading weights: keys, types, ranges, data files, and what
     train would refuse (model folder and family, method x family, devices, optional packages)."""
     from ltune_cli import preflight
@@ -202,12 +242,18 @@ def validate(overrides: list[str] = OVERRIDES, debug: bool = DEBUG):
 @user_errors
 def compare(paths: list[Path] = typer.Argument(..., help="Run folders, sweep folders or outputs/."),
             out: Path | None = typer.Option(None, "--out", help="Report folder."),
+            metric: str | None = typer.Option(None, "--metric", help="Judge every column by this score "
+                                              "(accuracy, mcc, macro_f1, val_loss, ...; default: each "
+                                              "dataset's primary metric)."),
+            seed: int = typer.Option(0, "--seed", min=0, help="Seed of the bootstrap resampling."),
+            n_boot: int = typer.Option(2000, "--n-boot", min=1, help="Bootstrap replicates per interval."),
             debug: bool = DEBUG):
     """Tables (Markdown/CSV/LaTeX), L-Tuning minus baseline with bootstrap CIs, curves, HTML."""
     from ltune_cli.report import compare as run_compare
     from ltune_cli.report import render_console
 
-    written = run_compare([str(p) for p in paths], str(out) if out else None)
+    written = run_compare([str(p) for p in paths], str(out) if out else None, metric=metric, n_boot=n_boot,
+                          seed=seed)
     from rich.console import Console
 
     render_console(written, Console())
@@ -286,7 +332,7 @@ SWEEP_OVERRIDES = typer.Argument(None, help="+sweep=<conf/sweep name>, grid over
 def sweep(overrides: list[str] = SWEEP_OVERRIDES,
           force: bool = typer.Option(False, "--force", help="Redo runs that already finished."),
           out: Path | None = typer.Option(None, "--out", help="Sweep folder (default outputs/sweeps/<name>)."),
-          debug: bool = DEBUG):
+          config_dir: Path | None = CONFIG_DIR, debug: bool = DEBUG):
     """Run a grid of trainings as a Hydra multirun into one sweep folder (see docs/sweep.md)."""
     from ltune_cli.sweep import render_summary, run_sweep
 
@@ -297,6 +343,29 @@ def sweep(overrides: list[str] = SWEEP_OVERRIDES,
     print(f"sweep folder: {sweep_dir}")
     if manifest.get("counts", {}).get("failed"):
         raise typer.Exit(code=1)
+
+
+@app.command("ls")
+@user_errors
+def ls(group: str | None = typer.Argument(None, help="models, datasets, methods, hardware or sweeps "
+                                                     "(default: all).", show_default=False),
+       config_dir: Path | None = CONFIG_DIR, debug: bool = DEBUG):
+    """List the options of the config groups, one line each, from conf/ and your --config-dir."""
+    from ltune_cli.catalog import listing
+
+    for line in listing(group):
+        typer.echo(line)
+
+
+@app.command("config")
+@user_errors
+def config_(overrides: list[str] = OVERRIDES, config_dir: Path | None = CONFIG_DIR, debug: bool = DEBUG):
+    """Print the composed, checked config (YAML, as `ltune train` would run it) without running."""
+    from omegaconf import OmegaConf
+
+    from ltune_cli.config import compose
+
+    typer.echo(OmegaConf.to_yaml(compose(overrides or []), resolve=True), nl=False)
 
 
 def main() -> None:

@@ -256,19 +256,75 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
 
     from ltune_cli.paths import conf_dir
 
     _register()
     _refuse_deletions(overrides)
+    _refuse_sweeps(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+            cfg = hydra_compose(config_name=config_name, overrides=[*overrides, *search_path()],
+                                return_hydra_config=True)
     except Exception as e:  # noqa: BLE001 - translated into a user-facing error below
         raise translate_config_error(e, overrides) from None
+    with open_dict(cfg):
+        choices = dict(cfg.hydra.runtime.choices)
+        del cfg["hydra"]
+    resolve_user_paths(cfg, choices, overrides)
     check(cfg)
     return cfg
+
+
+def search_path() -> list[str]:
+    """The override that adds your own config folder (`--config-dir`, LTUNE_CONFIG_DIR) to Hydra's
+    search path after the shipped conf/: its model/ dataset/ method/ hardware/ sweep/ YAMLs become
+    options of those groups. Nothing when unset."""
+    from ltune_cli.paths import user_conf_dir
+    from ltune_cli.sweep import _quote
+
+    folder = user_conf_dir()
+    return [] if folder is None else [f"hydra.searchpath=[{_quote('file://' + str(folder))}]"]
+
+
+def resolve_user_paths(cfg, choices, overrides) -> None:
+    """Relative `train_path`/`eval_path` in a dataset YAML of your config folder start at that YAML's
+    folder (so a dataset and its files travel together and run from any directory); set on the
+    command line they start at the current directory, as everywhere else."""
+    from pathlib import Path
+
+    from omegaconf import open_dict
+
+    from ltune_cli.paths import user_conf_dir
+
+    folder, option = user_conf_dir(), choices.get("dataset")
+    yaml = folder / "dataset" / f"{option}.yaml" if folder is not None and option else None
+    if yaml is None or not yaml.is_file():
+        return
+    given = {str(o).split("=", 1)[0].lstrip("+~") for o in overrides}
+    with open_dict(cfg):
+        for key in ("train_path", "eval_path"):
+            value = cfg.dataset.get(key)
+            if value and f"dataset.{key}" not in given and not Path(value).expanduser().is_absolute():
+                cfg.dataset[key] = str(yaml.parent / value)
+
+
+def _refuse_sweeps(overrides) -> None:
+    """`seed=0,1` (or range/glob) is a sweep: one run takes one value, `ltune sweep` runs each."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
+    except Exception:  # noqa: BLE001 - a malformed override is reported by the composition
+        return
+    sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+    if sweeps:
+        raise LtuneError(f"'{sweeps[0]}' gives several values, but one run takes one; run each with "
+                         f"`ltune sweep {shlex.join(str(o) for o in overrides)}` (docs/sweep.md).")
 
 
 def _refuse_deletions(overrides) -> None:

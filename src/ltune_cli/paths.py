@@ -46,3 +46,38 @@ def cache_dir() -> Path:
 
 def outputs_dir() -> Path:
     return Path(os.environ.get("LTUNE_OUTPUTS", "outputs"))
+
+
+CONFIG_DIR_ENV = "LTUNE_CONFIG_DIR"
+#: The config groups a user's own folder may add options to (docs/config-dir.md).
+USER_GROUPS = ("model", "dataset", "method", "hardware", "sweep")
+
+
+def user_conf_dir() -> Path | None:
+    """Your own config folder (`--config-dir DIR` or LTUNE_CONFIG_DIR): `<DIR>/<group>/<name>.yaml`
+    files composed with the shipped conf/ (Hydra's search path). None when unset.
+
+    Refused in one line: a missing folder, a folder with no group sub-folder (the YAMLs would never
+    be found), and a file named like a shipped one (Hydra reads conf/ first, so it would be ignored).
+    """
+    from ltune_cli.errors import LtuneError
+
+    raw = os.environ.get(CONFIG_DIR_ENV, "").strip()
+    if not raw:
+        return None
+    where = f"--config-dir / {CONFIG_DIR_ENV}={raw}"
+    path = Path(raw).expanduser().resolve()
+    if not path.is_dir():
+        raise LtuneError(f"{where}: {'not a folder' if path.exists() else 'no such folder'} ({path}); give the "
+                         f"folder that holds your {'/, '.join(USER_GROUPS)}/ sub-folders.")
+    groups = [g for g in USER_GROUPS if (path / g).is_dir()]
+    if not groups:
+        raise LtuneError(f"{where}: {path} has none of the sub-folders {'/, '.join(USER_GROUPS)}/; put a dataset "
+                         f"in {path}/dataset/<name>.yaml (see docs/config-dir.md).")
+    shipped = conf_dir()
+    for g in groups:
+        for f in sorted((path / g).glob("*.yaml")):
+            if (shipped / g / f.name).is_file():
+                raise LtuneError(f"{f} has the name of a shipped config ({g}={f.stem}), which would be used "
+                                 f"instead; rename yours (e.g. {g}/my_{f.name}).")
+    return path

@@ -40,7 +40,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from ltune_cli import runfolder
-from ltune_cli.config import _register, check, translate_config_error
+from ltune_cli.config import _register, check, resolve_user_paths, search_path, translate_config_error
 from ltune_cli.errors import LtuneError, suggest
 from ltune_cli.paths import conf_dir, outputs_dir
 
@@ -73,6 +73,7 @@ def run_job(cfg: DictConfig) -> dict:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     with read_write(cfg), open_dict(cfg):
         cfg.out_dir = str(run_dir)
+    resolve_user_paths(cfg, hc.runtime.choices, hc.overrides.task)  # --config-dir datasets' files
     record: dict[str, Any] = {
         "num": int(hc.job.num) if multirun else 0,
         "overrides": [str(o) for o in hc.overrides.task],
@@ -368,6 +369,7 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = (), *, force: bool = Fals
     overrides = [str(o) for o in overrides]
     if any(o.strip() in ("-m", "--multirun") for o in overrides):
         overrides = [o for o in overrides if o.strip() not in ("-m", "--multirun")]
+    overrides += search_path()  # --config-dir / LTUNE_CONFIG_DIR: your own YAMLs join conf/
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:  # noqa: BLE001
