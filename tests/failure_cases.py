@@ -503,3 +503,55 @@ CASES += [
     Case("run", "SIGHUP while the model loads", lambda t: _tiny_run_argv(t, t / "run"),
          "SIGHUP while loading", code=130, around=lambda t: _signal_during_load("SIGHUP"), check=_nothing_trained),
 ]
+
+
+# --- issue 13: discoverability (ltune ls / config, --config-dir, one run vs a sweep)
+def _config_dir(tmp: Path, files: dict[str, str]) -> str:
+    """Your own config folder holding `files` (relative path -> text)."""
+    root = tmp / "myconf"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    root.mkdir(exist_ok=True)
+    return str(root)
+
+
+_REVIEWS = "name: reviews\nkind: files\ntrain_path: reviews.csv\neval_path: reviews.csv\n"
+
+
+def _nothing_written(tmp: Path, out: str) -> None:
+    assert not (tmp / "r").exists(), "a refused run must not create its folder"
+
+
+CASES += [
+    Case("config", "several values in one run (train seed=0,1)", lambda t: ["train", "seed=0,1", f"out_dir={t}/r"],
+         "'seed=0,1' gives several values, but one run takes one; run each with `ltune sweep seed=0,1 out_dir=",
+         check=_nothing_written),
+    Case("config", "ltune config: misspelt key", lambda t: ["config", "train.lrr=0.1"], "Did you mean 'train.lr'?"),
+    Case("config", "ltune ls: unknown group", lambda t: ["ls", "modls"], "unknown group 'modls'; one of models, "
+         "datasets, methods, hardware, sweeps. Did you mean 'models'?"),
+    Case("config", "--config-dir that does not exist", lambda t: ["validate", "--config-dir", str(t / "nope")],
+         "no such folder"),
+    Case("config", "LTUNE_CONFIG_DIR that does not exist", lambda t: ["ls"], "LTUNE_CONFIG_DIR=",
+         around=lambda t: _env(LTUNE_CONFIG_DIR=str(t / "gone"))),
+    Case("config", "--config-dir without group sub-folders",
+         lambda t: ["ls", "--config-dir", _config_dir(t, {"reviews.yaml": _REVIEWS})],
+         "has none of the sub-folders model/, dataset/"),
+    Case("config", "--config-dir file named like a shipped one",
+         lambda t: ["train", "--config-dir", _config_dir(t, {"dataset/sst2.yaml": _REVIEWS}), "dataset=sst2"],
+         "has the name of a shipped config (dataset=sst2), which would be used instead; rename yours"),
+    Case("config", "--config-dir YAML that does not parse",
+         lambda t: ["validate", "--config-dir", _config_dir(t, {"dataset/reviews.yaml": "label_texts: [a, b\n"}),
+                    "dataset=reviews"], "reviews.yaml: not valid YAML"),
+    Case("config", "--config-dir dataset with a misspelt key",
+         lambda t: ["validate", "--config-dir", _config_dir(t, {"dataset/reviews.yaml": "lable_texts: [a, b]\n"}),
+                    "dataset=reviews"], "unknown config key 'dataset.lable_texts'. Did you mean 'dataset.label_texts'?"),
+    Case("config", "misspelt option of --config-dir",
+         lambda t: ["validate", "--config-dir", _config_dir(t, {"dataset/reviews.yaml": _REVIEWS}), "dataset=reveiws"],
+         "/myconf/dataset/reveiws.yaml). Did you mean 'reviews'?"),
+    Case("data", "--config-dir dataset whose file is missing (read from the YAML's folder)",
+         lambda t: ["validate", "--config-dir", _config_dir(t, {"dataset/reviews.yaml": _REVIEWS}), "dataset=reviews"],
+         "/myconf/dataset/reviews.csv not found"),
+    Case("compare", "unknown --metric", lambda t: [*_compare_ok(t, str(t / "rep")), "--metric", "acuracy"],
+         "no run reports metric 'acuracy'. Did you mean 'accuracy'?"),
+]

@@ -263,11 +263,11 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
     _register()
     _refuse_deletions(overrides)
     _refuse_sweeps(overrides)
+    yours = search_path()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, overrides=[*overrides, *search_path()],
-                                return_hydra_config=True)
+            cfg = hydra_compose(config_name=config_name, overrides=[*overrides, *yours], return_hydra_config=True)
     except Exception as e:  # noqa: BLE001 - translated into a user-facing error below
         raise translate_config_error(e, overrides) from None
     with open_dict(cfg):
@@ -343,7 +343,6 @@ def translate_config_error(e: Exception, overrides=()) -> LtuneError:
     """Turn a Hydra/OmegaConf exception into a one-line error with the nearest valid name."""
     import re
 
-    from ltune_cli.paths import conf_dir
 
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     full = str(e)
@@ -355,8 +354,13 @@ def translate_config_error(e: Exception, overrides=()) -> LtuneError:
     m = re.search(r"Could not find '([\w\-]+)/([\w\-.]+)'", full)
     if m:
         group, option = m.groups()
-        options = [p.stem for p in (conf_dir() / group).glob("*.yaml")]
-        return LtuneError(f"unknown {group} '{option}' (no conf/{group}/{option}.yaml).{suggest(option, options)}")
+        from ltune_cli.catalog import options as group_options
+        from ltune_cli.paths import user_conf_dir
+
+        options = [o.name for o in group_options(group)]
+        mine = user_conf_dir()
+        also = f" or {mine}/{group}/{option}.yaml" if mine is not None else ""
+        return LtuneError(f"unknown {group} '{option}' (no conf/{group}/{option}.yaml{also}).{suggest(option, options)}")
     # Misspelt key: "Key 'lrr' not in 'TrainConfig'" / "Could not override 'train.lrr'"
     m = re.search(r"Key '([\w\-]+)' (?:is )?not in '(\w+)'", full)
     if m:

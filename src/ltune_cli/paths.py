@@ -74,10 +74,16 @@ def user_conf_dir() -> Path | None:
     if not groups:
         raise LtuneError(f"{where}: {path} has none of the sub-folders {'/, '.join(USER_GROUPS)}/; put a dataset "
                          f"in {path}/dataset/<name>.yaml (see docs/config-dir.md).")
+    from omegaconf import OmegaConf
+
     shipped = conf_dir()
     for g in groups:
         for f in sorted((path / g).glob("*.yaml")):
             if (shipped / g / f.name).is_file():
                 raise LtuneError(f"{f} has the name of a shipped config ({g}={f.stem}), which would be used "
                                  f"instead; rename yours (e.g. {g}/my_{f.name}).")
+            try:  # Hydra's own parse error does not name the file
+                OmegaConf.load(f)
+            except Exception as e:  # noqa: BLE001 - any YAML error is the file's
+                raise LtuneError(f"{f}: not valid YAML ({str(e).strip().splitlines()[0]}).") from None
     return path

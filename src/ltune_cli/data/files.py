@@ -28,7 +28,8 @@ def _path(cfg, split: str) -> Path:
         raise LtuneError(f"dataset.{key}: {path}: unknown file type '{path.suffix or '(none)'}'; use one of "
                          f"{', '.join(FORMATS)} (.json is read as JSON lines).")
     if not path.exists():
-        raise LtuneError(f"dataset.{key}: file {path} not found (relative paths start at {Path.cwd()}).")
+        raise LtuneError(f"dataset.{key}: file {path} not found"
+                         f"{'' if path.is_absolute() else f' (relative paths start at {Path.cwd()})'}.")
     if not path.is_file():
         raise LtuneError(f"dataset.{key}: {path} is not a file.")
     return path
