@@ -35,9 +35,13 @@ def _isolated(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- item 5
-def test_version_is_the_installed_package_version():
+def test_version_is_the_installed_package_version(monkeypatch):
     result = ltune("--version")
     assert result.exit_code == 0 and result.output.strip() == f"ltune {version('ltune-cli')}"
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: {"ltune-cli": "9.8.7"}[name])
+    assert ltune("--version").output.strip() == "ltune 9.8.7"  # read from the package metadata
 
 
 def test_dash_h_is_help_on_every_command():
@@ -188,16 +192,22 @@ def test_sweep_of_your_own_grid_on_your_own_dataset(tiny_bert, tmp_path, monkeyp
     (mine / "sweep").mkdir()
     (mine / "sweep" / "review_seeds.yaml").write_text(
         "# @package _global_\n# Two seeds on my reviews.\nhydra:\n  sweeper:\n    params:\n      seed: 0,1\n")
+    (mine / "model").mkdir()
+    (mine / "model" / "my_tiny.yaml").write_text(f"name: my_tiny\npath: {tiny_bert}\nmax_length: 32\n")
     monkeypatch.chdir(tmp_path)
-    line = _lines(ltune("ls", "sweeps", "--config-dir", mine).output)["sweeps"]["review_seeds"]
+    listed = _lines(ltune("ls", "--config-dir", mine).output)
+    line = listed["sweeps"]["review_seeds"]
     assert line.split()[1:5] == ["2", "runs", "2", "seed"] and "Two seeds on my reviews" in line
-    result = ltune("sweep", "--config-dir", mine, "+sweep=review_seeds", "dataset=my_reviews", *_tiny(tiny_bert, 1),
-                   "--out", tmp_path / "sw")
+    assert f"folder {tiny_bert}  available  (your config dir)" in listed["models"]["my_tiny"]
+    result = ltune("sweep", "--config-dir", mine, "+sweep=review_seeds", "dataset=my_reviews", "model=my_tiny",
+                   *_tiny(tiny_bert, 1)[2:], "--out", tmp_path / "sw")
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "sw" / "manifest.json").read_text())
     assert manifest["counts"] == {"completed": 2}, manifest
     for run in (tmp_path / "sw").glob("seed=*"):
-        assert OmegaConf.load(run / "config.yaml").dataset.eval_path == str(mine / "dataset" / "my_reviews_dev.csv")
+        stored = OmegaConf.load(run / "config.yaml")
+        assert stored.dataset.eval_path == str(mine / "dataset" / "my_reviews_dev.csv")
+        assert (stored.model.name, stored.model.path) == ("my_tiny", str(tiny_bert))
 
 
 # ----------------------------------------------------------------------------- item 8

