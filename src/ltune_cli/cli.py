@@ -79,7 +79,7 @@ def user_errors(fn):
         before = os.environ.get("LTUNE_CONFIG_DIR")
         try:
             if kwargs.get("config_dir") is not None:  # read by config.compose (and inherited by subprocesses)
-                os.environ["LTUNE_CONFIG_DIR"] = str(kwargs["config_dir"])
+                os.environ["LTUNE_CONFIG_DIR"] = str(Path(kwargs["config_dir"]).expanduser().absolute())
             return fn(*args, **kwargs)
         except LtuneError as e:
             if debug:
