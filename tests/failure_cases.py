@@ -447,6 +447,10 @@ def _nothing_trained(tmp: Path, out: str) -> None:
     assert (run / "config.yaml").is_file() and not (run / "results.json").exists()  # resumable, not "failed"
 
 
+def _no_report(tmp: Path, out: str) -> None:
+    assert not (tmp / "report").exists()  # refused before any run was read or file written
+
+
 def _untouched(name: str, files: dict[str, str]):
     def check(tmp: Path, out: str) -> None:
         for f, text in files.items():
@@ -496,6 +500,8 @@ CASES += [
          lambda t: ["train", "model.path=offline:smollm2_135m", f"out_dir={t}/run"], "cannot write to LTUNE_CACHE=",
          around=lambda t: _env(LTUNE_CACHE=_blocked(t))),
     Case("compare", "unwritable --out", lambda t: _compare_ok(t, _blocked(t)), "cannot write to --out"),
+    Case("compare", "unknown --format", lambda t: [*_compare_ok(t, str(t / "report")), "--format", "ltex"],
+         "unknown --format 'ltex'. Did you mean 'latex'?", check=_no_report),
     Case("sweep", "unwritable --out", lambda t: ["sweep", "--out", _blocked(t), "train.max_steps=1"],
          "cannot write to --out"),
     Case("eval", "damaged results.json", lambda t: ["eval", _built_run(t, "results")], "results.json is damaged"),
