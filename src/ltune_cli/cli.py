@@ -151,9 +151,11 @@ def eval_(run: Path = typer.Argument(..., help="A run folder written by `ltune t
     """
     _setup_logging()
     from ltune_cli.evaluate import EXIT_MISMATCH, out_folder, score_run, write_eval
+    from ltune_cli.loggers import eval_progress
 
     folder = out_folder(run, out)
-    result, preds = score_run(run, overrides or [])
+    with eval_progress(_console(), "eval") as on_batch:  # a bar in a terminal, else a line every ~10%
+        result, preds = score_run(run, overrides or [], on_batch=on_batch)
     from rich.console import Console
 
     con = Console()

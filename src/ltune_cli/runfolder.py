@@ -277,7 +277,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 # Entries a folder may hold and still take a new run: Hydra's job files in a sweep job's folder,
 # a lock file, and the start of a run that never reached a checkpoint (nothing to lose).
-_REUSABLE = {".hydra", ".ltune.lock", "config.yaml", "metrics.jsonl"}
+_REUSABLE = {".hydra", ".ltune.lock", "config.yaml", "metrics.jsonl",
+             "metrics.csv", "logger.json", "tensorboard", "mlflow", "wandb"}  # loggers.py's files
 
 
 def _refuse_to_overwrite(d: Path, what: str) -> None:
