@@ -503,3 +503,35 @@ CASES += [
     Case("run", "SIGHUP while the model loads", lambda t: _tiny_run_argv(t, t / "run"),
          "SIGHUP while loading", code=130, around=lambda t: _signal_during_load("SIGHUP"), check=_nothing_trained),
 ]
+
+
+# --- issue 13: loggers and schedules
+@contextlib.contextmanager
+def _without(module: str):
+    """`module` as if not installed: importlib.util.find_spec returns None, import fails."""
+    import sys
+    from unittest import mock
+
+    with mock.patch.dict(sys.modules, {module: None}):
+        yield
+
+
+def _no_run_folder(tmp: Path, out: str) -> None:
+    assert not (tmp / "outputs").exists(), "a run folder was made before the missing package was noticed"
+
+
+CASES += [
+    Case("config", "unknown learning-rate schedule", lambda t: ["validate", "train.scheduler=cosin"],
+         "'train.scheduler': 'cosin' is not one of linear, cosine, constant_with_warmup. Did you mean 'cosine'?"),
+    Case("config", "unknown logger", lambda t: ["validate", "logger=tensorbord"],
+         "unknown logger 'tensorbord' (no conf/logger/tensorbord.yaml). Did you mean 'tensorboard'?"),
+    Case("logger", "validate: logger=tensorboard without tensorboard", lambda t: ["validate", "logger=tensorboard"],
+         "pip install -e '.[tensorboard]'", around=lambda t: _without("tensorboard")),
+    Case("logger", "train: logger=mlflow without mlflow", lambda t: ["train", "logger=mlflow"],
+         "logger=mlflow needs the mlflow package: pip install -e '.[mlflow]'", around=lambda t: _without("mlflow"),
+         check=_no_run_folder),
+    Case("logger", "train: logger=wandb without wandb", lambda t: ["train", "logger=wandb"],
+         "pip install -e '.[wandb]'", around=lambda t: _without("wandb"), check=_no_run_folder),
+    Case("logger", "wandb mode misspelt", lambda t: ["validate", "logger=wandb", "logger.mode=ofline"],
+         "'logger.mode': 'ofline' is not one of offline, online. Did you mean 'offline'?"),
+]

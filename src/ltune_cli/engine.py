@@ -163,8 +163,9 @@ def train(cfg, *, backbone=None, console=None) -> Path:
     Several processes (hardware.strategy=ddp|fsdp): under torchrun every rank runs this and
     rank 0 writes the folder; otherwise the workers are started here (distributed.launch).
     """
-    from ltune_cli import distributed
+    from ltune_cli import distributed, loggers
 
+    loggers.require(cfg.logger.name)  # a missing extra: before a run folder or minutes of loading
     if distributed.needs_launch(cfg.hardware):
         return _launch(cfg)
     t_start = time.time()
@@ -263,7 +264,6 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
     from ltune_cli import checkpoint, distributed, loggers, memory
 
     d = distributed.state()
-    loggers.require(cfg.logger.name)  # a missing extra: before minutes of loading
     s = build(cfg, backbone=backbone)
     method, tc, hw = s.method, cfg.train, cfg.hardware
     ckpt = checkpoint.load_latest(run_dir) if resuming else None

@@ -14,7 +14,8 @@ Scalars are named `<kind>/<key>` (train/train_loss, eval/accuracy, ...) at the r
 Resume: metrics.jsonl is cut back to the checkpoint first (engine.py), and every backend then
 holds each step once. metrics.csv is rewritten from metrics.jsonl; tensorboard drops the events
 written after the checkpoint (SummaryWriter's purge_step); mlflow and wandb continue the same run
-(its id is in <run>/logger.json) and skip the steps they already hold (resume recomputes them).
+(its id is in <run>/logger.json) and skip the steps they already hold: resume recomputes the same
+losses and scores (bit for bit on CPU), while those steps' timings stay the first attempt's.
 
 Console: in a terminal, a rich bar (step, last logged loss, ex/s, ETA), a bar per evaluation and
 a line with each evaluation's scores; elsewhere (SLURM logs, nohup, pipes) a plain line per train
@@ -144,9 +145,10 @@ class MlflowLogger(_Resumable):
 
     def __init__(self, run_dir: Path, cfg, start_step: int):
         super().__init__(run_dir, start_step)
-        for noisy in ("mlflow", "alembic"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
+
+        for noisy in ("mlflow", "alembic"):  # "Creating initial MLflow database tables..." per run
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
         store = run_dir / "mlflow"
         if cfg.logger.tracking_uri:
