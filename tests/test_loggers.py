@@ -146,9 +146,22 @@ def test_backend_holds_what_metrics_jsonl_holds(name, sentiment_files, tmp_path,
     assert [f for n, f in others.items() if n != name and (run / f).exists()] == []
 
 
+def test_mlflow_tracking_uri_of_the_user(sentiment_files, tmp_path, tiny_bert_dir):
+    _needs("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'team.db'}"
+    run = engine.train(_cfg(sentiment_files, tmp_path / "run", tiny_bert_dir, steps=2,
+                            **{"logger": "mlflow", "logger.tracking_uri": uri, "logger.project": "sst2-study"}))
+    assert not (run / "mlflow").exists()
+    client = MlflowClient(tracking_uri=uri)
+    (found,) = client.search_runs([client.get_experiment_by_name("sst2-study").experiment_id])
+    assert found.info.run_name == run.name and found.data.metrics["eval/accuracy"] == expected(run)["eval/accuracy"][2]
+
+
 @pytest.mark.parametrize("name", list(READERS))
 def test_resume_logs_every_step_once(name, sentiment_files, tmp_path, tiny_bert_dir, monkeypatch):
-    """Killed after step 5 (checkpoint at 4, so steps 5's records were logged already), then resumed."""
+    """Killed after step 6 (checkpoint at 4: steps 5-6 and the eval at 5 were logged already), then resumed."""
     _needs(name)
     cfg = _cfg(sentiment_files, tmp_path / "run", tiny_bert_dir, steps=8,
                **{"logger": name, "train.checkpoint_every": 4, "train.eval_every": 5})

@@ -104,7 +104,7 @@ class TensorBoardLogger:
         # after the checkpoint, before the interruption), so a resumed run shows each step once.
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
         if not start_step:
-            self.writer.add_text("config", "```\n" + _config_yaml(cfg) + "\n```", 0)
+            self.writer.add_text("config", "```\n" + runfolder.config_yaml(cfg) + "\n```", 0)
 
     def log(self, rec: dict) -> None:
         for tag, v in scalars(rec).items():
@@ -165,7 +165,7 @@ class MlflowLogger(_Resumable):
             self.run_id = run.info.run_id
             from mlflow.entities import Param
 
-            params = [Param(k, str(v)[:6000]) for k, v in _flat(runfolder_config(cfg)).items()]
+            params = [Param(k, str(v)[:6000]) for k, v in runfolder._flatten(runfolder_config(cfg)).items()]
             for i in range(0, len(params), 100):  # log_batch takes at most 100 params a call
                 self.client.log_batch(self.run_id, params=params[i:i + 100])
             self._save()
@@ -209,22 +209,6 @@ def runfolder_config(cfg) -> dict:
     c = to_container(cfg)
     c.pop("hydra", None)
     return c
-
-
-def _config_yaml(cfg) -> str:
-    import yaml
-
-    return yaml.safe_dump(runfolder_config(cfg), sort_keys=False)
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def open_backend(cfg, run_dir: Path, history: list[dict], start_step: int):

@@ -51,7 +51,8 @@ MANIFEST_SCHEMA = "ltune.sweep/1"
 JOBS_DIR = Path(".ltune") / "jobs"
 FORCE_ENV = "LTUNE_SWEEP_FORCE"  # set in the job by hydra.job.env_set when `ltune sweep --force`
 # Config keys that do not change what a run computes: ignored when deciding to skip a run.
-IGNORED_KEYS = (("out_dir",), ("resume",), ("train", "progress"), ("hardware", "mem_gb"), ("hardware", "gpu_mem_gb"))
+IGNORED_KEYS = (("out_dir",), ("resume",), ("train", "progress"), ("hardware", "mem_gb"), ("hardware", "gpu_mem_gb"),
+                ("logger",))  # where metrics are logged, not what they are
 # Files a run writes (runfolder.py); cleared before a run is redone. .hydra/ and *.log stay.
 KEEP_ON_REDO = (".hydra",)
 LAUNCHERS_HINT = ("joblib, submitit_slurm, submitit_local: pip install 'ltune-cli[launchers]'; "
