@@ -55,8 +55,8 @@ IGNORED_KEYS = (("out_dir",), ("resume",), ("train", "progress"), ("hardware", "
                 ("logger",))  # where metrics are logged, not what they are
 # Files a run writes (runfolder.py); cleared before a run is redone. .hydra/ and *.log stay.
 KEEP_ON_REDO = (".hydra",)
-LAUNCHERS_HINT = ("joblib, submitit_slurm, submitit_local: pip install 'ltune-cli[launchers]'; "
-                  "ray: pip install 'ltune-cli[ray]'")
+LAUNCHERS_HINT = ("joblib, submitit_slurm, submitit_local: pip install -e '.[launchers]'; "
+                  "ray: pip install -e '.[ray]'")
 
 
 # --------------------------------------------------------------------------- the job
