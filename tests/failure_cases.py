@@ -549,7 +549,7 @@ CASES += [
          check=_nothing_written),
     Case("config", "ltune config: misspelt key", lambda t: ["config", "train.lrr=0.1"], "Did you mean 'train.lr'?"),
     Case("config", "ltune ls: unknown group", lambda t: ["ls", "modls"], "unknown group 'modls'; one of models, "
-         "datasets, methods, hardware, sweeps. Did you mean 'models'?"),
+         "datasets, methods, hardware, loggers, sweeps. Did you mean 'models'?"),
     Case("config", "--config-dir that does not exist", lambda t: ["validate", "--config-dir", str(t / "nope")],
          "no such folder"),
     Case("config", "LTUNE_CONFIG_DIR that does not exist", lambda t: ["ls"], "LTUNE_CONFIG_DIR=",
@@ -574,4 +574,36 @@ CASES += [
          "/myconf/dataset/reviews.csv not found"),
     Case("compare", "unknown --metric", lambda t: [*_compare_ok(t, str(t / "rep")), "--metric", "acuracy"],
          "no run reports metric 'acuracy'. Did you mean 'accuracy'?"),
+]
+
+
+# --- issue 13: loggers and schedules
+@contextlib.contextmanager
+def _without(module: str):
+    """`module` as if not installed: importlib.util.find_spec returns None, import fails."""
+    import sys
+    from unittest import mock
+
+    with mock.patch.dict(sys.modules, {module: None}):
+        yield
+
+
+def _no_run_folder(tmp: Path, out: str) -> None:
+    assert not (tmp / "outputs").exists(), "a run folder was made before the missing package was noticed"
+
+
+CASES += [
+    Case("config", "unknown learning-rate schedule", lambda t: ["validate", "train.scheduler=cosin"],
+         "'train.scheduler': 'cosin' is not one of linear, cosine, constant_with_warmup. Did you mean 'cosine'?"),
+    Case("config", "unknown logger", lambda t: ["validate", "logger=tensorbord"],
+         "unknown logger 'tensorbord' (no conf/logger/tensorbord.yaml). Did you mean 'tensorboard'?"),
+    Case("logger", "validate: logger=tensorboard without tensorboard", lambda t: ["validate", "logger=tensorboard"],
+         "pip install -e '.[tensorboard]'", around=lambda t: _without("tensorboard")),
+    Case("logger", "train: logger=mlflow without mlflow", lambda t: ["train", "logger=mlflow"],
+         "logger=mlflow needs the mlflow package: pip install -e '.[mlflow]'", around=lambda t: _without("mlflow"),
+         check=_no_run_folder),
+    Case("logger", "train: logger=wandb without wandb", lambda t: ["train", "logger=wandb"],
+         "pip install -e '.[wandb]'", around=lambda t: _without("wandb"), check=_no_run_folder),
+    Case("logger", "wandb mode misspelt", lambda t: ["validate", "logger=wandb", "logger.mode=ofline"],
+         "'logger.mode': 'ofline' is not one of offline, online. Did you mean 'offline'?"),
 ]

@@ -90,9 +90,9 @@ def test_ls_lists_every_yaml_of_every_group():
     result = ltune("ls")
     assert result.exit_code == 0, result.output
     listed = _lines(result.output)
-    assert list(listed) == ["models", "datasets", "methods", "hardware", "sweeps"]
+    assert list(listed) == ["models", "datasets", "methods", "hardware", "loggers", "sweeps"]
     for word, group in (("models", "model"), ("datasets", "dataset"), ("methods", "method"),
-                        ("hardware", "hardware"), ("sweeps", "sweep")):
+                        ("hardware", "hardware"), ("loggers", "logger"), ("sweeps", "sweep")):
         assert set(listed[word]) == {p.stem for p in (conf_dir() / group).glob("*.yaml")}, word
     models, data = listed["models"], listed["datasets"]
     assert "bert" in models["minilm"] and "6 layers, d=384" in models["minilm"] and "offline" in models["minilm"]
@@ -101,6 +101,11 @@ def test_ls_lists_every_yaml_of_every_group():
     assert "mcc" in data["cola"] and "vendored" in data["sst2"] and "8 labels" in data["r8"]
     assert "P-tuning v2" in listed["methods"]["prefix"]
     assert "cpu   fp32" in listed["hardware"]["cpu"]
+    import importlib.util
+
+    assert listed["loggers"]["csv"].endswith("available")
+    assert listed["loggers"]["mlflow"].endswith("available" if importlib.util.find_spec("mlflow")
+                                                 else "missing: pip install -e '.[mlflow]'")
     assert "8 runs" in listed["sweeps"]["cpu_smoke"] and "216 runs" in listed["sweeps"]["paper_table1"]
     assert ltune("ls", "sweeps").output == ltune("ls", "sweep").output
 

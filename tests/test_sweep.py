@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,10 @@ def test_failing_run_is_reported_and_rerun_skips_finished(tiny_setup, tmp_path, 
     r = invoke(args)
     assert r.exit_code == 1, r.output
     assert "failed: RuntimeError: boom" in r.output and "completed: 2" in r.output
+    progress = re.findall(r"sweep: (\d)/3 runs done \(([a-z0-9, ]+)\) \| elapsed \d+:\d\d:\d\d \| ETA (\S+)", r.output)
+    assert [p[:2] for p in progress] == [("1", "completed 1"), ("2", "completed 1, failed 1"),
+                                         ("3", "completed 2, failed 1")], r.output
+    assert progress[-1][2] == "0:00:00"
     assert r.output.strip().splitlines()[-1] == f"sweep folder: {sweep_dir.resolve()}"
 
     m = read_manifest(sweep_dir)

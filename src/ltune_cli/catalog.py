@@ -20,7 +20,8 @@ from ltune_cli.errors import LtuneError, suggest
 from ltune_cli.paths import conf_dir, user_conf_dir
 
 #: `ltune ls <word>` -> config group (folder under conf/)
-GROUPS = {"models": "model", "datasets": "dataset", "methods": "method", "hardware": "hardware", "sweeps": "sweep"}
+GROUPS = {"models": "model", "datasets": "dataset", "methods": "method", "hardware": "hardware", "loggers": "logger",
+          "sweeps": "sweep"}
 
 
 @dataclass
@@ -77,6 +78,7 @@ def headline(path: Path, width: int = 100) -> str:
             break
         words.append(text)
     first = re.split(r"\.\s(?=[A-Z])|;\s", " ".join(words).split(" ltune ")[0])[0].rstrip(" .;:,")
+    first += ")" * (first.count("(") - first.count(")"))  # a cut inside parentheses closes them
     return first if len(first) <= width else first[:width - 3].rstrip() + "..."
 
 
@@ -157,6 +159,14 @@ def hardware_line(opt: Option, node: dict) -> list[str]:
             headline(opt.path)]
 
 
+def logger_line(opt: Option, node: dict) -> list[str]:
+    """The logger's writer package (by its `name`) installed here or not; csv needs none."""
+    name = str(node.get("name", opt.name))
+    here = name == "csv" or importlib.util.find_spec(name) is not None
+    return [name if name != opt.name else "", headline(opt.path).removeprefix(f"logger={opt.name}").lstrip(" :"),
+            "available" if here else f"missing: pip install -e '.[{name}]'"]
+
+
 def sweep_line(opt: Option, node: dict) -> list[str]:
     from ltune_cli.sweep import grid_of
 
@@ -171,7 +181,7 @@ def sweep_line(opt: Option, node: dict) -> list[str]:
 
 
 LINES = {"model": model_line, "dataset": dataset_line, "method": method_line, "hardware": hardware_line,
-         "sweep": sweep_line}
+         "logger": logger_line, "sweep": sweep_line}
 
 
 def listing(word: str | None = None) -> list[str]:

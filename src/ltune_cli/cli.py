@@ -32,7 +32,7 @@ OVERRIDES = typer.Argument(None, help="Hydra-style overrides: model=minilm datas
                            autocompletion=_complete_override)
 DEBUG = typer.Option(False, "--debug", help="Show full tracebacks.")
 CONFIG_DIR = typer.Option(None, "--config-dir", envvar="LTUNE_CONFIG_DIR", show_default=False,
-                          help="Your own config folder: <DIR>/model|dataset|method|hardware|sweep/<name>.yaml "
+                          help="Your own config folder: <DIR>/model|dataset|method|hardware|logger|sweep/<name>.yaml "
                                "become options next to the shipped conf/ (docs/config-dir.md).")
 
 
@@ -191,9 +191,11 @@ def eval_(run: Path = typer.Argument(..., help="A run folder written by `ltune t
     """
     _setup_logging()
     from ltune_cli.evaluate import EXIT_MISMATCH, out_folder, score_run, write_eval
+    from ltune_cli.loggers import eval_progress
 
     folder = out_folder(run, out)
-    result, preds = score_run(run, overrides or [])
+    with eval_progress(_console(), "eval") as on_batch:  # a bar in a terminal, else a line every ~10%
+        result, preds = score_run(run, overrides or [], on_batch=on_batch)
     from rich.console import Console
 
     con = Console()
@@ -360,7 +362,7 @@ def sweep(overrides: list[str] = SWEEP_OVERRIDES,
 
 @app.command("ls")
 @user_errors
-def ls(group: str | None = typer.Argument(None, help="models, datasets, methods, hardware or sweeps "
+def ls(group: str | None = typer.Argument(None, help="models, datasets, methods, hardware, loggers or sweeps "
                                                      "(default: all).", show_default=False),
        config_dir: Path | None = CONFIG_DIR, debug: bool = DEBUG):
     """List the options of the config groups, one line each, from conf/ and your --config-dir."""

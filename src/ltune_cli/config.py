@@ -122,6 +122,19 @@ class TrainConfig:
     checkpoint_every: int = 100  # steps between checkpoints (0 = only on interrupt)
     keep_checkpoints: int = 2  # newest kept; all are removed once the run completes
     on_nonfinite: str = "stop"  # stop | skip (a NaN/inf loss: stop with the last checkpoint kept, or skip the batch)
+    # transformers.get_scheduler: linear | cosine | constant_with_warmup (warm-up: warmup_ratio x max_steps)
+    scheduler: str = "linear"
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go besides metrics.jsonl (conf/logger/*.yaml; loggers.py)."""
+
+    name: str = "csv"  # csv | tensorboard | mlflow | wandb
+    # mlflow: the tracking server or store (default: sqlite:///<run folder>/mlflow/mlflow.db)
+    tracking_uri: str | None = None
+    project: str = "ltune"  # mlflow experiment / wandb project
+    mode: str = "offline"  # wandb: offline (no network; `wandb sync` later) | online
 
 
 @dataclass
@@ -131,6 +144,7 @@ class LtuneConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     out_dir: str | None = None
     name: str | None = None  # run name (default: derived from method/model/dataset/seed)
@@ -151,6 +165,9 @@ CHOICES = {
     "hardware.load_in": ("none", "8bit", "4bit"),
     "hardware.device_map": ("none", "auto", "balanced", "balanced_low_0", "sequential"),
     "train.on_nonfinite": ("stop", "skip"),
+    "train.scheduler": ("linear", "cosine", "constant_with_warmup"),
+    "logger.name": ("csv", "tensorboard", "mlflow", "wandb"),
+    "logger.mode": ("offline", "online"),
 }
 POSITIVE = ("model.max_length", "method.num_virtual_tokens", "hardware.batch_size",
             "hardware.eval_batch_size", "hardware.grad_accum", "train.max_steps",
@@ -171,7 +188,7 @@ def _register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="ltune_schema", node=LtuneConfig)
     for group, node in (("model", ModelConfig), ("dataset", DatasetConfig), ("method", MethodConfig),
-                        ("hardware", HardwareConfig)):
+                        ("hardware", HardwareConfig), ("logger", LoggerConfig)):
         cs.store(group=group, name=f"{group}_schema", node=node)
 
 
@@ -368,7 +385,7 @@ def translate_config_error(e: Exception, overrides=()) -> LtuneError:
         import dataclasses
 
         node = {c.__name__: c for c in (ModelConfig, DatasetConfig, MethodConfig, HardwareConfig,
-                                        TrainConfig, LtuneConfig)}.get(schema)
+                                        TrainConfig, LoggerConfig, LtuneConfig)}.get(schema)
         names = [f.name for f in dataclasses.fields(node)] if node else []
         full_key = re.search(r"full_key: ([\w.\-]+)", full)
         where = full_key.group(1) if full_key else key

@@ -101,8 +101,10 @@ def _to_device(method, backbone, device: torch.device):
 
 # --------------------------------------------------------------------------- evaluation
 @torch.inference_mode()
-def evaluate(s: Setup, batch_size: int | None = None) -> tuple[dict, np.ndarray]:
+def evaluate(s: Setup, batch_size: int | None = None, on_batch=None) -> tuple[dict, np.ndarray]:
     """Score every eval text against all labels; returns (metrics, predictions in data order).
+
+    on_batch(done, total): called after each batch (a progress bar), if given.
 
     With several processes each scores every world-th batch and the (N, K) score matrix is
     assembled on all of them (distributed.gather_rows); metrics come from the whole matrix.
@@ -116,12 +118,15 @@ def evaluate(s: Setup, batch_size: int | None = None) -> tuple[dict, np.ndarray]
     all_scores = np.zeros((n, method.num_labels), dtype=np.float32)
     E = batch_size or s.cfg.hardware.eval_batch_size
     try:
-        for idx, keep in distributed.shard_even(eval_batches(enc.lengths, E)):  # FSDP: a short rank runs one unkept
+        batches = list(distributed.shard_even(eval_batches(enc.lengths, E)))  # FSDP: a short rank runs one unkept
+        for j, (idx, keep) in enumerate(batches):
             batch = collate(enc, idx, s.backbone.pad_id, s.backbone.padding_side, s.device)
             with s.autocast():
                 scores = method.scores(batch).float().cpu().numpy()
             if keep:
                 all_scores[idx] = scores
+            if on_batch is not None:
+                on_batch(j + 1, len(batches))
     except torch.OutOfMemoryError:
         raise LtuneError(f"out of memory while evaluating at hardware.eval_batch_size={E} "
                          f"({method.num_labels} labels scored per text); use hardware.eval_batch_size="
@@ -137,15 +142,13 @@ def evaluate(s: Setup, batch_size: int | None = None) -> tuple[dict, np.ndarray]
 
 
 # --------------------------------------------------------------------------- training
-def lr_lambda(warmup: int, total: int):
-    """Linear warm-up, then linear decay to 0 (the usual schedule for prefix/prompt tuning)."""
+def make_scheduler(opt, tc):
+    """transformers' schedule `train.scheduler` (linear | cosine | constant_with_warmup), warming
+    up over warmup_ratio x max_steps: the same functions as HF Trainer's lr_scheduler_type."""
+    from transformers import get_scheduler
 
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return f
+    return get_scheduler(tc.scheduler, opt, num_warmup_steps=int(tc.warmup_ratio * tc.max_steps),
+                         num_training_steps=tc.max_steps)
 
 
 class RunInterrupted(LtuneError):
@@ -160,8 +163,9 @@ def train(cfg, *, backbone=None, console=None) -> Path:
     Several processes (hardware.strategy=ddp|fsdp): under torchrun every rank runs this and
     rank 0 writes the folder; otherwise the workers are started here (distributed.launch).
     """
-    from ltune_cli import distributed
+    from ltune_cli import distributed, loggers
 
+    loggers.require(cfg.logger.name)  # a missing extra: before a run folder or minutes of loading
     if distributed.needs_launch(cfg.hardware):
         return _launch(cfg)
     t_start = time.time()
@@ -257,7 +261,7 @@ def make_optimizer(groups: list[dict], weight_decay: float) -> torch.optim.AdamW
 
 
 def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool, stop: _StopFlag) -> Path:
-    from ltune_cli import checkpoint, distributed, memory
+    from ltune_cli import checkpoint, distributed, loggers, memory
 
     d = distributed.state()
     s = build(cfg, backbone=backbone)
@@ -269,8 +273,7 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
     lr = tc.lr if tc.lr is not None else cfg.method.lr
     params = method.trainable_parameters()
     opt = make_optimizer(method.param_groups(lr), tc.weight_decay)
-    warmup = int(tc.warmup_ratio * tc.max_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, tc.max_steps))
+    sched = make_scheduler(opt, tc)
     # fp16 (5 exponent bits) underflows small gradients and overflows large ones: scale the loss,
     # and skip a step whose gradients overflowed (the scale is then lowered). bf16/fp32: a no-op.
     scaler = torch.amp.GradScaler(s.device.type, enabled=hw.dtype == "fp16")
@@ -325,8 +328,8 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
     t_train, window_t = time.time(), time.time()
     preds = None
     stop.in_loop, stop.step = True, step
-    with _progress(console, tc, show=d.is_main) as progress:
-        task = progress.add_task("train", total=tc.max_steps, completed=step, loss=float("nan"), rate=0.0)
+    # metrics.jsonl, the logger= backend and the console (loggers.py): one call per record
+    with loggers.RunLog(cfg, run_dir, start_step=step, main=d.is_main, console=console) as runlog:
         while step < tc.max_steps:
             idx = next(order)
             step += 1
@@ -358,19 +361,16 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
                 rec = {"kind": "train", "step": step, "train_loss": window["loss"] / n if n else None,
                        "lr": sched.get_last_lr()[0], "examples_per_s": n * len(idx) / max(dt, 1e-9),
                        "time_s": time.time() - t_train}
-                if d.is_main:
-                    runfolder.append_jsonl(metrics_path, rec)
-                progress.update(task, loss=rec["train_loss"] if n else float("nan"), rate=rec["examples_per_s"])
+                runlog.record(rec)
                 window.update(loss=0.0, n=0)
                 window_t = time.time()
             if step % tc.eval_every == 0 or step == tc.max_steps:
-                m, preds = evaluate(s)
+                m, preds = evaluate(s, on_batch=runlog.report.eval_progress())
                 rec = {"kind": "eval", "step": step, **m, "time_s": time.time() - t_train}
-                if d.is_main:
-                    runfolder.append_jsonl(metrics_path, rec)
+                runlog.record(rec)
                 history.append(rec)
                 window_t = time.time()  # evaluation time is not training throughput
-            progress.update(task, completed=step)
+            runlog.advance(step)
             stopping = stop.requested
             if d.enabled and distributed.any_true(bool(stopping)):  # all ranks stop at the same step
                 stopping = stopping or "SIGTERM"
@@ -526,14 +526,3 @@ def _stop_signals():
         for sig, h in old.items():
             if h is not None:
                 signal.signal(sig, h)
-
-
-@contextlib.contextmanager
-def _progress(console, tc, show: bool = True):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} ex/s"),
-                        TimeRemainingColumn(), console=console, disable=not (tc.progress and show), transient=False)
-    with progress:
-        yield progress

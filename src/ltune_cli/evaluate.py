@@ -116,8 +116,9 @@ def reproduction(stored: dict, scores: dict, stored_pred: list | None, pred: lis
     return not mismatches, mismatches
 
 
-def score_run(run, overrides=(), *, backbone=None) -> tuple[dict, dict]:
-    """Re-score a run: (eval record for eval.json, predictions record). Writes nothing."""
+def score_run(run, overrides=(), *, backbone=None, on_batch=None) -> tuple[dict, dict]:
+    """Re-score a run: (eval record for eval.json, predictions record). Writes nothing.
+    on_batch(done, total): progress after each eval batch (engine.evaluate)."""
     from ltune_cli import engine
 
     run = Path(run)
@@ -128,7 +129,7 @@ def score_run(run, overrides=(), *, backbone=None) -> tuple[dict, dict]:
     stored_dataset = load_stored(run / "config.yaml").dataset
     s = engine.build(cfg, backbone=backbone, with_train=False)
     runfolder.load_trainable(s.method, run)
-    scores, preds = engine.evaluate(s)
+    scores, preds = engine.evaluate(s, on_batch=on_batch)
     out = {"run": str(run), "eval_examples": len(s.eval_enc), "scores": scores,
            "versions": runfolder.versions(), "overrides": overrides, "tolerance": TOLERANCE}
     final = res.get("final") or {}

@@ -50,7 +50,7 @@ def outputs_dir() -> Path:
 
 CONFIG_DIR_ENV = "LTUNE_CONFIG_DIR"
 #: The config groups a user's own folder may add options to (docs/config-dir.md).
-USER_GROUPS = ("model", "dataset", "method", "hardware", "sweep")
+USER_GROUPS = ("model", "dataset", "method", "hardware", "logger", "sweep")
 
 
 def user_conf_dir() -> Path | None:

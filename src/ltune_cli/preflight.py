@@ -36,6 +36,9 @@ def check(cfg):
     if getattr(REGISTRY.get(cfg.method.name), "needs_kv_cache", False):
         require_kv_cache(info.geo.family, cfg.method.name)
     check_hardware(cfg.hardware)
+    from ltune_cli.loggers import require
+
+    require(cfg.logger.name)  # logger=tensorboard/mlflow/wandb: its package
     return info
 
 

@@ -12,6 +12,8 @@ Layout of `outputs/<run>/` (schema `ltune.results/1`)::
     predictions.json       {"gold": [int], "pred": [int], "label_texts": [str]} of the final eval
     trainable.safetensors  the trainable weights only (the frozen base is never saved)
     error.txt              present when the run failed (results.json then has status "failed")
+    metrics.csv | tensorboard/ | mlflow/ + logger.json | wandb/ + logger.json
+                           the logger= backend's copy of metrics.jsonl (loggers.py)
 
 The lifecycle of a run folder lives here too: choosing and creating it, checking that a
 resumed run has the same config, writing config.yaml / results.json / error.txt, and the
@@ -277,7 +279,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 # Entries a folder may hold and still take a new run: Hydra's job files in a sweep job's folder,
 # a lock file, and the start of a run that never reached a checkpoint (nothing to lose).
-_REUSABLE = {".hydra", ".ltune.lock", "config.yaml", "metrics.jsonl"}
+_REUSABLE = {".hydra", ".ltune.lock", "config.yaml", "metrics.jsonl",
+             "metrics.csv", "logger.json", "tensorboard", "mlflow", "wandb"}  # loggers.py's files
 
 
 def _refuse_to_overwrite(d: Path, what: str) -> None:

@@ -51,7 +51,8 @@ MANIFEST_SCHEMA = "ltune.sweep/1"
 JOBS_DIR = Path(".ltune") / "jobs"
 FORCE_ENV = "LTUNE_SWEEP_FORCE"  # set in the job by hydra.job.env_set when `ltune sweep --force`
 # Config keys that do not change what a run computes: ignored when deciding to skip a run.
-IGNORED_KEYS = (("out_dir",), ("resume",), ("train", "progress"), ("hardware", "mem_gb"), ("hardware", "gpu_mem_gb"))
+IGNORED_KEYS = (("out_dir",), ("resume",), ("train", "progress"), ("hardware", "mem_gb"), ("hardware", "gpu_mem_gb"),
+                ("logger",))  # where metrics are logged, not what they are
 # Files a run writes (runfolder.py); cleared before a run is redone. .hydra/ and *.log stay.
 KEEP_ON_REDO = (".hydra",)
 LAUNCHERS_HINT = ("joblib, submitit_slurm, submitit_local: pip install -e '.[launchers]'; "
@@ -125,7 +126,33 @@ def run_job(cfg: DictConfig) -> dict:
     record["wall_time_s"] = time.time() - t0
     _add_result(record, run_dir)
     _write_record(record, sweep_dir, multirun)
+    if multirun:
+        log.info(progress_line(sweep_dir))
     return record
+
+
+def progress_line(sweep_dir: Path) -> str:
+    """`sweep: 3/8 runs done (completed 2, skipped 1) | elapsed 0:04:10 | ETA 0:06:57`, from the
+    manifest's grid and this invocation's job records (so parallel launchers count too). The ETA
+    is the time per run that ran (skipped ones take none) times the runs left."""
+    import math
+    from datetime import datetime
+
+    from ltune_cli.loggers import hms
+
+    manifest = read_manifest(sweep_dir)
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in (sweep_dir / JOBS_DIR).glob("*.json")]
+    done = len(records)
+    total = max(done, math.prod(len(v) for v in (manifest.get("grid") or {}).values()))
+    counts = Counter(r["status"] for r in records)
+    ran = done - counts.get("skipped", 0)
+    try:
+        elapsed = time.time() - datetime.strptime(manifest["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except (KeyError, TypeError, ValueError):
+        elapsed = math.nan
+    eta = elapsed / ran * (total - done) if ran else (0.0 if done == total else math.nan)
+    what = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    return f"sweep: {done}/{total} runs done ({what}) | elapsed {hms(elapsed)} | ETA {hms(eta)}"
 
 
 def _write_record(record: dict, sweep_dir: Path, multirun: bool) -> None:

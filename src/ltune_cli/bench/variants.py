@@ -77,13 +77,12 @@ class _TrainStep:
     schedule, zero_grad)."""
 
     def _optimizer(self, groups: list[dict], tc, loop_adamw: bool = False) -> None:
-        from ltune_cli.engine import lr_lambda, make_optimizer
+        from ltune_cli.engine import make_optimizer, make_scheduler
 
         # The engine's optimizer; loop_adamw=True is the what-if of torch's default for-loop AdamW.
         self.opt = (torch.optim.AdamW(groups, weight_decay=tc.weight_decay) if loop_adamw
                     else make_optimizer(groups, tc.weight_decay))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lr_lambda(int(tc.warmup_ratio * tc.max_steps), tc.max_steps))
+        self.sched = make_scheduler(self.opt, tc)
         self.max_grad_norm = tc.max_grad_norm
 
     def loss(self, batch: dict, n: int) -> torch.Tensor:
