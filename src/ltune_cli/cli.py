@@ -173,6 +173,32 @@ def eval_(run: Path = typer.Argument(..., help="A run folder written by `ltune t
         raise typer.Exit(code=EXIT_MISMATCH)
 
 
+@app.command("export")
+@user_errors
+def export_(run: Path = typer.Argument(..., help="A run folder written by `ltune train`."),
+            format_: str = typer.Option("auto", "--format", help="peft: a PEFT adapter folder (prefix -> "
+                                        "PREFIX_TUNING, prompt -> PROMPT_TUNING) + head.safetensors; ltune: the "
+                                        "trainable weights + ltune.json (lt_prefix / lt_prompt, which PEFT cannot "
+                                        "express); auto: peft where possible."),
+            out: Path | None = typer.Option(None, "--out", help="A new or empty folder (default <run>/adapter-<format>)."),
+            debug: bool = DEBUG):
+    """Export a run's trained weights: a PEFT adapter that PeftModel.from_pretrained loads (checked
+    against ltune's logits before it is kept), or ltune's own self-describing weights."""
+    _setup_logging()
+    from ltune_cli.export import default_out, export_run
+
+    rec = export_run(run, out, format_)
+    folder = out if out is not None else default_out(run, rec["format"])
+    if rec["format"] == "peft":
+        c = rec["check"]
+        print(f"{rec['peft_type']} adapter for {rec['base_model']} ({rec['family']}), head.safetensors beside it; "
+              f"loaded back with PEFT: logits match ltune's on {c['texts']} texts (max relative difference "
+              f"{c['max_relative_difference']:.1e})")
+    else:
+        print(f"ltune format ({rec['why']}): adapter.safetensors + ltune.json, labels {rec['label_texts']}")
+    print(f"exported: {folder}")
+
+
 @app.command()
 @user_errors
 def validate(overrides: list[str] = OVERRIDES, debug: bool = DEBUG):

@@ -50,8 +50,6 @@ def seed_everything(seed: int) -> None:
 def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
     """Data, frozen base, method and tokenised splits, in that order (seeded)."""
     from ltune_cli.data import load_splits
-    from ltune_cli.methods import build_method
-    from ltune_cli.models.backbone import DTYPES, load_backbone
 
     hw = cfg.hardware
     if hw.num_threads:
@@ -62,11 +60,8 @@ def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
         raise LtuneError(f"dataset '{cfg.dataset.name}': the train split is empty.")
     if not data.eval:
         raise LtuneError(f"dataset '{cfg.dataset.name}': the eval split is empty.")
-    if backbone is None:
-        backbone = load_backbone(cfg.model, hw)
+    backbone, method = build_model(cfg, data.label_texts, backbone=backbone)
     device = backbone.device
-    seed_everything(cfg.seed)  # method init does not depend on how many draws loading took
-    method = _to_device(build_method(cfg.method, backbone, data.label_texts), backbone, device)
     tok, L = backbone.tokenizer, cfg.model.max_length
     P = method.positions_before_text()  # texts longer than the position table: an error, not a silent cut
     room = (backbone.max_positions or 0) - P
@@ -75,14 +70,32 @@ def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
                              "use fewer positions before the text (method.num_virtual_tokens, method.label_len)")
     train_enc = encode_examples(data.train, tok, L, what="train") if with_train else None
     eval_enc = encode_examples(data.eval, tok, L, what="eval")
-    dtype = DTYPES[hw.dtype]
+    return Setup(cfg, data, backbone, method, train_enc, eval_enc, device, autocaster(device, hw.dtype))
+
+
+def autocaster(device: torch.device, dtype_name: str):
+    """() -> the autocast context of hardware.dtype on `device` (a no-op for fp32)."""
+    from ltune_cli.models.backbone import DTYPES
+
+    dtype = DTYPES[dtype_name]
 
     def autocast():
         if dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=dtype)
 
-    return Setup(cfg, data, backbone, method, train_enc, eval_enc, device, autocast)
+    return autocast
+
+
+def build_model(cfg, label_texts: list[str], *, backbone=None):
+    """(frozen base, method on its device): what train, eval, predict and export all load."""
+    from ltune_cli.methods import build_method
+    from ltune_cli.models.backbone import load_backbone
+
+    if backbone is None:
+        backbone = load_backbone(cfg.model, cfg.hardware)
+    seed_everything(cfg.seed)  # method init does not depend on how many draws loading took
+    return backbone, _to_device(build_method(cfg.method, backbone, label_texts), backbone, backbone.device)
 
 
 def _to_device(method, backbone, device: torch.device):

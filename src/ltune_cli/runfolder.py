@@ -422,10 +422,11 @@ def save_trainable(method, run_dir: Path) -> None:
     atomic_write_bytes(run_dir / "trainable.safetensors", save(state, metadata={"format": "pt"}))
 
 
-def load_trainable(method, run_dir: Path) -> None:
+def read_trainable(run_dir: Path, name: str = "trainable.safetensors") -> dict:
+    """The trainable weights stored in `run_dir` (CPU tensors); a missing or damaged file is a user error."""
     from safetensors.torch import load_file
 
-    path = run_dir / "trainable.safetensors"
+    path = Path(run_dir) / name
     if not path.is_file():
         raise LtuneError(f"{path} is missing: the run did not finish; re-run it (or resume it).")
     try:
@@ -433,6 +434,12 @@ def load_trainable(method, run_dir: Path) -> None:
     except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: a truncated or overwritten file
         raise LtuneError(f"{path} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                          f"re-run the training to write it again.") from None
+    return state
+
+
+def load_trainable(method, run_dir: Path, name: str = "trainable.safetensors") -> None:
+    path = Path(run_dir) / name
+    state = read_trainable(run_dir, name)
     try:
         method.load_trainable_state({k: v.to(method.backbone.device) for k, v in state.items()})
     except (ValueError, RuntimeError) as e:  # other names, or other shapes (another model.path)
