@@ -201,6 +201,30 @@ def export_(run: Path = typer.Argument(..., help="A run folder written by `ltune
 
 @app.command()
 @user_errors
+def predict(run: Path = typer.Argument(..., help="A run folder written by `ltune train`."),
+            input_: str = typer.Option(..., "--input", "-i", help="Texts to label: a .csv/.tsv/.jsonl file, or - "
+                                       "for standard input."),
+            output: str = typer.Option("-", "--output", "-o", help="A .csv/.tsv/.jsonl file (by its extension), "
+                                       "or - for standard output in the input's format."),
+            batch_size: int | None = typer.Option(None, "--batch-size", help="Texts per forward (default: the "
+                                                  "run's hardware.eval_batch_size)."),
+            text_column: str | None = typer.Option(None, "--text-column", help="Column/key of the text (default: "
+                                                   "the run's dataset.text_column)."),
+            pair_column: str | None = typer.Option(None, "--pair-column", help="Column/key of the second text of "
+                                                   "a pair (default: the run's dataset.text_pair_column)."),
+            debug: bool = DEBUG):
+    """Label new texts with a trained run: the label and one score per label for every row, in input order."""
+    _setup_logging()
+    from ltune_cli.predict import predict as run_predict
+
+    rows, _ = run_predict(run, input_, output, batch_size=batch_size, text_column=text_column,
+                          pair_column=pair_column, console=_console())
+    if output != "-":
+        typer.echo(f"{len(rows)} predictions written: {output}", err=True)
+
+
+@app.command()
+@user_errors
 def validate(overrides: list[str] = OVERRIDES, debug: bool = DEBUG):
     """Check a configuration without loading weights: keys, types, ranges, data files, and what
     train would refuse (model folder and family, method x family, devices, optional packages)."""
