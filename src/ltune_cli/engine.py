@@ -271,6 +271,7 @@ def make_optimizer(groups: list[dict], weight_decay: float) -> torch.optim.AdamW
 
 def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool, stop: _StopFlag) -> Path:
     from ltune_cli import checkpoint, distributed, memory
+    from ltune_cli.selection import Selection
 
     d = distributed.state()
     s = build(cfg, backbone=backbone)
@@ -295,12 +296,15 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
     # Loss accumulated since the last "train" record, so records are the same after a resume.
     window = {"loss": 0.0, "n": 0, "skipped": 0}
     step = 0
+    # train.keep_best / train.early_stop_patience: the best evaluation so far (selection.py).
+    sel = Selection(cfg.dataset.primary_metric, tc.keep_best, tc.early_stop_patience)
+    stopped_at = None
 
     def snapshot() -> dict:
         return {"step": step, "trainable": method.trainable_state(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "order": order.state_dict(),
                 "pairs_gen": pairs_gen.get_state(), "rng": checkpoint.rng_state(), "window": dict(window),
-                "scaler": scaler.state_dict(),
+                "scaler": scaler.state_dict(), "selection": sel.state_dict(),
                 "metrics_bytes": metrics_path.stat().st_size, "micro_batches": hw.grad_accum * d.world}
 
     if ckpt is not None:
@@ -313,6 +317,9 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
             scaler.load_state_dict(ckpt["scaler"])
         checkpoint.set_rng_state(ckpt["rng"])
         window, step = ckpt["window"], ckpt["step"]
+        sel.load_state_dict(ckpt.get("selection"))
+        if sel.exhausted() and step < tc.max_steps:  # interrupted at the very evaluation that stopped it
+            stopped_at = step
         if d.is_main:
             with open(metrics_path, "r+b") as f:  # drop records written after that checkpoint
                 f.truncate(ckpt["metrics_bytes"])
@@ -336,11 +343,11 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
 
     method.train()
     t_train, window_t = time.time(), time.time()
-    preds = None
+    preds = last_eval = None
     stop.in_loop, stop.step = True, step
     with _progress(console, tc, show=d.is_main) as progress:
         task = progress.add_task("train", total=tc.max_steps, completed=step, loss=float("nan"), rate=0.0)
-        while step < tc.max_steps:
+        while step < tc.max_steps and stopped_at is None:
             idx = next(order)
             step += 1
             stop.step = step
@@ -382,6 +389,10 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
                 if d.is_main:
                     runfolder.append_jsonl(metrics_path, rec)
                 history.append(rec)
+                last_eval = rec
+                sel.update(rec, method, preds)
+                if sel.exhausted() and step < tc.max_steps:
+                    stopped_at = step
                 window_t = time.time()  # evaluation time is not training throughput
             progress.update(task, completed=step)
             stopping = stop.requested
@@ -395,16 +406,26 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
                 stop.hand_over(stopping)  # SIGUSR2 under submitit: it requeues the job, which resumes here
                 raise RunInterrupted(f"{stopping} at step {step}: checkpoint saved; continue with "
                                      f"`{runfolder.resume_command(run_dir)}`")
+            if stopped_at is not None:
+                log.info("early stop at step %d: %s has not improved for %d evaluations (best %.4f at step %d)",
+                         step, sel.metric, sel.patience, sel.best[sel.metric], sel.best["step"])
+                break
     train_time = time.time() - t_train
     if preds is None:  # resumed exactly at the end: score the final weights once more
         m, preds = evaluate(s)
+        last_eval = {"kind": "eval", "step": step, **m}
+    if sel.keep_best and sel.weights is not None:  # the best evaluation's weights are the run's
+        method.load_trainable_state({k: v.to(s.device) for k, v in sel.weights.items()})
+        preds = sel.preds
 
     if d.is_main:
         runfolder.save_trainable(method, run_dir)
         runfolder.write_json(run_dir / "predictions.json",
                              {"gold": s.eval_enc.labels, "pred": preds, "label_texts": s.data.label_texts})
-        results = runfolder.result_record(cfg, s, status="completed", history=history, steps=tc.max_steps,
-                                wall=time.time() - t_start, train_time=train_time)
+        results = runfolder.result_record(cfg, s, status="completed", history=history, steps=step,
+                                          wall=time.time() - t_start, train_time=train_time,
+                                          saved=sel.best if sel.keep_best else None)
+        results.update(sel.summary(last_eval, stopped_at))
         results["distributed"] = {"strategy": d.strategy, "world_size": d.world, "backend": d.backend,
                                   "global_batch": hw.batch_size * hw.grad_accum * d.world}
         results["memory"] = {**mem_estimate, **memory.peak(s.device)}

@@ -448,11 +448,14 @@ def load_trainable(method, run_dir: Path, name: str = "trainable.safetensors") -
 
 
 def result_record(cfg, s, *, status: str, history: list[dict], steps: int, wall: float,
-                  train_time: float, error: str | None = None) -> dict:
+                  train_time: float, error: str | None = None, saved: dict | None = None) -> dict:
+    """results.json. "final": the scores of the saved weights: the last evaluation's, or with
+    train.keep_best the best one's (`saved`); "last": the last evaluation's."""
     primary = cfg.dataset.primary_metric
     evals = [h for h in history if h.get("kind", "eval") == "eval"]
     keep = ("step", "accuracy", "mcc", "macro_f1", "val_loss", "pair_accuracy")
-    final = {k: evals[-1][k] for k in keep if k in evals[-1]} if evals else None
+    last = {k: evals[-1][k] for k in keep if k in evals[-1]} if evals else None
+    final = {k: saved[k] for k in keep if k in saved} if saved else last
     best = None
     if evals:
         b = max(evals, key=lambda h: h[primary])
@@ -470,7 +473,7 @@ def result_record(cfg, s, *, status: str, history: list[dict], steps: int, wall:
         "trainable_params": s.method.num_trainable() if s else None, "total_params": total,
         "steps": steps, "train_examples": len(s.train_enc) if s and s.train_enc else None,
         "eval_examples": len(s.eval_enc) if s else None,
-        "primary_metric": primary, "final": final, "best": best,
+        "primary_metric": primary, "final": final, "last": last, "best": best,
         "wall_time_s": wall, "train_time_s": train_time,
     }
 
