@@ -163,6 +163,7 @@ def write_peft_adapter(method, out: Path, base: dict, dtype: str = "fp32") -> di
         save_file(head, str(out / "head.safetensors"), metadata={"format": "pt"})
         record = {**base, "format": "peft", "peft_type": PEFT_METHODS[method.name],
                   "task_type": "FEATURE_EXTRACTION", "num_virtual_tokens": P, "family": backbone.geo.family,
+                  "base_model_folder": peft_cfg.base_model_name_or_path,
                   "pooling": backbone.pooling, "prompt_positions": P if method.name == "prompt" else 0,
                   "padding_side": "right", "head": "head.safetensors: logits = pooled @ weight.T + bias, "
                                                     "one per label text, argmax = prediction",

@@ -8,7 +8,11 @@ Layout of `outputs/<run>/` (schema `ltune.results/1`)::
                              (train_loss null when train.on_nonfinite=skip skipped every batch since the last)
                              {"kind": "eval",  "step", "val_loss", "accuracy", "mcc", "macro_f1",
                               ["pair_accuracy"], "time_s"}
-    results.json           fixed schema, see `RESULT_KEYS`
+    results.json           fixed schema, see `RESULT_KEYS`; "final" scores the saved weights (the last
+                           evaluation's, or the best one's with train.keep_best), "last" the last
+                           evaluation; a completed run adds "saved_weights" {which, step, metric,
+                           value} and "early_stopping" {patience, stopped_early, stopped_at_step,
+                           best_step} (selection.py)
     predictions.json       {"gold": [int], "pred": [int], "label_texts": [str]} of the final eval
     trainable.safetensors  the trainable weights only (the frozen base is never saved)
     error.txt              present when the run failed (results.json then has status "failed")
