@@ -173,9 +173,15 @@ def eval_(run: Path = typer.Argument(..., help="A run folder written by `ltune t
         raise typer.Exit(code=EXIT_MISMATCH)
 
 
+RUNTIME_OVERRIDES = typer.Argument(None, help="Only where the frozen base runs: model.path=..., hardware.device/"
+                                               "dtype/eval_batch_size/num_threads/load_in/device_map/...; anything "
+                                               "else is refused.", show_default=False)
+
+
 @app.command("export")
 @user_errors
 def export_(run: Path = typer.Argument(..., help="A run folder written by `ltune train`."),
+            overrides: list[str] = RUNTIME_OVERRIDES,
             format_: str = typer.Option("auto", "--format", help="peft: a PEFT adapter folder (prefix -> "
                                         "PREFIX_TUNING, prompt -> PROMPT_TUNING) + head.safetensors; ltune: the "
                                         "trainable weights + ltune.json (lt_prefix / lt_prompt, which PEFT cannot "
@@ -187,7 +193,7 @@ def export_(run: Path = typer.Argument(..., help="A run folder written by `ltune
     _setup_logging()
     from ltune_cli.export import default_out, export_run
 
-    rec = export_run(run, out, format_)
+    rec = export_run(run, out, format_, overrides or [])
     folder = out if out is not None else default_out(run, rec["format"])
     if rec["format"] == "peft":
         c = rec["check"]
@@ -202,6 +208,7 @@ def export_(run: Path = typer.Argument(..., help="A run folder written by `ltune
 @app.command()
 @user_errors
 def predict(run: Path = typer.Argument(..., help="A run folder written by `ltune train`."),
+            overrides: list[str] = RUNTIME_OVERRIDES,
             input_: str = typer.Option(..., "--input", "-i", help="Texts to label: a .csv/.tsv/.jsonl file, or - "
                                        "for standard input."),
             output: str = typer.Option("-", "--output", "-o", help="A .csv/.tsv/.jsonl file (by its extension), "
@@ -217,7 +224,7 @@ def predict(run: Path = typer.Argument(..., help="A run folder written by `ltune
     _setup_logging()
     from ltune_cli.predict import predict as run_predict
 
-    rows, _ = run_predict(run, input_, output, batch_size=batch_size, text_column=text_column,
+    rows, _ = run_predict(run, input_, output, overrides or [], batch_size=batch_size, text_column=text_column,
                           pair_column=pair_column, console=_console())
     if output != "-":
         typer.echo(f"{len(rows)} predictions written: {output}", err=True)

@@ -48,14 +48,15 @@ def default_out(run: Path, fmt: str) -> Path:
     return Path(run) / f"adapter-{fmt}"
 
 
-def export_run(run, out=None, fmt: str = "auto", *, backbone=None) -> dict:
-    """Write the export of `run` into `out` (a new or empty folder); returns ltune.json's record."""
-    from ltune_cli.evaluate import load_run_config
+def export_run(run, out=None, fmt: str = "auto", overrides=(), *, backbone=None) -> dict:
+    """Write the export of `run` into `out` (a new or empty folder); returns ltune.json's record.
+    `overrides`: where the base runs for the check (RUNTIME_KEYS, e.g. hardware=cpu for a GPU run)."""
+    from ltune_cli.evaluate import RUNTIME_KEYS, load_run_config
 
     run = Path(run)
     if fmt not in FORMATS:
         raise LtuneError(f"--format {fmt}: use one of {', '.join(FORMATS)}.")
-    cfg, _ = load_run_config(run)
+    cfg, _ = load_run_config(run, list(overrides or ()), RUNTIME_KEYS, "export")
     method = str(cfg.method.name)
     if fmt == "auto":
         fmt = "peft" if method in PEFT_METHODS else "ltune"

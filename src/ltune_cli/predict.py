@@ -64,19 +64,19 @@ def output_format(output: str | None, input_fmt: str) -> str:
     return FORMATS[suffix]
 
 
-def predict(run, source: str, output: str | None = None, *, batch_size: int | None = None,
+def predict(run, source: str, output: str | None = None, overrides=(), *, batch_size: int | None = None,
             text_column: str | None = None, pair_column: str | None = None, backbone=None,
             console=None) -> tuple[list[dict], str]:
     """Score every text of `source` with `run`; returns (rows, output format). Writes `output`
-    (a file; None or `-`: standard output)."""
+    (a file; None or `-`: standard output). `overrides`: where the base runs (RUNTIME_KEYS)."""
     import torch
 
     from ltune_cli import engine
     from ltune_cli.batching import collate, encode_examples, eval_batches
     from ltune_cli.data import Example
-    from ltune_cli.evaluate import load_run_config
+    from ltune_cli.evaluate import RUNTIME_KEYS, load_run_config
 
-    cfg, _ = load_run_config(run)
+    cfg, _ = load_run_config(run, list(overrides or ()), RUNTIME_KEYS, "predict")
     if batch_size is not None and batch_size < 1:
         raise LtuneError(f"--batch-size {batch_size}: give a positive number of texts per batch.")
     ds = cfg.dataset
