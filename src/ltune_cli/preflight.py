@@ -17,10 +17,10 @@ from ltune_cli.errors import LtuneError, suggest
 # hydra/launcher=<name> -> (plugin module, pip extra that installs it)
 LAUNCHERS = {
     "basic": (None, None),
-    "joblib": ("hydra_plugins.hydra_joblib_launcher", "ltune-cli[launchers]"),
-    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "ltune-cli[launchers]"),
-    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "ltune-cli[launchers]"),
-    "ray": ("hydra_plugins.hydra_ray_launcher", "ltune-cli[ray]"),
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "-e '.[launchers]'"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "-e '.[launchers]'"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "-e '.[launchers]'"),
+    "ray": ("hydra_plugins.hydra_ray_launcher", "-e '.[ray]'"),
 }
 
 
@@ -66,4 +66,4 @@ def check_launchers(overrides) -> None:
             continue
         if module:
             raise LtuneError(f"hydra/launcher={name} needs its Hydra plugin ({module.split('.')[-1]}), which is "
-                             f"not installed: pip install '{extra}'.")
+                             f"not installed: pip install {extra}.")

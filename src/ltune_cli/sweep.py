@@ -54,8 +54,8 @@ FORCE_ENV = "LTUNE_SWEEP_FORCE"  # set in the job by hydra.job.env_set when `ltu
 IGNORED_KEYS = (("out_dir",), ("resume",), ("train", "progress"), ("hardware", "mem_gb"), ("hardware", "gpu_mem_gb"))
 # Files a run writes (runfolder.py); cleared before a run is redone. .hydra/ and *.log stay.
 KEEP_ON_REDO = (".hydra",)
-LAUNCHERS_HINT = ("joblib, submitit_slurm, submitit_local: pip install 'ltune-cli[launchers]'; "
-                  "ray: pip install 'ltune-cli[ray]'")
+LAUNCHERS_HINT = ("joblib, submitit_slurm, submitit_local: pip install -e '.[launchers]'; "
+                  "ray: pip install -e '.[ray]'")
 
 
 # --------------------------------------------------------------------------- the job

@@ -407,7 +407,7 @@ def _peft_unavailable() -> str | None:
     try:
         import peft  # noqa: F401
     except ImportError:
-        return "peft is not installed (pip install 'ltune-cli[bench]', i.e. peft==0.21.2)"
+        return "peft is not installed (pip install -e '.[bench]', i.e. peft==0.21.2)"
     return None
 
 

@@ -1,4 +1,4 @@
-"""A dataset from the Hugging Face hub (dataset=hub); needs internet and `pip install ltune-cli[hub]`.
+"""A dataset from the Hugging Face hub (dataset=hub); needs internet and `pip install -e '.[hub]'`.
 
 `datasets` is imported only here and only when asked for: it is an optional dependency and
 slow to import. Anything it raises becomes one `LtuneError` that points to dataset=files,
@@ -23,7 +23,7 @@ def _import_datasets():
     try:
         import datasets
     except ImportError:
-        raise LtuneError("dataset=hub needs the `datasets` package: pip install 'ltune-cli[hub]'. "
+        raise LtuneError("dataset=hub needs the `datasets` package: pip install -e '.[hub]'. "
                          + OFFLINE_FIX) from None
     return datasets
 

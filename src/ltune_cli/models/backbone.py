@@ -448,7 +448,7 @@ def _placement(hw, device: torch.device, dtype: torch.dtype) -> dict:
     if load_in != "none":
         if importlib.util.find_spec("bitsandbytes") is None:
             raise LtuneError(f"hardware.load_in={load_in} loads the frozen base through bitsandbytes, which is not "
-                             f"installed: pip install 'ltune-cli[quant]' (needs a CUDA GPU), or drop "
+                             f"installed: pip install -e '.[quant]' (needs a CUDA GPU), or drop "
                              f"hardware.load_in.")
         if device.type != "cuda":
             raise LtuneError(f"hardware.load_in={load_in} (bitsandbytes) needs a CUDA device; this run is on "

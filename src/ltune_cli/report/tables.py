@@ -1,15 +1,23 @@
-"""Text views of a `Report`: Markdown (report.md), LaTeX (tables.tex) and CSV (results.csv).
+"""The report's tables as pandas frames, and their text views: Markdown (report.md), LaTeX
+(tables.tex) and CSV (results.csv). report.html renders the same frames (report/html.py).
 
+Each table is built once as a frame of display strings (`main_frame`, `differences_frame`,
+`steps_frame`, `params_frame`, `runs_frame`, `failed_frame`) and rendered by pandas:
+`to_markdown` (tabulate), `Styler.to_latex` and `Styler.to_html` (jinja2), `to_csv`.
 Scores in [0, 1] (accuracy, MCC, macro-F1, pair accuracy) are shown x100 with two
 decimals, as in the paper; losses keep four decimals. The CSV and report.json keep
 the raw, unscaled values.
 
-results.csv is one pandas frame: a `kind=run` line per run folder, then a `kind=summary`
-line per table cell (row x dataset x model) whose metric columns hold the mean over seeds
-and `<metric>_std` the sample std.
+results.csv is one frame: a `kind=run` line per run folder (`run_frame`), then a
+`kind=summary` line per table cell (row x dataset x model, `summary_frame`) whose metric
+columns hold the mean over seeds and `<metric>_std` the sample std.
 """
 
 from __future__ import annotations
+
+import re
+
+import pandas as pd
 
 from ltune_cli.report.analysis import Report, Table
 from ltune_cli.report.load import row_label
@@ -18,6 +26,8 @@ PERCENT_METRICS = ("accuracy", "mcc", "macro_f1", "pair_accuracy")
 CSV_KEYS = ("kind", "row", "method", "variant", "settings", "dataset", "model", "seed", "n", "status", "name", "path",
             "eval_examples", "trainable_params")
 METRIC_ORDER = ("accuracy", "mcc", "macro_f1", "pair_accuracy", "val_loss")
+NO_PAIRS = "no L-Tuning / baseline pairs with runs in the same column"
+N_SUFFIX = re.compile(r"^(.*) \(n=(\d+)\)$")  # a main-table cell: '81.20 ± 0.50 (n=3)'
 
 
 def fmt_value(v: float | None, metric: str, signed: bool = False) -> str:
@@ -36,6 +46,12 @@ def fmt_mean_std(mean: float, std: float | None, metric: str, pm: str = "±") ->
 
 def fmt_steps(step: int | None) -> str:
     return "never" if step is None else str(step)
+
+
+def fmt_ci(d: dict) -> str:
+    """'[+1.20, +4.80]' in the metric's units, '–' without an interval."""
+    m = d["metric"]
+    return "–" if d["lo"] is None else f"[{fmt_value(d['lo'], m, True)}, {fmt_value(d['hi'], m, True)}]"
 
 
 def fmt_params(rec: dict) -> str:
@@ -70,95 +86,123 @@ def column_header(t: Table, col: tuple[str, str]) -> str:
     return f"{head} ({t.metric[col]})" if _mixed(t) else head
 
 
-def _md_escape(s: str) -> str:
+# ----------------------------------------------------------------------------- frames
+
+
+def main_frame(t: Table) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(cells, best) of a paper-style table: index = method rows, columns = (dataset, model).
+
+    A cell reads '81.20 ± 0.50 (n=3)' ('–' when the row has no run there); `best` is True
+    where the cell holds its column's best mean. The dataset level names the metric when
+    the table mixes metrics ('cola (mcc)').
+    """
+    columns = pd.MultiIndex.from_tuples(
+        [(d + (f" ({t.metric[(d, m)]})" if _mixed(t) else ""), m) for d, m in t.columns], names=["dataset", "model"])
+    index = pd.Index([row_label(r) for r in t.rows], name="method")
+    cells = [[t.cells.get((r, c)) for c in t.columns] for r in t.rows]
+    text = [["–" if x is None else f"{fmt_mean_std(x.mean, x.std, t.metric[c])} (n={x.n})"
+             for x, c in zip(row, t.columns)] for row in cells]
+    best = [[x is not None and x.best for x in row] for row in cells]
+    return pd.DataFrame(text, index, columns), pd.DataFrame(best, index, columns, dtype=bool)
+
+
+def differences_frame(diffs: list[dict]) -> pd.DataFrame:
+    """L-Tuning minus baseline per column; `excludes 0` stays a bool for the views to mark."""
+    return pd.DataFrame(
+        [{"comparison": f"{d['lt']} − {d['baseline']}", "dataset": d["dataset"], "model": d["model"],
+          "metric": d["metric"], "seeds": str(d["n"]), "mean diff": fmt_value(d["diff"], d["metric"], True),
+          "95% CI": fmt_ci(d), "excludes 0": bool(d["excludes_zero"]), "pairing": d["pairing"]} for d in diffs],
+        columns=["comparison", "dataset", "model", "metric", "seeds", "mean diff", "95% CI", "excludes 0", "pairing"])
+
+
+def steps_frame(steps: list[dict]) -> pd.DataFrame:
+    """Steps each method needs to reach the baseline's final val_loss and metric."""
+    rows = [[f"{s['lt']} vs {s['baseline']}", s["dataset"], s["model"], fmt_value(s["target_val_loss"], "val_loss"),
+             fmt_steps(s["baseline_steps_val_loss"]), fmt_steps(s["lt_steps_val_loss"]),
+             f"{s['metric']} {fmt_value(s['target_metric'], s['metric'])}",
+             fmt_steps(s["baseline_steps_metric"]), fmt_steps(s["lt_steps_metric"])] for s in steps]
+    columns = pd.MultiIndex.from_tuples(
+        [("", "comparison"), ("", "dataset"), ("", "model"), ("val_loss", "target"), ("val_loss", "baseline steps"),
+         ("val_loss", "L-Tuning steps"), ("metric", "target"), ("metric", "baseline steps"),
+         ("metric", "L-Tuning steps")])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def params_frame(params: list[dict]) -> pd.DataFrame:
+    """Trainable parameters: one row per method row, one column per model, '–' where none ran."""
+    if not params:
+        return pd.DataFrame()
+    long = pd.DataFrame({"method": [p["label"] for p in params], "model": [p["model"] for p in params],
+                         "text": [fmt_params(p) for p in params]})
+    wide = long.pivot(index="method", columns="model", values="text").fillna("–")
+    wide = wide.reindex(index=list(dict.fromkeys(long["method"])), columns=sorted(set(long["model"])))
+    return wide.reset_index().rename_axis(columns=None)
+
+
+def runs_frame(rep: Report) -> pd.DataFrame:
+    """Every completed run that fed the main table, with its value in that table's metric."""
+    runs = run_frame(rep)
+    if runs.empty or not rep.tables:
+        return pd.DataFrame()
+    runs = runs[runs["status"] == "completed"]
+    metric = rep.tables[0].metric
+    score = [f"{m} {fmt_value(r.get(m), m)}" if (m := metric.get((r["dataset"], r["model"]))) else "–"
+             for r in runs.to_dict("records")]
+    seed = ["–" if pd.isna(s) else str(int(s)) for s in runs["seed"]]
+    return pd.DataFrame({"row": runs["row"], "dataset": runs["dataset"], "model": runs["model"], "seed": seed,
+                         "score": score, "folder": runs["path"]})
+
+
+def failed_frame(failed: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{"run": f["name"], "status": f["status"], "error": f["error"] or "–", "folder": f["path"]}
+                         for f in failed], columns=["run", "status", "error", "folder"])
+
+
+# ----------------------------------------------------------------------------- Markdown
+
+
+def _md_escape(s) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(map(_md_escape, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(_md_escape, r)) + " |" for r in rows]
-    return "\n".join(lines)
+def markdown(frame: pd.DataFrame, empty: str, right: tuple[str, ...] = ()) -> str:
+    """A GitHub pipe table (tabulate); numbers kept exactly as formatted; `right` columns right-aligned."""
+    if frame.empty:
+        return f"_{empty}_"
+    frame = frame.map(_md_escape).rename(columns=_md_escape)
+    align = ["right" if c in right else "left" for c in frame.columns]
+    return frame.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
-def md_cell(t: Table, row, col) -> str:
-    cell = t.cells.get((row, col))
-    if cell is None:
-        return "–"
-    text = fmt_mean_std(cell.mean, cell.std, t.metric[col])
-    return (f"**{text}**" if cell.best else text) + f" (n={cell.n})"
+def _md_best(text: str) -> str:
+    """'**81.20 ± 0.50** (n=3)'."""
+    m = N_SUFFIX.match(text)
+    return f"**{m[1]}** (n={m[2]})" if m else f"**{text}**"
 
 
 def markdown_table(t: Table) -> str:
     if not t.rows:
         return "_no completed runs_"
-    header = ["method"] + [column_header(t, c) for c in t.columns]
-    body = [[row_label(r)] + [md_cell(t, r, c) for c in t.columns] for r in t.rows]
-    return md_table(header, body)
+    cells, best = main_frame(t)
+    cells = cells.mask(best, cells.map(_md_best))
+    cells.columns = [column_header(t, c) for c in t.columns]
+    return markdown(cells.reset_index(), "no completed runs", right=tuple(cells.columns))
 
 
 def markdown_differences(diffs: list[dict]) -> str:
-    if not diffs:
-        return "_no L-Tuning / baseline pairs with runs in the same column_"
-    header = ["L-Tuning − baseline", "dataset", "model", "metric", "seeds", "mean diff", "95% CI", "excludes 0",
-              "pairing"]
-    body = []
-    for d in diffs:
-        ci = "–" if d["lo"] is None else f"[{fmt_value(d['lo'], d['metric'], True)}, {fmt_value(d['hi'], d['metric'], True)}]"
-        mark = "**yes**" if d["excludes_zero"] else "no"
-        body.append([f"{d['lt']} − {d['baseline']}", d["dataset"], d["model"], d["metric"], str(d["n"]),
-                     fmt_value(d["diff"], d["metric"], True), ci, mark, d["pairing"]])
-    return md_table(header, body)
+    frame = differences_frame(diffs)
+    frame["excludes 0"] = frame["excludes 0"].map({True: "**yes**", False: "no"})
+    return markdown(frame, NO_PAIRS, right=("seeds", "mean diff", "95% CI"))
 
 
 def markdown_steps(steps: list[dict]) -> str:
-    if not steps:
-        return "_no L-Tuning / baseline pairs with runs in the same column_"
-    header = ["L-Tuning vs baseline", "dataset", "model", "target val_loss", "steps (baseline)", "steps (L-Tuning)",
-              "target metric", "steps (baseline)", "steps (L-Tuning)"]
-    body = [[f"{s['lt']} vs {s['baseline']}", s["dataset"], s["model"],
-             fmt_value(s["target_val_loss"], "val_loss"), fmt_steps(s["baseline_steps_val_loss"]),
-             fmt_steps(s["lt_steps_val_loss"]), f"{s['metric']} {fmt_value(s['target_metric'], s['metric'])}",
-             fmt_steps(s["baseline_steps_metric"]), fmt_steps(s["lt_steps_metric"])] for s in steps]
-    return md_table(header, body)
+    frame = steps_frame(steps)
+    frame.columns = [f"{a} {b}" if a else b for a, b in frame.columns]
+    return markdown(frame, NO_PAIRS, right=tuple(frame.columns[3:]))
 
 
-def params_grid(params: list[dict]) -> tuple[list[str], list[str], dict[tuple[str, str], str]]:
-    """(row labels, models, {(label, model): text}) of the trainable-parameter table."""
-    labels = list(dict.fromkeys(p["label"] for p in params))
-    models = sorted({p["model"] for p in params})
-    return labels, models, {(p["label"], p["model"]): fmt_params(p) for p in params}
-
-
-def markdown_params(params: list[dict]) -> str:
-    if not params:
-        return "_no completed runs_"
-    labels, models, grid = params_grid(params)
-    return md_table(["method"] + models, [[lab] + [grid.get((lab, m), "–") for m in models] for lab in labels])
-
-
-def markdown_failed(failed: list[dict]) -> str:
-    if not failed:
-        return "_none_"
-    return md_table(["run", "status", "error", "folder"],
-                    [[f["name"], f["status"], f["error"] or "–", f["path"]] for f in failed])
-
-
-def markdown_runs(rep: Report) -> str:
-    """Every completed run that fed the main table, with its value in that table's metric."""
-    recs = [r for r in rep.to_json()["runs"] if r["status"] == "completed"]
-    if not recs or not rep.tables:
-        return "_no completed runs_"
-    metric = rep.tables[0].metric
-    body = []
-    for r in recs:
-        m = metric.get((r["dataset"], r["model"]))
-        body.append([r["row"], r["dataset"], r["model"], "–" if r["seed"] is None else str(r["seed"]),
-                     f"{m} {fmt_value(r.get(m), m)}" if m else "–", r["path"]])
-    return md_table(["row", "dataset", "model", "seed", "score", "folder"], body)
-
-
-def to_markdown(rep: Report, curves_png: str | None = "curves.png") -> str:
-    """The whole report as one Markdown document (report.md)."""
+def to_markdown(rep: Report, curves: dict[str, str] | None = None) -> str:
+    """The whole report as one Markdown document (report.md); `curves`: {"png"/"svg"/"pdf": file name}."""
     n_done = sum(r.completed for r in rep.runs)
     parts = [
         "# ltune compare",
@@ -166,6 +210,7 @@ def to_markdown(rep: Report, curves_png: str | None = "curves.png") -> str:
     ]
     for t in rep.tables:
         parts += [f"## {t.title}", table_caption(t), markdown_table(t)]
+    params = params_frame(rep.params)
     parts += [
         "## L-Tuning minus baseline",
         f"Differences in the table's units; {rep.settings['n_boot']} bootstrap replicates, seed "
@@ -176,31 +221,32 @@ def to_markdown(rep: Report, curves_png: str | None = "curves.png") -> str:
         "metric reaching the baseline's final value; `never` if not reached.",
         markdown_steps(rep.steps_to_target),
         "## Trainable parameters",
-        markdown_params(rep.params),
+        markdown(params, "no completed runs", right=tuple(params.columns[1:])),
     ]
-    if curves_png:
-        parts += ["## Convergence (validation loss)",
-                  "Seed-mean val_loss per eval step; baselines solid, L-Tuning dashed, one colour per model.",
-                  f"![convergence curves]({curves_png})"]
+    if curves:
+        others = ", ".join(f"[{k.upper()}]({curves[k]})" for k in ("svg", "pdf") if k in curves)
+        parts += ["## Convergence (validation loss and accuracy)",
+                  "Seed-mean val_loss (top) and accuracy (bottom) per eval step; one colour per method, one line "
+                  f"style per model.{f' Also as {others} (editable text).' if others else ''}",
+                  f"![convergence curves]({curves['png']})"]
     parts += ["## Runs", "One line per completed run folder (results.csv has every score of each).",
-              markdown_runs(rep)]
-    parts += ["## Failed runs", "Excluded from every number above.", markdown_failed(rep.failed)]
+              markdown(runs_frame(rep), "no completed runs", right=("seed",))]
+    parts += ["## Failed runs", "Excluded from every number above.", markdown(failed_frame(rep.failed), "none")]
     if rep.notes:
         parts += ["## Notes"] + [f"- {_md_escape(n)}" for n in rep.notes]
     return "\n\n".join(parts) + "\n"
 
 
-def run_frame(rep: Report):
-    """One line per run folder (completed and failed), final scores as columns."""
-    import pandas as pd
+# ----------------------------------------------------------------------------- CSV
 
+
+def run_frame(rep: Report) -> pd.DataFrame:
+    """One line per run folder (completed and failed), final scores as columns."""
     return pd.DataFrame(rep.to_json()["runs"]).assign(kind="run")
 
 
-def summary_frame(rep: Report):
+def summary_frame(rep: Report) -> pd.DataFrame:
     """One line per table cell: metric columns hold the seed mean, `<metric>_std` the sample std."""
-    import pandas as pd
-
     long = pd.DataFrame(rep.summary)
     if long.empty:
         return pd.DataFrame(columns=["kind"])
@@ -220,8 +266,6 @@ def _metric_columns(columns) -> list[str]:
 
 def to_csv(rep: Report) -> str:
     """results.csv: the per-run lines, then the per-cell summary lines; raw unscaled values."""
-    import pandas as pd
-
     frame = pd.concat([run_frame(rep), summary_frame(rep)], ignore_index=True)
     for col in CSV_KEYS:
         if col not in frame:
@@ -231,63 +275,41 @@ def to_csv(rep: Report) -> str:
     return frame[list(CSV_KEYS) + _metric_columns(frame.columns)].to_csv(index=False, lineterminator="\n")
 
 
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-}
+# ----------------------------------------------------------------------------- LaTeX
 
 
-def latex_escape(s: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(s))
+def _latex_text(s: str) -> str:
+    """After pandas' LaTeX escaping: math and dashes that pdflatex reads without extra packages."""
+    s = N_SUFFIX.sub(r"\1 {\\scriptsize (\2)}", s)
+    return s.replace("±", r"$\pm$").replace("−", "-").replace("–", "--")
 
 
-def latex_cell(t: Table, row, col) -> str:
-    cell = t.cells.get((row, col))
-    if cell is None:
-        return "--"
-    m = t.metric[col]
-    text = fmt_value(cell.mean, m) if cell.std is None else f"{fmt_value(cell.mean, m)} $\\pm$ {fmt_value(cell.std, m)}"
-    if cell.best:
-        text = f"\\textbf{{{text}}}"
-    return f"{text} {{\\scriptsize ({cell.n})}}"
+def _latex(styler, column_format: str) -> str:
+    """booktabs tabular of a Styler; cells, index and headers escaped for LaTeX."""
+    styler = styler.format(escape="latex", formatter=_latex_text)
+    styler = styler.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
+    return styler.to_latex(column_format=column_format, hrules=True, multicol_align="c")
 
 
 def latex_table(t: Table) -> str:
-    """booktabs tabular: datasets as spanning headers over their models, methods as rows."""
-    datasets = list(dict.fromkeys(d for d, _ in t.columns))
-    spans = [(d, [c for c in t.columns if c[0] == d]) for d in datasets]
-    lines = [f"% {latex_escape(t.title)}: {latex_escape(table_caption(t))}",
-             f"\\begin{{tabular}}{{l{'c' * len(t.columns)}}}", r"\toprule"]
-    head, rules, start = [""], [], 2
-    for d, cols in spans:
-        label = latex_escape(d + (f" ({t.metric[cols[0]]})" if _mixed(t) else ""))
-        head.append(f"\\multicolumn{{{len(cols)}}}{{c}}{{{label}}}")
-        rules.append(f"\\cmidrule(lr){{{start}-{start + len(cols) - 1}}}")
-        start += len(cols)
-    lines += [" & ".join(head) + r" \\", " ".join(rules)]
-    lines.append(" & ".join(["Method"] + [latex_escape(m) for _, m in t.columns]) + r" \\")
-    lines.append(r"\midrule")
-    for r in t.rows:
-        lines.append(" & ".join([latex_escape(row_label(r))] + [latex_cell(t, r, c) for c in t.columns]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines)
+    """Datasets as spanning headers over their models, methods as rows; the best cells bold."""
+    cells, best = main_frame(t)
+    styler = cells.style.apply(lambda _: best.replace({True: "textbf:--rwrap;", False: ""}), axis=None)
+    body = _latex(styler.hide(axis="index", names=True), "l" + "c" * len(t.columns))
+    return f"% {_latex_text(t.title)}: {_latex_text(table_caption(t))}\n{body}".rstrip()
 
 
 def latex_differences(diffs: list[dict]) -> str:
-    """booktabs tabular of L-Tuning minus baseline with the bootstrap interval."""
-    lines = ["% L-Tuning minus baseline, paired bootstrap 95% interval; bold: interval excludes 0",
-             r"\begin{tabular}{lllcrc}", r"\toprule",
-             r"Comparison & Dataset & Model & Seeds & $\Delta$ & 95\% CI \\", r"\midrule"]
-    for d in diffs:
-        m = d["metric"]
-        delta = fmt_value(d["diff"], m, True)
-        ci = "--" if d["lo"] is None else f"[{fmt_value(d['lo'], m, True)}, {fmt_value(d['hi'], m, True)}]"
-        if d["excludes_zero"]:
-            delta, ci = f"\\textbf{{{delta}}}", f"\\textbf{{{ci}}}"
-        lines.append(" & ".join([latex_escape(f"{d['lt']} - {d['baseline']}"), latex_escape(d["dataset"]),
-                                 latex_escape(d["model"]), str(d["n"]), delta, ci]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines)
+    """L-Tuning minus baseline with the bootstrap interval; bold where the interval excludes 0."""
+    frame = differences_frame(diffs)
+    bold = frame["excludes 0"]
+    frame = frame[["comparison", "dataset", "model", "seeds", "mean diff", "95% CI"]].rename(
+        columns={"mean diff": "diff", "95% CI": "95% CI"})
+    marks = pd.DataFrame("", index=frame.index, columns=frame.columns)
+    marks.loc[bold, ["diff", "95% CI"]] = "textbf:--rwrap;"
+    styler = frame.style.apply(lambda _: marks, axis=None).hide(axis="index")
+    head = "% L-Tuning minus baseline, paired bootstrap 95% interval; bold: interval excludes 0\n"
+    return (head + _latex(styler, "lllrrc")).rstrip()
 
 
 def to_latex(rep: Report) -> str:
