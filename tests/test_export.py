@@ -181,3 +181,10 @@ def test_lt_prefix_goes_out_in_ltunes_format(runs, tmp_path):
     r = _cli(run)  # never over an earlier export
     assert r.exit_code == 2 and "already exists and is not an empty folder" in r.output
 
+
+
+def test_a_refused_export_leaves_nothing(runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "_peft_config", _swap_kv)
+    r = _cli(runs["bert-prefix"], "--out", tmp_path / "ad")
+    assert r.exit_code == 2 and "gives other logits than ltune on bert" in r.output, r.output
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary

@@ -127,7 +127,13 @@ def _write_ltune(run: Path, cfg, out: Path, backbone) -> dict:
 
 
 def _write_peft(run: Path, cfg, out: Path, backbone) -> dict:
+    import importlib.util
+
     import torch
+
+    if importlib.util.find_spec("peft") is None:
+        raise LtuneError("export --format peft writes the adapter with PEFT, which is not installed: "
+                         "pip install -e '.[peft]' (or --format ltune).")
 
     from ltune_cli import engine
 
