@@ -148,7 +148,11 @@ def _write_peft(run: Path, cfg, out: Path, backbone) -> dict:
         raise LtuneError(f"export --format peft: {cfg.dataset.name} has text pairs and {backbone.geo.family} reads "
                          f"them with token_type_ids, which PEFT's prompt-learning forward drops, so PEFT would not "
                          f"reproduce ltune's scores; use --format ltune.")
-    return write_peft_adapter(method, out, _base(cfg), str(hw.dtype))
+    base = _base(cfg)
+    if cfg.dataset.text_pair_column:  # how ltune's batching (encode_examples) joins a pair
+        base["text_pairs"] = ("tokenizer(text, text_pair)" if getattr(backbone.tokenizer, "sep_token", None)
+                              else "tokenizer(text + '\\n' + text_pair): the tokenizer has no pair template")
+    return write_peft_adapter(method, out, base, str(hw.dtype))
 
 
 def write_peft_adapter(method, out: Path, base: dict, dtype: str = "fp32") -> dict:
