@@ -66,6 +66,9 @@ EXTRA = [
      "test_methods::test_labels_with_near_identical_frozen_states_warn_with_the_cosine"),
     ("data", "a stray id among label texts in either file", "labels read for train and eval together; the value "
      "that fits neither reading is an error at its file and line", "test_data::test_files_labels_are_read_for_train_and_eval_together"),
+    # --- issue 13: export
+    ("export", "a model whose cache PEFT would lay out otherwise", "the adapter is loaded back with PEFT before it "
+     "is kept; other logits than ltune's: refused, exit 2, nothing written", "test_export::test_a_refused_export_leaves_nothing"),
 ]
 
 

@@ -358,12 +358,12 @@ def _held_lock(tmp: Path):
         lock.release()
 
 
-def _built_run(tmp: Path, damage: str | None = None) -> str:
+def _built_run(tmp: Path, damage: str | None = None, extra: dict | None = None) -> str:
     """A finished-looking run of a tiny model: real config.yaml and trainable weights (untrained)."""
     from ltune_cli import engine, runfolder
     from ltune_cli.config import compose
 
-    argv = _tiny_run_argv(tmp, tmp / "run")
+    argv = _tiny_run_argv(tmp, tmp / "run", **(extra or {}))
     cfg = compose(argv[1:])
     run, _ = runfolder.prepare_run_dir(cfg)
     runfolder.release(run)
@@ -606,4 +606,51 @@ CASES += [
          "pip install -e '.[wandb]'", around=lambda t: _without("wandb"), check=_no_run_folder),
     Case("logger", "wandb mode misspelt", lambda t: ["validate", "logger=wandb", "logger.mode=ofline"],
          "'logger.mode': 'ofline' is not one of offline, online. Did you mean 'offline'?"),
+]
+
+
+# --- issue 13: predict and export
+def _built_pair_run(tmp: Path) -> str:
+    """A finished-looking prefix run of a tiny BERT on a pair dataset (text + text_pair columns)."""
+    from conftest import write_sentiment_csv
+
+    _tiny_run_argv(tmp, tmp / "unused")  # saves the tiny model (and unpaired files, replaced here)
+    write_sentiment_csv(tmp / "train.csv", 48, seed=1, pair=True)
+    write_sentiment_csv(tmp / "dev.csv", 16, seed=2, pair=True)
+    return _built_run(tmp, extra={"method": "prefix", "dataset.text_pair_column": "text_pair"})
+
+
+CASES += [
+    Case("predict", "not a run folder", lambda t: ["predict", str(t / "missing"), "--input", _csv(t, "n.csv", GOOD)],
+         "no such run folder"),
+    Case("predict", "input without the run's text column",
+         lambda t: ["predict", _built_run(t), "--input", _csv(t, "n.csv", "txt\ngood film\n")],
+         "n.csv: no column 'text' (columns found: 'txt'). Did you mean 'txt'? Set --text-column=<column>"),
+    Case("predict", "empty input file", lambda t: ["predict", _built_run(t), "--input", _csv(t, "n.csv", "")],
+         "n.csv: the file is empty"),
+    Case("predict", "JSON-lines input of blank lines",
+         lambda t: ["predict", _built_run(t), "--input", _csv(t, "n.jsonl", "\n")], "n.jsonl: the file is empty"),
+    Case("predict", "input with a header and no texts",
+         lambda t: ["predict", _built_run(t), "--input", _csv(t, "n.csv", "text\n")],
+         "n.csv: only a header line, no texts. Add one text per line"),
+    Case("predict", "input of an unknown type", lambda t: ["predict", _built_run(t), "--input", _csv(t, "n.xlsx", "x")],
+         "n.xlsx: unknown file type '.xlsx'; use one of .csv, .tsv, .jsonl, .json, or - for standard input"),
+    Case("predict", "output of an unknown type",
+         lambda t: ["predict", _built_run(t), "--input", _csv(t, "n.csv", GOOD), "--output", f"{t}/p.txt"],
+         "p.txt: unknown file type '.txt'"),
+    Case("predict", "batch size 0",
+         lambda t: ["predict", _built_run(t), "--input", _csv(t, "n.csv", GOOD), "--batch-size", "0"],
+         "--batch-size 0: give a positive number"),
+    Case("predict", "an override predict does not use (the eval set)",
+         lambda t: ["predict", _run_folder(t), "dataset.eval_limit=5", "--input", _csv(t, "n.csv", GOOD)],
+         "predict override 'dataset.eval_limit=5' is not honoured: predict loads the run with its stored config"),
+    Case("export", "not a run folder", lambda t: ["export", str(t / "missing")], "no such run folder"),
+    Case("export", "--format peft of an L-Tuning run", lambda t: ["export", _built_run(t), "--format", "peft"],
+         "this run's method is lt_prefix, which PEFT cannot express"),
+    Case("export", "unknown --format", lambda t: ["export", _built_run(t), "--format", "onnx"],
+         "--format onnx: use one of auto, peft, ltune"),
+    Case("export", "--out not empty", lambda t: ["export", _built_run(t), "--out", _other_files(t, "f", _NOTES)],
+         "already exists and is not an empty folder", check=_untouched("f", _NOTES)),
+    Case("export", "pair dataset on a model that reads token_type_ids",
+         lambda t: ["export", _built_pair_run(t)], "which PEFT's prompt-learning forward drops"),
 ]

@@ -215,6 +215,63 @@ def eval_(run: Path = typer.Argument(..., help="A run folder written by `ltune t
         raise typer.Exit(code=EXIT_MISMATCH)
 
 
+RUNTIME_OVERRIDES = typer.Argument(None, help="Only where the frozen base runs: model.path=..., hardware.device/"
+                                               "dtype/eval_batch_size/num_threads/load_in/device_map/...; anything "
+                                               "else is refused.", show_default=False)
+
+
+@app.command("export")
+@user_errors
+def export_(run: Path = typer.Argument(..., help="A run folder written by `ltune train`."),
+            overrides: list[str] = RUNTIME_OVERRIDES,
+            format_: str = typer.Option("auto", "--format", help="peft: a PEFT adapter folder (prefix -> "
+                                        "PREFIX_TUNING, prompt -> PROMPT_TUNING) + head.safetensors; ltune: the "
+                                        "trainable weights + ltune.json (lt_prefix / lt_prompt, which PEFT cannot "
+                                        "express); auto: peft where possible."),
+            out: Path | None = typer.Option(None, "--out", help="A new or empty folder (default <run>/adapter-<format>)."),
+            debug: bool = DEBUG):
+    """Export a run's trained weights: a PEFT adapter that PeftModel.from_pretrained loads (checked
+    against ltune's logits before it is kept), or ltune's own self-describing weights."""
+    _setup_logging()
+    from ltune_cli.export import default_out, export_run
+
+    rec = export_run(run, out, format_, overrides or [])
+    folder = out if out is not None else default_out(run, rec["format"])
+    if rec["format"] == "peft":
+        c = rec["check"]
+        print(f"{rec['peft_type']} adapter for {rec['base_model']} ({rec['family']}), head.safetensors beside it; "
+              f"loaded back with PEFT: logits match ltune's on {c['texts']} texts (max relative difference "
+              f"{c['max_relative_difference']:.1e})")
+    else:
+        print(f"ltune format ({rec['why']}): adapter.safetensors + ltune.json, labels {rec['label_texts']}")
+    print(f"exported: {folder}")
+
+
+@app.command()
+@user_errors
+def predict(run: Path = typer.Argument(..., help="A run folder written by `ltune train`."),
+            overrides: list[str] = RUNTIME_OVERRIDES,
+            input_: str = typer.Option(..., "--input", "-i", help="Texts to label: a .csv/.tsv/.jsonl file, or - "
+                                       "for standard input."),
+            output: str = typer.Option("-", "--output", "-o", help="A .csv/.tsv/.jsonl file (by its extension), "
+                                       "or - for standard output in the input's format."),
+            batch_size: int | None = typer.Option(None, "--batch-size", help="Texts per forward (default: the "
+                                                  "run's hardware.eval_batch_size)."),
+            text_column: str | None = typer.Option(None, "--text-column", help="Column/key of the text (default: "
+                                                   "the run's dataset.text_column)."),
+            pair_column: str | None = typer.Option(None, "--pair-column", help="Column/key of the second text of "
+                                                   "a pair (default: the run's dataset.text_pair_column)."),
+            debug: bool = DEBUG):
+    """Label new texts with a trained run: the label and one score per label for every row, in input order."""
+    _setup_logging()
+    from ltune_cli.predict import predict as run_predict
+
+    rows, _ = run_predict(run, input_, output, overrides or [], batch_size=batch_size, text_column=text_column,
+                          pair_column=pair_column, console=_console())
+    if output != "-":
+        typer.echo(f"{len(rows)} predictions written: {output}", err=True)
+
+
 @app.command()
 @user_errors
 def validate(overrides: list[str] = OVERRIDES, config_dir: Path | None = CONFIG_DIR, debug: bool = DEBUG):

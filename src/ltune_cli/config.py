@@ -121,6 +121,8 @@ class TrainConfig:
     progress: bool = True
     checkpoint_every: int = 100  # steps between checkpoints (0 = only on interrupt)
     keep_checkpoints: int = 2  # newest kept; all are removed once the run completes
+    keep_best: bool = False  # save the weights of the best evaluation (dataset.primary_metric), not the last
+    early_stop_patience: int = 0  # stop after this many evaluations without improvement (0 = never)
     on_nonfinite: str = "stop"  # stop | skip (a NaN/inf loss: stop with the last checkpoint kept, or skip the batch)
     # transformers.get_scheduler: linear | cosine | constant_with_warmup (warm-up: warmup_ratio x max_steps)
     scheduler: str = "linear"
@@ -179,7 +181,7 @@ POSITIVE = ("model.max_length", "method.num_virtual_tokens", "hardware.batch_siz
 RANGES = {"method.dropout": (0.0, 1.0, False), "train.warmup_ratio": (0.0, 1.0, True)}
 #: What torch.manual_seed and numpy's generators accept.
 SEED_RANGE = (0, 2**64 - 1)
-NON_NEGATIVE = ("hardware.nproc", "hardware.gpus_per_node", "train.checkpoint_every", "train.weight_decay", "train.warmup_ratio", "train.max_grad_norm", "method.dropout")
+NON_NEGATIVE = ("train.early_stop_patience", "hardware.nproc", "hardware.gpus_per_node", "train.checkpoint_every", "train.weight_decay", "train.warmup_ratio", "train.max_grad_norm", "method.dropout")
 
 
 def _register() -> None:

@@ -50,8 +50,6 @@ def seed_everything(seed: int) -> None:
 def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
     """Data, frozen base, method and tokenised splits, in that order (seeded)."""
     from ltune_cli.data import load_splits
-    from ltune_cli.methods import build_method
-    from ltune_cli.models.backbone import DTYPES, load_backbone
 
     hw = cfg.hardware
     if hw.num_threads:
@@ -62,11 +60,8 @@ def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
         raise LtuneError(f"dataset '{cfg.dataset.name}': the train split is empty.")
     if not data.eval:
         raise LtuneError(f"dataset '{cfg.dataset.name}': the eval split is empty.")
-    if backbone is None:
-        backbone = load_backbone(cfg.model, hw)
+    backbone, method = build_model(cfg, data.label_texts, backbone=backbone)
     device = backbone.device
-    seed_everything(cfg.seed)  # method init does not depend on how many draws loading took
-    method = _to_device(build_method(cfg.method, backbone, data.label_texts), backbone, device)
     tok, L = backbone.tokenizer, cfg.model.max_length
     P = method.positions_before_text()  # texts longer than the position table: an error, not a silent cut
     room = (backbone.max_positions or 0) - P
@@ -75,14 +70,32 @@ def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
                              "use fewer positions before the text (method.num_virtual_tokens, method.label_len)")
     train_enc = encode_examples(data.train, tok, L, what="train") if with_train else None
     eval_enc = encode_examples(data.eval, tok, L, what="eval")
-    dtype = DTYPES[hw.dtype]
+    return Setup(cfg, data, backbone, method, train_enc, eval_enc, device, autocaster(device, hw.dtype))
+
+
+def autocaster(device: torch.device, dtype_name: str):
+    """() -> the autocast context of hardware.dtype on `device` (a no-op for fp32)."""
+    from ltune_cli.models.backbone import DTYPES
+
+    dtype = DTYPES[dtype_name]
 
     def autocast():
         if dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=dtype)
 
-    return Setup(cfg, data, backbone, method, train_enc, eval_enc, device, autocast)
+    return autocast
+
+
+def build_model(cfg, label_texts: list[str], *, backbone=None):
+    """(frozen base, method on its device): what train, eval, predict and export all load."""
+    from ltune_cli.methods import build_method
+    from ltune_cli.models.backbone import load_backbone
+
+    if backbone is None:
+        backbone = load_backbone(cfg.model, cfg.hardware)
+    seed_everything(cfg.seed)  # method init does not depend on how many draws loading took
+    return backbone, _to_device(build_method(cfg.method, backbone, label_texts), backbone, backbone.device)
 
 
 def _to_device(method, backbone, device: torch.device):
@@ -262,6 +275,7 @@ def make_optimizer(groups: list[dict], weight_decay: float) -> torch.optim.AdamW
 
 def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool, stop: _StopFlag) -> Path:
     from ltune_cli import checkpoint, distributed, loggers, memory
+    from ltune_cli.selection import Selection
 
     d = distributed.state()
     s = build(cfg, backbone=backbone)
@@ -285,12 +299,15 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
     # Loss accumulated since the last "train" record, so records are the same after a resume.
     window = {"loss": 0.0, "n": 0, "skipped": 0}
     step = 0
+    # train.keep_best / train.early_stop_patience: the best evaluation so far (selection.py).
+    sel = Selection(cfg.dataset.primary_metric, tc.keep_best, tc.early_stop_patience)
+    stopped_at = None
 
     def snapshot() -> dict:
         return {"step": step, "trainable": method.trainable_state(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "order": order.state_dict(),
                 "pairs_gen": pairs_gen.get_state(), "rng": checkpoint.rng_state(), "window": dict(window),
-                "scaler": scaler.state_dict(),
+                "scaler": scaler.state_dict(), "selection": sel.state_dict(),
                 "metrics_bytes": metrics_path.stat().st_size, "micro_batches": hw.grad_accum * d.world}
 
     if ckpt is not None:
@@ -303,6 +320,9 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
             scaler.load_state_dict(ckpt["scaler"])
         checkpoint.set_rng_state(ckpt["rng"])
         window, step = ckpt["window"], ckpt["step"]
+        sel.load_state_dict(ckpt.get("selection"))
+        if sel.exhausted() and step < tc.max_steps:  # interrupted at the very evaluation that stopped it
+            stopped_at = step
         if d.is_main:
             with open(metrics_path, "r+b") as f:  # drop records written after that checkpoint
                 f.truncate(ckpt["metrics_bytes"])
@@ -326,11 +346,11 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
 
     method.train()
     t_train, window_t = time.time(), time.time()
-    preds = None
+    preds = last_eval = None
     stop.in_loop, stop.step = True, step
     # metrics.jsonl, the logger= backend and the console (loggers.py): one call per record
     with loggers.RunLog(cfg, run_dir, start_step=step, main=d.is_main, console=console) as runlog:
-        while step < tc.max_steps:
+        while step < tc.max_steps and stopped_at is None:
             idx = next(order)
             step += 1
             stop.step = step
@@ -369,6 +389,10 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
                 rec = {"kind": "eval", "step": step, **m, "time_s": time.time() - t_train}
                 runlog.record(rec)
                 history.append(rec)
+                last_eval = rec
+                sel.update(rec, method, preds)
+                if sel.exhausted() and step < tc.max_steps:
+                    stopped_at = step
                 window_t = time.time()  # evaluation time is not training throughput
             runlog.advance(step)
             stopping = stop.requested
@@ -382,16 +406,26 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
                 stop.hand_over(stopping)  # SIGUSR2 under submitit: it requeues the job, which resumes here
                 raise RunInterrupted(f"{stopping} at step {step}: checkpoint saved; continue with "
                                      f"`{runfolder.resume_command(run_dir)}`")
+            if stopped_at is not None:
+                log.info("early stop at step %d: %s has not improved for %d evaluations (best %.4f at step %d)",
+                         step, sel.metric, sel.patience, sel.best[sel.metric], sel.best["step"])
+                break
     train_time = time.time() - t_train
     if preds is None:  # resumed exactly at the end: score the final weights once more
         m, preds = evaluate(s)
+        last_eval = {"kind": "eval", "step": step, **m}
+    if sel.keep_best and sel.weights is not None:  # the best evaluation's weights are the run's
+        method.load_trainable_state({k: v.to(s.device) for k, v in sel.weights.items()})
+        preds = sel.preds
 
     if d.is_main:
         runfolder.save_trainable(method, run_dir)
         runfolder.write_json(run_dir / "predictions.json",
                              {"gold": s.eval_enc.labels, "pred": preds, "label_texts": s.data.label_texts})
-        results = runfolder.result_record(cfg, s, status="completed", history=history, steps=tc.max_steps,
-                                wall=time.time() - t_start, train_time=train_time)
+        results = runfolder.result_record(cfg, s, status="completed", history=history, steps=step,
+                                          wall=time.time() - t_start, train_time=train_time,
+                                          saved=sel.best if sel.keep_best else None)
+        results.update(sel.summary(last_eval, stopped_at))
         results["distributed"] = {"strategy": d.strategy, "world_size": d.world, "backend": d.backend,
                                   "global_batch": hw.batch_size * hw.grad_accum * d.world}
         results["memory"] = {**mem_estimate, **memory.peak(s.device)}

@@ -35,18 +35,19 @@ TOLERANCE = {"accuracy": 1e-9, "mcc": 1e-9, "macro_f1": 1e-9, "pair_accuracy": 1
 PREDICTIONS_FILE = "eval_predictions.json"
 
 
-def _check_override(o: str, cfg) -> str:
-    """The key of one `key=value` override eval honours for this run, else a one-line error."""
+def _check_override(o: str, cfg, allowed=EVAL_KEYS, command: str = "eval") -> str:
+    """The key of one `key=value` override `command` honours for this run, else a one-line error."""
     from omegaconf import OmegaConf
 
     kind, dataset = str(cfg.dataset.kind), str(cfg.dataset.name)
     if "=" not in o:
-        raise LtuneError(f"eval override '{o}' is not key=value; eval takes {', '.join(EVAL_KEYS)}.")
+        raise LtuneError(f"{command} override '{o}' is not key=value; {command} takes {', '.join(allowed)}.")
     key = o.split("=", 1)[0]
-    if key not in EVAL_KEYS:
+    if key not in allowed:
         known = OmegaConf.select(cfg, key, default="<missing>") != "<missing>"  # a real key: no typo to fix
-        raise LtuneError(f"eval override '{o}' is not honoured: eval re-scores the run with its stored config "
-                         f"and takes only {', '.join(EVAL_KEYS)}.{'' if known else suggest(key, EVAL_KEYS)}")
+        verb = "re-scores" if command == "eval" else "loads"
+        raise LtuneError(f"{command} override '{o}' is not honoured: {command} {verb} the run with its stored config "
+                         f"and takes only {', '.join(allowed)}.{'' if known else suggest(key, allowed)}")
     kinds = DATA_KEYS.get(key)
     if kinds is not None and kind not in kinds:
         raise LtuneError(f"eval override '{o}' is not honoured: this run's dataset '{dataset}' is "
@@ -54,8 +55,9 @@ def _check_override(o: str, cfg) -> str:
     return key
 
 
-def load_run_config(run: Path, overrides=()):
-    """The run's resolved config with the eval overrides applied, and its results.json."""
+def load_run_config(run: Path, overrides=(), allowed=EVAL_KEYS, command: str = "eval"):
+    """The run's resolved config with the overrides `command` honours (`allowed`) applied, and its
+    results.json. predict and export take the RUNTIME_KEYS only (they read no eval set)."""
     from omegaconf import OmegaConf
 
     from ltune_cli.config import check, load_stored
@@ -72,7 +74,7 @@ def load_run_config(run: Path, overrides=()):
                          f"{runfolder.SCHEMA!r} (run folder from another version).")
     cfg = load_stored(run / "config.yaml")
     for o in overrides:
-        _check_override(o, cfg)
+        _check_override(o, cfg, allowed, command)
     if overrides:
         from ltune_cli.config import translate_config_error
 

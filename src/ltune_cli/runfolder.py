@@ -8,7 +8,11 @@ Layout of `outputs/<run>/` (schema `ltune.results/1`)::
                              (train_loss null when train.on_nonfinite=skip skipped every batch since the last)
                              {"kind": "eval",  "step", "val_loss", "accuracy", "mcc", "macro_f1",
                               ["pair_accuracy"], "time_s"}
-    results.json           fixed schema, see `RESULT_KEYS`
+    results.json           fixed schema, see `RESULT_KEYS`; "final" scores the saved weights (the last
+                           evaluation's, or the best one's with train.keep_best), "last" the last
+                           evaluation; a completed run adds "saved_weights" {which, step, metric,
+                           value} and "early_stopping" {patience, stopped_early, stopped_at_step,
+                           best_step} (selection.py)
     predictions.json       {"gold": [int], "pred": [int], "label_texts": [str]} of the final eval
     trainable.safetensors  the trainable weights only (the frozen base is never saved)
     error.txt              present when the run failed (results.json then has status "failed")
@@ -425,10 +429,11 @@ def save_trainable(method, run_dir: Path) -> None:
     atomic_write_bytes(run_dir / "trainable.safetensors", save(state, metadata={"format": "pt"}))
 
 
-def load_trainable(method, run_dir: Path) -> None:
+def read_trainable(run_dir: Path, name: str = "trainable.safetensors") -> dict:
+    """The trainable weights stored in `run_dir` (CPU tensors); a missing or damaged file is a user error."""
     from safetensors.torch import load_file
 
-    path = run_dir / "trainable.safetensors"
+    path = Path(run_dir) / name
     if not path.is_file():
         raise LtuneError(f"{path} is missing: the run did not finish; re-run it (or resume it).")
     try:
@@ -436,6 +441,12 @@ def load_trainable(method, run_dir: Path) -> None:
     except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: a truncated or overwritten file
         raise LtuneError(f"{path} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                          f"re-run the training to write it again.") from None
+    return state
+
+
+def load_trainable(method, run_dir: Path, name: str = "trainable.safetensors") -> None:
+    path = Path(run_dir) / name
+    state = read_trainable(run_dir, name)
     try:
         method.load_trainable_state({k: v.to(method.backbone.device) for k, v in state.items()})
     except (ValueError, RuntimeError) as e:  # other names, or other shapes (another model.path)
@@ -444,11 +455,14 @@ def load_trainable(method, run_dir: Path) -> None:
 
 
 def result_record(cfg, s, *, status: str, history: list[dict], steps: int, wall: float,
-                  train_time: float, error: str | None = None) -> dict:
+                  train_time: float, error: str | None = None, saved: dict | None = None) -> dict:
+    """results.json. "final": the scores of the saved weights: the last evaluation's, or with
+    train.keep_best the best one's (`saved`); "last": the last evaluation's."""
     primary = cfg.dataset.primary_metric
     evals = [h for h in history if h.get("kind", "eval") == "eval"]
     keep = ("step", "accuracy", "mcc", "macro_f1", "val_loss", "pair_accuracy")
-    final = {k: evals[-1][k] for k in keep if k in evals[-1]} if evals else None
+    last = {k: evals[-1][k] for k in keep if k in evals[-1]} if evals else None
+    final = {k: saved[k] for k in keep if k in saved} if saved else last
     best = None
     if evals:
         b = max(evals, key=lambda h: h[primary])
@@ -466,7 +480,7 @@ def result_record(cfg, s, *, status: str, history: list[dict], steps: int, wall:
         "trainable_params": s.method.num_trainable() if s else None, "total_params": total,
         "steps": steps, "train_examples": len(s.train_enc) if s and s.train_enc else None,
         "eval_examples": len(s.eval_enc) if s else None,
-        "primary_metric": primary, "final": final, "best": best,
+        "primary_metric": primary, "final": final, "last": last, "best": best,
         "wall_time_s": wall, "train_time_s": train_time,
     }
 

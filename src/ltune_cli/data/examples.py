@@ -107,6 +107,19 @@ def _records(table: Table, columns: Columns) -> tuple[list[tuple[str, str | None
     return texts, raw_labels
 
 
+def read_texts(table: Table, keyed: Sequence[tuple[str, str]]) -> list[tuple[str, ...]]:
+    """Unlabelled records (`ltune predict`): each row's texts in the columns of `keyed` ((the
+    option or config key that names it, column) pairs), checked as a dataset's texts are."""
+    if not table.rows:
+        what = "only a header line, no texts" if table.header_line is not None else "no texts"
+        raise table.error(what, fix="add one text per line")
+    if table.fixed_columns:
+        for key, column in keyed:
+            if column not in table.columns:
+                raise missing_column(table, column, key, table.columns)
+    return [tuple(_text(table, n, record, column, key) for key, column in keyed) for n, record in table.rows]
+
+
 def _examples(texts, ids) -> list[Example]:
     return [Example(text, label, pair) for (text, pair), label in zip(texts, ids, strict=True)]
 
