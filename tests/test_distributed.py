@@ -129,7 +129,7 @@ def test_two_processes_equal_one_and_write_one_folder(files, bert_dir, one_proc,
     assert log.count("run folder: ") == 1  # the launching process reports, the workers do not
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two"]  # one folder, nothing under outputs/
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["config.yaml", "metrics.jsonl", "results.json", "predictions.json", "trainable.safetensors"])
+        ["config.yaml", "metrics.jsonl", "metrics.csv", "results.json", "predictions.json", "trainable.safetensors"])
     # (.ltune.lock, the one-writer lock of runfolder.RunLock, is removed when its holder releases it)
     res = runfolder.read_results(out)
     assert res["status"] == "completed"
