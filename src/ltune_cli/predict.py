@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltune_cli import runfolder
+from ltune_cli import loggers, runfolder
 from ltune_cli.data.tables import FORMATS
 from ltune_cli.errors import LtuneError
 
@@ -96,13 +96,14 @@ def predict(run, source: str, output: str | None = None, overrides=(), *, batch_
     scores = np.zeros((len(enc), len(label_texts)), dtype=np.float32)
     autocast = engine.autocaster(backbone.device, hw.dtype)
     batches = eval_batches(enc.lengths, batch_size or hw.eval_batch_size)
-    with _progress(console) as progress, torch.inference_mode():
-        task = progress.add_task("predict", total=len(rows))
-        for idx in batches:
+    # eval's progress (standard error: standard output may carry the predictions): a bar in a
+    # terminal, a plain line every ~10% of the batches elsewhere.
+    with loggers.eval_progress(console, "predict") as on_batch, torch.inference_mode():
+        for done, idx in enumerate(batches, 1):
             batch = collate(enc, idx, backbone.pad_id, backbone.padding_side, backbone.device)
             with autocast():
                 scores[idx] = method.scores(batch).float().cpu().numpy()
-            progress.advance(task, len(idx))
+            on_batch(done, len(batches))
     columns = [text_column] + ([pair_column] if pair_column else [])
     out = []
     for texts, s in zip(rows, scores):
@@ -135,12 +136,3 @@ def write(rows: list[dict], output: str | None, fmt: str) -> None:
         runfolder.atomic_write_text(Path(output), text)
     except OSError as e:
         raise LtuneError(f"--output {output}: cannot write ({runfolder.os_reason(e)}).") from None
-
-
-def _progress(console):
-    """A progress bar over the texts, on standard error (standard output may carry the predictions)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console or Console(stderr=True), transient=False)
