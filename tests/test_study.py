@@ -94,3 +94,19 @@ def test_runs_table_has_one_row_per_completed_run(tmp_path, monkeypatch):
         _finish(j.folder(root), 0.5 + n / 100)
     table = study.runs_table(SPEC)
     assert (table["stage"] == "tune").sum() == 12 and table["accuracy"].max() == pytest.approx(0.61)
+
+
+def test_only_restricts_every_stage_and_final_needs_only_its_own_tune_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path))
+    spec = SPEC
+    part = study.only(spec, datasets="sst2", methods="prefix")
+    assert {(j.dataset, j.method) for j in study.tune_jobs(part)} == {("sst2", "prefix")}
+    assert part["ablate"]["cells"] == [] and study.pilot_jobs(part) != []
+    root = study.root_of(part)
+    for job in study.tune_jobs(part):  # the rest of the grid has not run: final still starts
+        _finish(job.folder(root), 0.5)
+    assert {j.method for j in study.jobs_for(part, "final", root)} == {"prefix"}
+    with pytest.raises(LtuneError, match="has not completed"):
+        study.jobs_for(spec, "final", root)
+    with pytest.raises(LtuneError, match="no method lt_prompt"):
+        study.only(spec, methods="prefix,lt_prompt")

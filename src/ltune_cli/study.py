@@ -304,6 +304,31 @@ def runs_table(spec: dict):
     return pd.DataFrame(rows)
 
 
+def only(spec: dict, models: str | None = None, datasets: str | None = None,
+         methods: str | None = None) -> dict:
+    """The plan restricted to some models / datasets / methods (comma lists; None keeps all): a
+    sitting can run part of a stage, e.g. the encoder's baselines while the decoder is studied."""
+    def pick(values, wanted):
+        return list(values) if wanted is None else [v for v in values if v in wanted.split(",")]
+
+    for kind, wanted, known in (("model", models, spec["cells"]), ("method", methods, spec["methods"]),
+                                ("dataset", datasets, {d for ds in spec["cells"].values() for d in ds})):
+        unknown = sorted(set((wanted or "").split(",")) - set(known) - {""})
+        if unknown:
+            raise LtuneError(f"study plan {spec['name']}: no {kind} {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(known))}).")
+    out = dict(spec)
+    out["cells"] = {m: pick(ds, datasets) for m, ds in spec["cells"].items() if m in pick(spec["cells"], models)}
+    out["methods"] = pick(spec["methods"], methods)
+    keep = {f"{m}/{d}" for m, ds in out["cells"].items() for d in ds}
+    for stage in ("pilot", "ablate"):
+        if stage in spec:
+            out[stage] = {**spec[stage], "cells": [c for c in spec[stage]["cells"] if c in keep]}
+    if "ablate" in spec:
+        out["ablate"]["variants"] = {k: pick(v, methods) for k, v in spec["ablate"]["variants"].items()}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ltune_cli.study", description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=("run", "status", "chosen"))
@@ -311,9 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan", default="reproduce_cpu", help="conf/study/<plan>.yaml or a path")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (each on hardware.num_threads=1)")
     p.add_argument("--dry-run", action="store_true", help="print the commands still to run")
+    for kind in ("models", "datasets", "methods"):
+        p.add_argument(f"--{kind}", default=None, help=f"only these {kind} (comma list; default: all)")
     a = p.parse_args(argv)
     try:
-        spec = load_spec(a.plan)
+        spec = only(load_spec(a.plan), a.models, a.datasets, a.methods)
         if a.command == "run":
             if a.stage is None:
                 raise LtuneError("say which stage to run: pilot, tune, final or ablate.")
