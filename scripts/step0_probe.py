@@ -47,8 +47,8 @@ def step0_features(model: str, method: str, n_train: int, n_eval: int, overrides
             elif hasattr(m, "encode_with"):  # pair methods: the text under each label
                 table, mask, _ = m._conditioning(torch.zeros(1, dtype=torch.long))
                 n = b["input_ids"].shape[0]
-                out.append(torch.stack([m.encode_with(b, table, mask, torch.full((n,), k))
-                                        for k in range(m.num_labels)], 1))
+                out.append(torch.stack([m.encode_with(m.pair_batch(b, torch.full((n,), k)), table, mask,
+                                                      torch.full((n,), k)) for k in range(m.num_labels)], 1))
             else:
                 out.append(m.encode(b))
         return torch.cat(out).float(), torch.tensor(enc.labels)

@@ -64,8 +64,10 @@ def pooled(bb, hidden):
     return hidden[0] if bb.pooling == "cls" else hidden[-1] if bb.pooling == "last" else hidden.mean(0)
 
 
-def reference(bb, name, pre_ids, text_ids):
-    """Pooled encoding of one text read after `pre_ids` (prefix tokens), independently of ours."""
+def reference(bb, name, pre_ids, text_ids, echo=()):
+    """Pooled encoding of one text read after `pre_ids` (prefix tokens), independently of ours;
+    `echo`: tokens read right after the text (L-Tuning's label echo), pooled with it."""
+    text_ids = list(text_ids) + list(echo)
     if name in ("prompt", "lt_prompt") or bb.geo.kind == "decoder":
         # A prompt made of token embeddings is those tokens; a decoder's prefix is the cache of
         # reading them: both read as one plain forward over [prefix tokens + text].
@@ -85,13 +87,15 @@ def test_oracle(family, name, variant):
     if family == "deberta-v2" and "prefix" in name:
         pytest.skip("DeBERTa-v2 takes no key/value cache (refused, tests/test_methods.py)")
     bb = tiny_backbone(family)
-    errors = {side: oracle_error(bb, name, variant, side) for side in ("right", "left")}
+    echoes = (False, True) if name.startswith("lt_") else (False,)
+    errors = {(side, echo): oracle_error(bb, name, variant, side, echo) for side in ("right", "left") for echo in echoes}
     print(f"oracle {family} {name}/{variant}: max error {max(errors.values()):.2e} (tolerance {TOL:.0e})")
     assert max(errors.values()) < TOL, f"{family} {name}/{variant}: max error by padding side {errors}"
 
 
-def oracle_error(bb, name, variant, side):
-    """Max |ours - reference| over the pooled encodings of TEXTS, padded on `side`."""
+def oracle_error(bb, name, variant, side, echo=False):
+    """Max |ours - reference| over the pooled encodings of TEXTS, padded on `side`; `echo`: the
+    pair methods with the label echo (each text followed by its own label's tokens)."""
     gen = torch.Generator().manual_seed(1)
     batch = batch_of(bb, TEXTS, side)
     texts = [ids_of(bb, t) for t in TEXTS]
@@ -123,10 +127,12 @@ def oracle_error(bb, name, variant, side):
         pad = ~lab.mask.bool()
         table[pad] = garbage_like(table[pad], gen)
         idx = torch.tensor([2, 1, 0])
+        method.echo = echo
         with torch.no_grad():
-            got = method.encode_with(batch, table, lab.mask, idx)
+            got = method.encode_with(method.pair_batch(batch, idx), table, lab.mask, idx)
         rows = [pre[k] for k in idx.tolist()]
-    want = torch.stack([reference(bb, name, p, t) for p, t in zip(rows, texts, strict=True)])
+    ends = rows if echo else [[]] * len(rows)  # the tiny tokenizers have no start token: echo = label
+    want = torch.stack([reference(bb, name, p, t, e) for p, t, e in zip(rows, texts, ends, strict=True)])
     assert want.abs().max() > 0.1  # the encodings are not trivially zero
     return (got - want).abs().max().item()
 
@@ -192,11 +198,12 @@ def test_warm_start_reads_label_then_text(family, name, variant, monkeypatch):
     method = build_method(MethodConfig(name=name, variant=variant), bb, labels).eval()
     text = ids_of(bb, "the movie was good")
     batch = {"input_ids": torch.tensor([text]), "attention_mask": torch.ones(1, len(text), dtype=torch.long)}
+    assert method.echo == (bb.geo.kind == "decoder")  # label_echo=auto
     for k, label in enumerate(labels):
         pre = ids_of(bb, label)
         with torch.no_grad():
             got = method.pair_logits(batch, torch.tensor([k]))
-            z = method.head(reference(bb, name, pre, text)[None])
+            z = method.head(reference(bb, name, pre, text, pre if method.echo else ())[None])
         torch.testing.assert_close(got, z[:, 1] - z[:, 0], atol=TOL, rtol=0)
         if name == "lt_prefix" and bb.geo.kind == "encoder":
             joint = method.head(pooled(bb, hf_forward(bb, pre + text)[len(pre):])[None])

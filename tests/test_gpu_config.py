@@ -36,8 +36,8 @@ def test_head_and_pair_logit_are_fp32_under_bf16_autocast(method):
             pooled = m.encode(batch)
         else:
             table, mask, idx = m._conditioning(torch.arange(2).repeat(2))
-            pooled = m.encode_with({k: v.repeat_interleave(2, 0) for k, v in m.text_inputs(batch).items()},
-                                   table, mask, idx)
+            pairs = m.pair_batch({k: v.repeat_interleave(2, 0) for k, v in m.text_inputs(batch).items()}, idx)
+            pooled = m.encode_with(pairs, table, mask, idx)
     assert scores.dtype == torch.float32
     with torch.no_grad():
         z = m.head(pooled.float())  # the head in fp32 on the same (autocast) encodings

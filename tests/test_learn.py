@@ -100,3 +100,49 @@ def test_smollm2_prefix_step0_keeps_the_text(init, low, high):
 
     acc = probe(*step0_features("smollm2_135m", "prefix", 200, 200, [f"method.init={init}"]))
     assert low <= acc <= high, acc
+
+
+# --- the decoder learns (issue 11 item 12): every method on SmolLM2 beats the frozen probe ----
+#: The bar: a standardised logistic probe on the frozen last-token states (600 SST-2 train
+#: sentences, L-BFGS) reaches 0.723 on 400 dev sentences (scripts/step0_probe.py smollm2_135m none
+#: 600 400); the issue measured 0.743 on 300. Short runs here, on the first 200 dev sentences.
+SMOLLM2_PROBE = 0.743
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,steps", [("prefix", 100), ("lt_prefix", 200), ("lt_prompt", 200)])
+def test_smollm2_learns_sst2(method, steps, tmp_path, smollm2):
+    """Default settings a user gets (label echo and decoder_lr for L-Tuning), a short budget:
+    each method ends above the frozen-feature probe. At main before the label echo, lt_prefix and
+    lt_prompt stayed at 0.48-0.55 (docs/methods.md "Decoders")."""
+    import json
+
+    from ltune_cli import engine
+    from ltune_cli.config import compose
+
+    cfg = compose(["model=smollm2_135m", f"method={method}", f"train.max_steps={steps}",
+                   f"train.eval_every={steps}", "dataset.eval_limit=200", "hardware.num_threads=1",
+                   "train.progress=false", f"out_dir={tmp_path / 'run'}"])
+    run = engine.train(cfg, backbone=smollm2)
+    acc = json.loads((run / "results.json").read_text())["final"]["accuracy"]
+    assert acc > SMOLLM2_PROBE, f"{method}: {acc:.3f} after {steps} steps"
+
+
+#: MiniLM's frozen-feature probe ([CLS] states, same recipe): 0.630 (docs/methods.md "Decoders").
+MINILM_PROBE = 0.630
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["prefix", "prompt", "lt_prefix", "lt_prompt"])
+def test_minilm_learns_sst2(method, tmp_path):
+    """The encoder at its default budget (300 steps): every method above its frozen probe."""
+    import json
+
+    from ltune_cli import engine
+    from ltune_cli.config import compose
+
+    torch.set_num_threads(1)
+    cfg = compose([f"method={method}", "dataset.eval_limit=200", "hardware.num_threads=1",
+                   "train.progress=false", f"out_dir={tmp_path / 'run'}"])
+    acc = json.loads((engine.train(cfg) / "results.json").read_text())["final"]["accuracy"]
+    assert acc > MINILM_PROBE, f"{method}: {acc:.3f}"

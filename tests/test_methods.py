@@ -232,3 +232,34 @@ def test_labels_with_near_identical_frozen_states_warn_with_the_cosine(caplog):
     assert not caplog.records
     with pytest.raises(LtuneError, match="'good' and 'bad' reach the model as the same tokens"):
         check_distinct_labels(["good", "Good", "bad"], ids[[0, 1, 0]], mask, states, tok, None)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+@pytest.mark.parametrize("name", ["lt_prefix", "lt_prompt"])
+def test_label_echo_and_decoder_lr_follow_the_model_kind(family, name):
+    """label_echo=auto and method.decoder_lr apply to causal decoders only; on/off force the echo."""
+    bb = tiny_backbone(family)
+    decoder = bb.geo.kind == "decoder"
+    m = build_method(MethodConfig(name=name, lr=3e-4, decoder_lr=1e-5), bb, ["negative", "positive"])
+    assert m.echo == decoder and m.default_lr() == (1e-5 if decoder else 3e-4)
+    assert m.positions_before_text() == m.label_len + (m.echo_ids.shape[1] if decoder else 0)
+    assert build_method(MethodConfig(name=name, label_echo="on"), bb, ["negative", "positive"]).echo
+    assert not build_method(MethodConfig(name=name, label_echo="off"), bb, ["negative", "positive"]).echo
+    assert build_method(MethodConfig(name=name, lr=3e-4), bb, ["negative", "positive"]).default_lr() == 3e-4
+
+
+def test_engine_trains_the_map_at_decoder_lr(sentiment_files, tmp_path, tiny_llama_dir, monkeypatch):
+    """The optimizer gets method.decoder_lr for a decoder's label map (train.lr still overrides)."""
+    from conftest import tiny_overrides
+    from ltune_cli import engine
+    from ltune_cli.config import compose
+
+    seen = []
+    real = engine.make_optimizer
+    monkeypatch.setattr(engine, "make_optimizer", lambda groups, wd: seen.append([g["lr"] for g in groups])
+                        or real(groups, wd))
+    for extra, want in (([], [1e-5, 5e-3]), (["train.lr=0.1"], [0.1, 5e-3])):
+        ov = tiny_overrides(*sentiment_files, tmp_path / f"run{len(seen)}", method="lt_prefix", steps=1)
+        engine.train(compose([*ov, f"model.path={tiny_llama_dir}", "method.lr=3e-4", "method.decoder_lr=1e-5",
+                              "method.head_lr=5e-3", *extra]))
+        assert seen[-1] == want

@@ -72,6 +72,13 @@ class MethodConfig:
     # Adam moves each prefix output ~d times faster than a raw prefix: they need a small lr,
     # while the head learns at the usual rate.
     head_lr: float | None = None
+    # L-Tuning on a causal decoder: the label map's lr (None = lr). Measured on SmolLM2-135M:
+    # at the encoder's 3e-4 the map wrecks the prefix within steps (docs/methods.md "Decoders").
+    decoder_lr: float | None = None
+    # L-Tuning: read the label's tokens again right after the text and pool the pair there
+    # (auto = on for causal decoders, whose last text token attends to the label only weakly;
+    # off for encoders, whose pooled [CLS] reads both ways). docs/methods.md "Decoders".
+    label_echo: str = "auto"  # auto | on | off
 
 
 @dataclass
@@ -161,6 +168,7 @@ CHOICES = {
     "method.name": ("prefix", "prompt", "lt_prefix", "lt_prompt"),
     "method.variant": ("per_token", "paper"),
     "method.init": ("vocab", "normal"),
+    "method.label_echo": ("auto", "on", "off"),
     "hardware.dtype": ("fp32", "bf16", "fp16"),
     "hardware.strategy": ("single", "ddp", "fsdp"),
     "hardware.backend": ("auto", "nccl", "gloo"),
@@ -173,7 +181,7 @@ CHOICES = {
 }
 POSITIVE = ("model.max_length", "method.num_virtual_tokens", "hardware.batch_size",
             "hardware.eval_batch_size", "hardware.grad_accum", "train.max_steps",
-            "train.eval_every", "train.log_every", "method.label_len", "method.head_lr",
+            "train.eval_every", "train.log_every", "method.label_len", "method.head_lr", "method.decoder_lr",
             "dataset.train_limit", "dataset.eval_limit", "dataset.holdout", "hardware.num_threads", "train.keep_checkpoints",
             "hardware.nodes", "hardware.time_min", "hardware.cpus_per_task", "hardware.mem_gb",
             "hardware.gpu_mem_gb")

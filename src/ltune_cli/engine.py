@@ -284,7 +284,7 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
     if ckpt is not None:  # N processes' checkpoint on this many: keep its micro-batches per step
         hw.grad_accum = distributed.resume_grad_accum(ckpt.get("micro_batches", hw.grad_accum * d.world),
                                                       d.world, hw.grad_accum)
-    lr = tc.lr if tc.lr is not None else cfg.method.lr
+    lr = tc.lr if tc.lr is not None else method.default_lr()
     params = method.trainable_parameters()
     opt = make_optimizer(method.param_groups(lr), tc.weight_decay)
     sched = make_scheduler(opt, tc)

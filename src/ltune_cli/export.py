@@ -120,6 +120,9 @@ def _write_ltune(run: Path, cfg, out: Path, backbone) -> dict:
                                                      "label texts; these are ltune's own weights"
                                                      if m.name not in PEFT_METHODS else "requested --format ltune"),
             "variant": str(m.variant) if m.name == "lt_prefix" else None, "label_len": m.label_len,
+            # on: each text is followed by its label's tokens and the pair pooled at the last one
+            # (auto: on for decoders); PairMethod.pair_batch
+            "label_echo": str(m.label_echo) if m.name in ("lt_prefix", "lt_prompt") else None,
             "num_virtual_tokens": m.num_virtual_tokens if m.name in PEFT_METHODS else None,
             "pooling": str(cfg.model.pooling), "max_length": int(cfg.model.max_length),
             "weights": {k: list(v.shape) for k, v in sorted(state.items())}, "uses": uses,

@@ -309,6 +309,20 @@ def token_bounds(cfg, data) -> tuple[int, int]:
     return longest, int(label)
 
 
+def _echoes(method_cfg, model_type: str) -> bool:
+    """Whether L-Tuning reads the label again after the text (PairMethod: label_echo)."""
+    from ltune_cli.errors import LtuneError
+    from ltune_cli.models.families import FAMILIES, family_name
+
+    echo = str(getattr(method_cfg, "label_echo", "auto"))
+    if echo != "auto":
+        return echo == "on"
+    try:
+        return FAMILIES[family_name(model_type)].kind == "decoder"
+    except LtuneError:  # an unknown family: refused later, where it loads
+        return False
+
+
 def plan(cfg, data) -> dict | None:
     """Per-process estimate (bytes) from conf/model's `arch` and the data (data.Splits), before
     anything loads; None when the model config has no `arch` (the run prints its probed estimate)."""
@@ -340,6 +354,8 @@ def plan(cfg, data) -> dict | None:
     # plus the prefix (P or the label's l positions) the attention reads.
     T = longest
     prefix = int(m.num_virtual_tokens) if m.name in ("prefix", "prompt") else label_len
+    if m.name in ("lt_prefix", "lt_prompt") and _echoes(m, mt):  # the label read again after the text
+        T += label_len
     mlp_saved = (4 if mt in GATED_MLP else 2) * inter
     per_token_layer = (8 * d + 2 * kv_dim + mlp_saved) * b
     if mt in EAGER_ATTENTION:  # scores and probabilities, T x (T + prefix) per head

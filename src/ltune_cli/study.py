@@ -94,12 +94,13 @@ def _dataset_labels(dataset: str) -> list[str]:
 
 
 def _lr_overrides(method: str, scale: float) -> list[str]:
-    """The method's own learning rates (conf/method/<m>.yaml) times `scale`: every method gets the
+    """The method's own learning rates (conf/method/<m>.yaml: lr, head_lr, decoder_lr) times `scale`: every method gets the
     same relative grid around its default, and the absolute values land in config.yaml."""
     d = _method_defaults(method)
     out = [f"method.lr={d['lr'] * scale:.6g}"]
-    if d.get("head_lr") is not None:
-        out.append(f"method.head_lr={d['head_lr'] * scale:.6g}")
+    for key in ("head_lr", "decoder_lr"):
+        if d.get(key) is not None:
+            out.append(f"method.{key}={d[key] * scale:.6g}")
     return out
 
 

@@ -67,6 +67,10 @@ class Method(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def default_lr(self) -> float:
+        """The learning rate of everything but the head when train.lr is not set."""
+        return self.cfg.lr
+
     def param_groups(self, lr: float) -> list[dict]:
         """Optimizer groups: the head at method.head_lr (when set), everything else at lr."""
         head = {id(p) for p in self.head.parameters()}
@@ -111,7 +115,8 @@ class Method(nn.Module):
             return self.head(self.dropout(pooled.float()))
 
     def text_inputs(self, batch: dict) -> dict:
-        return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids", "suffix_ids", "suffix_mask")
+                if k in batch}
 
 
 class ClassifierMethod(Method):
@@ -212,9 +217,22 @@ class PairMethod(Method):
         self.head = nn.Linear(backbone.geo.hidden, 2)
         self.labels_frozen: LabelStates = backbone.label_states(self.label_texts, cfg.label_len)
         self.label_len = self.labels_frozen.ids.shape[1]
+        # The label echo: the label's own tokens (without a decoder's start token) after the text.
+        self.echo = backbone.geo.kind == "decoder" if cfg.label_echo == "auto" else cfg.label_echo == "on"
+        s = 0 if backbone.label_start_id() is None else 1
+        self.echo_ids, self.echo_mask = self.labels_frozen.ids[:, s:], self.labels_frozen.mask[:, s:]
+
+    def default_lr(self) -> float:
+        """method.decoder_lr on a causal decoder when set (the label map's step is model-dependent:
+        docs/methods.md "Decoders"), else method.lr."""
+        if self.backbone.geo.kind == "decoder" and self.cfg.decoder_lr is not None:
+            return self.cfg.decoder_lr
+        return self.cfg.lr
 
     def positions_before_text(self) -> int:
-        return self.label_len  # the label's l prefix / prompt positions
+        # the label's l prefix / prompt positions (+ its echo after the text: counted here, as
+        # engine.build checks text + these against the position table)
+        return self.label_len + (self.echo_ids.shape[1] if self.echo else 0)
 
     # Subclasses: label states (N, l, d) + mask (N, l) -> pooled text encodings of the pairs.
     def transform(self, states: torch.Tensor, mask: torch.Tensor):
@@ -225,6 +243,13 @@ class PairMethod(Method):
         """Pooled encodings of the pairs: text i of `batch` read with row idx[i] of `table` (the
         transformed labels, mask (U, l)); idx None: row i (one table row per pair)."""
         raise NotImplementedError
+
+    def pair_batch(self, batch: dict, label_idx: torch.Tensor) -> dict:
+        """The pairs' text batch; with the label echo, each text followed by its label's real
+        tokens (Backbone.encode puts them right after the text's last real token and pools there)."""
+        if not self.echo:
+            return batch
+        return dict(batch, suffix_ids=self.echo_ids[label_idx], suffix_mask=self.echo_mask[label_idx])
 
     def _label_maps(self):
         """The K labels' trainable maps of their cached frozen states (transform of all K)."""
@@ -245,7 +270,7 @@ class PairMethod(Method):
 
     def pair_logits(self, batch: dict, label_idx: torch.Tensor, maps=None) -> torch.Tensor:
         table, mask, idx = self._conditioning(label_idx, maps)
-        z = self.head_logits(self.encode_with(batch, table, mask, idx))  # (N, 2), fp32
+        z = self.head_logits(self.encode_with(self.pair_batch(batch, label_idx), table, mask, idx))  # (N, 2), fp32
         return z[:, 1] - z[:, 0]
 
     def training_loss(self, batch, generator):
@@ -275,7 +300,7 @@ class PairMethod(Method):
     def _pairs_per_forward(self, n: int, length: int, device: torch.device) -> int:
         """Pairs in each of the equal scoring forwards of n pairs (no small remainder forward)."""
         limit = self.SCORE_CHUNK_POSITIONS.get(device.type)
-        chunks = 1 if limit is None else -(-n * (length + self.label_len) // limit)
+        chunks = 1 if limit is None else -(-n * (length + self.positions_before_text()) // limit)
         return -(-n // chunks)
 
     def texts_per_forward(self, texts, length, device):

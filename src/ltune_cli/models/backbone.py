@@ -101,7 +101,8 @@ class Backbone(nn.Module):
                prompt: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None,
                prompt_index: torch.Tensor | None = None,
                prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-               prefix_mask: torch.Tensor | None = None) -> torch.Tensor:
+               prefix_mask: torch.Tensor | None = None,
+               suffix_ids: torch.Tensor | None = None, suffix_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled representation (B, d) of a text batch.
 
         input_ids, attention_mask: (B, T). prompt: (U, P, d) soft embeddings placed before the
@@ -109,6 +110,9 @@ class Backbone(nn.Module):
         the one prompt when U == 1). prefix: per layer (key, value), each (B, kv_heads, P,
         head_dim), prefix_mask (B, P). The attention mask always covers prefix/prompt + text.
         """
+        if suffix_ids is not None:
+            input_ids, attention_mask, token_type_ids = _append(input_ids, attention_mask, token_type_ids,
+                                                                suffix_ids, suffix_mask)
         B, T = input_ids.shape
         kwargs: dict = {}
         if prompt is not None:
@@ -322,6 +326,16 @@ def check_distinct_labels(label_texts, ids: torch.Tensor, mask: torch.Tensor, st
                     "label texts '%s' and '%s' have near-identical frozen states (cosine %.5f): L-Tuning may "
                     "not tell them apart; consider more distinct label texts (dataset.label_texts)",
                     label_texts[i], label_texts[j], float(cos[i, j]))
+
+
+def _append(ids, mask, types, suffix_ids, suffix_mask):
+    """The suffix columns after the text's: the mask leaves a gap of the text's pads before a
+    row's suffix, which positions counted from the mask ("explicit", "mask") do not see; on the
+    prompt path (DeBERTa's positions by slot) encode() moves real tokens first anyway."""
+    mask = torch.cat([mask, suffix_mask.to(mask.dtype)], 1)
+    if types is not None:
+        types = torch.cat([types, types.new_zeros(suffix_ids.shape)], 1)
+    return torch.cat([ids, suffix_ids], 1), mask, types
 
 
 def _rows(x: torch.Tensor, index: torch.Tensor | None, n: int) -> torch.Tensor:

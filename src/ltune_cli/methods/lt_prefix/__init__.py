@@ -14,7 +14,8 @@ Two variants of the map from the label's frozen states h (l, d) to its prefix:
 Both variants attend only the real slots of a label's prefix (a shorter label's pad slots
 are masked out). With init_from_label (default) the map starts so that each label's prefix
 is the key/values the frozen LM writes reading that label alone: on a causal decoder the
-text is then encoded exactly as "label, then text"; on a bidirectional encoder it is not
+text is then encoded exactly as "label, then text" (then the label again: the echo of
+PairMethod.pair_batch, on for decoders); on a bidirectional encoder it is not
 (in one joint forward the label would also attend to the text): the text attends to the
 label's standalone reading (tests/test_exactness.py::test_warm_start_reads_label_then_text).
 """
@@ -59,7 +60,7 @@ class LTPrefix(PairMethod):
         """Fit Z so that each label's prefix is, at step 0, the key/values the frozen LM writes
         when it reads that label text alone (pad slots excluded from the fit; they are masked
         out of attention). On a causal decoder the text is then encoded exactly as "label, then
-        text"; on a bidirectional encoder the label's keys/values are those of the label read
+        text" (+ the label echo); on a bidirectional encoder the label's keys/values are those of the label read
         without the text (docs/methods.md): a reading the LM knows, not random vectors."""
         lab = self.labels_frozen
         target = self.backbone.reading_kv(lab.ids, lab.mask)  # (K, l, L, 2, kvh, hd)
