@@ -110,11 +110,12 @@ SMOLLM2_PROBE = 0.743
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,steps", [("prefix", 100), ("lt_prefix", 200), ("lt_prompt", 200)])
+@pytest.mark.parametrize("method,steps", [("prefix", 100), ("lt_prefix", 200), ("lt_prompt", 300)])
 def test_smollm2_learns_sst2(method, steps, tmp_path, smollm2):
-    """Default settings a user gets (label echo and decoder_lr for L-Tuning), a short budget:
-    each method ends above the frozen-feature probe. At main before the label echo, lt_prefix and
-    lt_prompt stayed at 0.48-0.55 (docs/methods.md "Decoders")."""
+    """Default settings a user gets (label echo and decoder_lr for L-Tuning): each method ends
+    above the frozen-feature probe; prefix and lt_prefix on a short budget, lt_prompt on the
+    default 300 steps (a 200-step run ended at 0.57). Before the label echo,
+    lt_prefix and lt_prompt stayed at 0.48-0.55 (docs/methods.md "Decoders")."""
     import json
 
     from ltune_cli import engine
