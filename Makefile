@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= offline-models,dev,launchers,bench,tensorboard,mlflow,wandb
 ARGS   ?=
 
-.PHONY: install run test test-all lint bench study clean-venv
+.PHONY: install run test test-all lint bench study results clean-venv
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,10 @@ bench: install
 STAGE ?= tune
 study: install
 	$(BIN)/python -m ltune_cli.study run $(STAGE) --jobs 2 $(ARGS)
+
+# docs/RESULTS.md and docs/results/study_runs.csv from the study's run folders (no number typed by hand).
+results: install
+	$(BIN)/python -m ltune_cli.study results $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

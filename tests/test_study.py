@@ -110,3 +110,27 @@ def test_only_restricts_every_stage_and_final_needs_only_its_own_tune_runs(tmp_p
         study.jobs_for(spec, "final", root)
     with pytest.raises(LtuneError, match="no method lt_prompt"):
         study.only(spec, methods="prefix,lt_prompt")
+
+
+def test_results_report_progress_choices_and_final_scores_from_the_run_folders(tmp_path, monkeypatch):
+    """`study results`: every number in RESULTS.md and the CSV is read from a run folder."""
+    monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path / "out"))
+    root = study.root_of(SPEC)
+    for j in study.tune_jobs(SPEC):
+        best = j.values["lr_scale"] == 2.0 and j.values.get("num_virtual_tokens") in (None, 10)
+        _finish(j.folder(root), 0.8 if best else 0.6)
+    finals = [j for j in study.final_jobs(SPEC, study.choose(SPEC, root)) if j.dataset == "sst2"]
+    for n, j in enumerate(finals):
+        _finish(j.folder(root), 0.70 + 0.02 * n, seed=n % 2)
+    md, csv = tmp_path / "RESULTS.md", tmp_path / "runs.csv"
+    study.write_results(SPEC, md, csv)
+    text = md.read_text()
+    assert "| tune | 12 / 12 | 0.0 |" in text  # 12 runs x 2 s
+    assert "| final | 4 / 10 |" in text and "| pilot | 0 / 2 |" in text
+    assert "| minilm | sst2 | prefix | 2 | 10 | 0.800 | 4 / 4 |" in text
+    assert "| minilm | r8 | lt_prefix | 2 |  | 0.800 | 2 / 2 |" in text
+    # sst2 finals in job order: prefix seeds 0, 1 -> 0.70, 0.72; lt_prefix -> 0.74, 0.76
+    assert "| minilm | sst2 | prefix | 0.710 ± 0.014 (n=2) |" in text
+    assert "| minilm | sst2 | lt_prefix | 0.750 ± 0.014 (n=2) |" in text
+    rows = csv.read_text().splitlines()
+    assert len(rows) == 1 + 12 + 4 and "tune/minilm-sst2/prefix/" in rows[1] and str(tmp_path) not in csv.read_text()
