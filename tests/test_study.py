@@ -21,10 +21,11 @@ SPEC = {
 }
 
 
-def _finish(folder, score, seed=0):
+def _finish(folder, score, seed=0, val_loss=None):
     folder.mkdir(parents=True)
+    final = {"accuracy": score} if val_loss is None else {"accuracy": score, "val_loss": val_loss}
     (folder / "results.json").write_text(json.dumps({
-        "status": "completed", "primary_metric": "accuracy", "seed": seed, "final": {"accuracy": score},
+        "status": "completed", "primary_metric": "accuracy", "seed": seed, "final": final,
         "steps": 10, "trainable_params": 1, "train_time_s": 1.0, "wall_time_s": 2.0, "eval_examples": 5}))
 
 
@@ -127,10 +128,21 @@ def test_results_report_progress_choices_and_final_scores_from_the_run_folders(t
     text = md.read_text()
     assert "| tune | 12 / 12 | 0.0 |" in text  # 12 runs x 2 s
     assert "| final | 4 / 10 |" in text and "| pilot | 0 / 2 |" in text
-    assert "| minilm | sst2 | prefix | 2 | 10 | 0.800 | 4 / 4 |" in text
-    assert "| minilm | r8 | lt_prefix | 2 |  | 0.800 | 2 / 2 |" in text
+    assert "| minilm | sst2 | prefix | 2 | 10 | 0.800 |  | 4 / 4 |" in text
+    assert "| minilm | r8 | lt_prefix | 2 |  | 0.800 |  | 2 / 2 |" in text
     # sst2 finals in job order: prefix seeds 0, 1 -> 0.70, 0.72; lt_prefix -> 0.74, 0.76
     assert "| minilm | sst2 | prefix | 0.710 ± 0.014 (n=2) |" in text
     assert "| minilm | sst2 | lt_prefix | 0.750 ± 0.014 (n=2) |" in text
     rows = csv.read_text().splitlines()
     assert len(rows) == 1 + 12 + 4 and "tune/minilm-sst2/prefix/" in rows[1] and str(tmp_path) not in csv.read_text()
+
+
+def test_ties_on_the_held_out_score_go_to_the_lower_validation_loss(tmp_path):
+    """CoLA on MiniLM: every tune run at MCC 0 (the majority class); the lower held-out loss decides."""
+    root = tmp_path / "study"
+    for n, j in enumerate(study.tune_jobs(SPEC)):
+        _finish(j.folder(root), 0.0, val_loss=0.62 - (0.01 if j.values["lr_scale"] == 2.0 else 0) + n * 1e-4)
+    chosen = study.choose(SPEC, root)
+    assert all(v["lr_scale"] == 2.0 for v in chosen.values())
+    assert chosen[("minilm", "sst2", "prefix")]["num_virtual_tokens"] == 5  # the lower loss of the two P
+    assert chosen[("minilm", "sst2", "prefix")]["held_out_val_loss"] == pytest.approx(0.6102)

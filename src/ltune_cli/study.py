@@ -153,7 +153,9 @@ def tune_jobs(spec: dict) -> list[Job]:
 
 def choose(spec: dict, root: Path, strict: bool = True) -> dict[tuple[str, str, str], dict]:
     """(model, dataset, method) -> the tune job's values with the best final primary metric on the
-    held-out slice (ties: the first in grid order). strict: every tune run must have completed."""
+    held-out slice; ties (e.g. every run predicting the majority class: MCC 0) go to the lower
+    held-out validation loss, then to the first in grid order. strict: every tune run must have
+    completed."""
     chosen: dict = {}
     for job in tune_jobs(spec):
         res = _completed(job.folder(root))
@@ -162,10 +164,14 @@ def choose(spec: dict, root: Path, strict: bool = True) -> dict[tuple[str, str, 
                 raise LtuneError(f"tune run {job.folder(root)} has not completed: run `python -m ltune_cli.study "
                                  f"run tune` first.")
             continue
-        score = (res.get("final") or {}).get(res["primary_metric"])
+        final = res.get("final") or {}
+        score, loss = final.get(res["primary_metric"]), final.get("val_loss")
+        rank = (score, -loss if loss is not None else float("-inf"))
         key = (job.model, job.dataset, job.method)
-        if score is not None and (key not in chosen or score > chosen[key]["score"]):
-            chosen[key] = {**job.values, "score": score}
+        if score is not None and (key not in chosen or rank > chosen[key]["_rank"]):
+            chosen[key] = {**job.values, "score": score, "held_out_val_loss": loss, "_rank": rank}
+    for v in chosen.values():
+        del v["_rank"]
     return chosen
 
 
@@ -339,8 +345,10 @@ def results_markdown(spec: dict, table) -> str:
     chosen = choose(spec, root, strict=False)
     out += ["## Chosen on held-out train (tune stage, seed 0)", "",
             "Each method's best learning-rate scale (x its own defaults in conf/method) and, for the baselines, "
-            "prefix / prompt length P, by the final primary metric on the held-out slice of train.", "",
-            "| model | dataset | method | lr scale | P | held-out score | tune runs done |", "|---|---|---|---|---|---|---|"]
+            "prefix / prompt length P, by the final primary metric on the held-out slice of train (ties: the lower "
+            "held-out validation loss).", "",
+            "| model | dataset | method | lr scale | P | held-out score | held-out val loss | tune runs done |",
+            "|---|---|---|---|---|---|---|---|"]
     tune = table[table["stage"] == "tune"] if len(table) else table
     for model, dataset in _cells(spec):
         for method in spec["methods"]:
@@ -348,7 +356,9 @@ def results_markdown(spec: dict, table) -> str:
             done = len(tune[(tune["model"] == model) & (tune["dataset"] == dataset) & (tune["method"] == method)]) \
                 if len(tune) else 0
             c = chosen.get((model, dataset, method))
-            cells = [_fmt(c["lr_scale"]), str(c.get("num_virtual_tokens") or ""), f"{c['score']:.3f}"] if c else ["", "", ""]
+            loss = c and c.get("held_out_val_loss")
+            cells = ([_fmt(c["lr_scale"]), str(c.get("num_virtual_tokens") or ""), f"{c['score']:.3f}",
+                      "" if loss is None else f"{loss:.3f}"] if c else ["", "", "", ""])
             out.append(f"| {model} | {dataset} | {method} | " + " | ".join(cells) + f" | {done} / {total_jobs} |")
     out += ["", "## Final scores on the full dev split (mean ± std over seeds)", ""]
     final = table[table["stage"] == "final"] if len(table) else table
