@@ -174,6 +174,7 @@ def test_lt_prefix_goes_out_in_ltunes_format(runs, tmp_path):
     folder = run / "adapter-ltune"
     rec = json.loads((folder / "ltune.json").read_text())
     assert rec["format"] == "ltune" and rec["method"] == "lt_prefix" and rec["variant"] == "per_token"
+    assert rec["label_echo"] == "auto" and "label_echo" in rec["uses"]  # auto: off on this encoder
     assert rec["label_texts"] == ["negative", "positive"] and "PEFT has no method" in rec["why"]
     got, want = load_file(str(folder / "adapter.safetensors")), runfolder.read_trainable(run)
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in got)

@@ -109,10 +109,13 @@ def _write_ltune(run: Path, cfg, out: Path, backbone) -> dict:
         "lt_prefix": "each label text is read by the frozen base (eval mode; decoders after their BOS/EOS token); "
                      "Z maps its last-layer states (l, d) to a key/value prefix (l, L, 2, kv_heads, head_dim) "
                      "(variant paper: F pools each token to a scalar first); the text is read under that prefix "
-                     "(pad slots masked, positions after the label's real tokens) and pooled; head (2, d): "
-                     "score = z[1] - z[0]; the prediction is the label with the highest score",
+                     "(pad slots masked, positions after the label's real tokens) and pooled; with label_echo "
+                     "(auto: decoders) the text is followed by the label's own tokens and the pair pooled at the "
+                     "last of them; head (2, d): score = z[1] - z[0]; the prediction is the label with the highest "
+                     "score",
         "lt_prompt": "each label text is read by the frozen base; G maps its last-layer states (l, d) to l soft "
-                     "tokens placed before the text; pooled; head (2, d): score = z[1] - z[0]; argmax over labels",
+                     "tokens placed before the text (with label_echo, auto on decoders, the label's own tokens "
+                     "follow the text); pooled; head (2, d): score = z[1] - z[0]; argmax over labels",
         "prefix": "prefix (L, 2, kv_heads, P, head_dim): per layer key/value prefix; head (K, d) on the pooled state",
         "prompt": "prompt (P, d): soft tokens before the text; head (K, d) on the pooled state",
     }[str(m.name)]
