@@ -146,3 +146,11 @@ def test_ties_on_the_held_out_score_go_to_the_lower_validation_loss(tmp_path):
     assert all(v["lr_scale"] == 2.0 for v in chosen.values())
     assert chosen[("minilm", "sst2", "prefix")]["num_virtual_tokens"] == 5  # the lower loss of the two P
     assert chosen[("minilm", "sst2", "prefix")]["held_out_val_loss"] == pytest.approx(0.6102)
+
+
+def test_results_before_any_run_completes(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path / "out"))
+    study.write_results(SPEC, tmp_path / "RESULTS.md", tmp_path / "runs.csv")
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| tune | 0 / 12 | 0.0 |" in text and "| minilm | sst2 | prefix |  |  |  |  | 0 / 4 |" in text
+    assert "No final run has completed yet" in text

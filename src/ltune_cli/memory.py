@@ -312,15 +312,13 @@ def token_bounds(cfg, data) -> tuple[int, int]:
 def _echoes(method_cfg, model_type: str) -> bool:
     """Whether L-Tuning reads the label again after the text (PairMethod: label_echo)."""
     from ltune_cli.errors import LtuneError
-    from ltune_cli.models.families import FAMILIES, family_name
+    from ltune_cli.models.families import FAMILIES, family_name, resolve_label_echo
 
-    echo = str(getattr(method_cfg, "label_echo", "auto"))
-    if echo != "auto":
-        return echo == "on"
     try:
-        return FAMILIES[family_name(model_type)].kind == "decoder"
+        kind = FAMILIES[family_name(model_type)].kind
     except LtuneError:  # an unknown family: refused later, where it loads
-        return False
+        kind = "encoder"
+    return resolve_label_echo(kind, str(getattr(method_cfg, "label_echo", "auto")))
 
 
 def plan(cfg, data) -> dict | None:

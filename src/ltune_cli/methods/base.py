@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltune_cli.models.backbone import Backbone, LabelStates
+from ltune_cli.models.families import resolve_label_echo
 
 
 class Method(nn.Module):
@@ -218,7 +219,7 @@ class PairMethod(Method):
         self.labels_frozen: LabelStates = backbone.label_states(self.label_texts, cfg.label_len)
         self.label_len = self.labels_frozen.ids.shape[1]
         # The label echo: the label's own tokens (without a decoder's start token) after the text.
-        self.echo = backbone.geo.kind == "decoder" if cfg.label_echo == "auto" else cfg.label_echo == "on"
+        self.echo = resolve_label_echo(backbone.geo.kind, cfg.label_echo)
         s = 0 if backbone.label_start_id() is None else 1
         self.echo_ids, self.echo_mask = self.labels_frozen.ids[:, s:], self.labels_frozen.mask[:, s:]
 

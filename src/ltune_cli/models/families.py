@@ -123,6 +123,13 @@ def resolve_pooling(kind: str, family: str, requested: str = "auto") -> str:
     return requested
 
 
+def resolve_label_echo(kind: str, requested: str = "auto") -> bool:
+    """L-Tuning's label echo (method.label_echo): auto = on for causal decoders, whose last text
+    token attends to a label read before the text only weakly; off for encoders ([CLS] reads both
+    ways). docs/methods.md "Decoders"."""
+    return kind == "decoder" if requested == "auto" else requested == "on"
+
+
 def geometry(config, requested: str = "auto") -> Geometry:
     name, fam = family_of(config, requested)
     missing = [a for a in ("num_attention_heads", "hidden_size", "num_hidden_layers") if getattr(config, a, None) is None]
