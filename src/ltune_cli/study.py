@@ -142,7 +142,8 @@ def tune_jobs(spec: dict) -> list[Job]:
                 for P in lengths or [None]:
                     tag = f"lr{_fmt(scale)}" + (f"-P{P}" if P else "") + f"-s{t['seed']}"
                     ov = [*_base(spec, model, dataset, method), *_lr_overrides(method, scale),
-                          f"dataset.holdout={t['holdout'][dataset]}", f"seed={t['seed']}"]
+                          f"dataset.holdout={t['holdout'][dataset]}", f"seed={t['seed']}",
+                          *t.get("overrides", [])]
                     if P:
                         ov.append(f"method.num_virtual_tokens={P}")
                     if t.get("eval_limit"):
