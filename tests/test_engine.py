@@ -304,3 +304,26 @@ def test_existing_run_folder_is_never_overwritten(sentiment_files, tmp_path, tin
     cfg.resume = True
     with pytest.raises(LtuneError, match="already holds a completed run"):
         engine.train(cfg)
+
+
+def test_curve_eval_limit_scores_a_subset_on_the_way_and_everything_at_the_end(sentiment_files, tmp_path,
+                                                                               tiny_bert_dir):
+    """train.curve_eval_limit: evaluations before the last step score the first N eval texts (and
+    say so); the last one, results.json and predictions.json cover the whole eval split."""
+    run = engine.train(cfg_for(sentiment_files, tmp_path / "run", tiny_bert_dir, method="lt_prompt",
+                               **{"train.curve_eval_limit": 10}))
+    evals = [r for r in runfolder.read_metrics(run) if r["kind"] == "eval"]
+    assert [(r["step"], r.get("eval_examples")) for r in evals] == [(2, 10), (4, 10), (6, None)]
+    res = runfolder.read_results(run)
+    assert res["eval_examples"] == 32 and res["final"]["accuracy"] == evals[-1]["accuracy"]
+    assert len(json.loads((run / "predictions.json").read_text())["pred"]) == 32
+    full = engine.train(cfg_for(sentiment_files, tmp_path / "full", tiny_bert_dir, method="lt_prompt"))
+    assert (run / "trainable.safetensors").read_bytes() == (full / "trainable.safetensors").read_bytes()
+    assert evals[-1]["accuracy"] == [r for r in runfolder.read_metrics(full) if r["kind"] == "eval"][-1]["accuracy"]
+    s = engine.build(cfg_for(sentiment_files, tmp_path / "b", tiny_bert_dir, method="lt_prompt"), with_train=False)
+    (m10, p10), (_, p_all) = engine.evaluate(s, limit=10), engine.evaluate(s)
+    assert len(p10) == 10 and (p10 == p_all[:10]).all()
+    assert m10["accuracy"] == pytest.approx((p10 == s.eval_enc.labels[:10]).mean())
+    with pytest.raises(LtuneError, match="curve_eval_limit.*keep_best"):
+        cfg_for(sentiment_files, tmp_path / "x", tiny_bert_dir, **{"train.curve_eval_limit": 10,
+                                                                    "train.keep_best": True})

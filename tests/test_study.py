@@ -12,7 +12,7 @@ from ltune_cli.errors import LtuneError
 
 SPEC = {
     "name": "t", "cells": {"minilm": ["sst2", "r8"]}, "methods": ["prefix", "lt_prefix"],
-    "common": ["train.max_steps=10", "hardware.num_threads=1"], "datasets": {"r8": ["model.max_length=64"]},
+    "common": ["train.max_steps=10", "train.eval_every=5", "hardware.num_threads=1"], "datasets": {"r8": ["model.max_length=64"]},
     "pilot": {"cells": ["minilm/sst2"], "overrides": ["train.max_steps=30"]},
     "tune": {"seed": 0, "holdout": {"sst2": 50, "r8": 40}, "lr_scale": [0.5, 2.0], "num_virtual_tokens": [5, 10]},
     "final": {"seeds": 2, "seeds_by_dataset": {"r8": 3}},
@@ -21,8 +21,19 @@ SPEC = {
 }
 
 
-def _finish(folder, score, seed=0, val_loss=None):
+def _config_yaml(job) -> str:
+    """The config.yaml `ltune train` would write for the job's overrides (the keys the study reads)."""
+    from omegaconf import OmegaConf
+
+    pairs = [o.split("=", 1) for o in job.overrides]
+    dots = [f"{study.GROUPS.get(k, k)}={v}" for k, v in pairs]
+    return OmegaConf.to_yaml(OmegaConf.from_dotlist(dots))
+
+
+def _finish(job, root, score, seed=0, val_loss=None):
+    folder = job.folder(root)
     folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(_config_yaml(job))
     final = {"accuracy": score} if val_loss is None else {"accuracy": score, "val_loss": val_loss}
     (folder / "results.json").write_text(json.dumps({
         "status": "completed", "primary_metric": "accuracy", "seed": seed, "final": final,
@@ -48,7 +59,7 @@ def test_selection_reads_held_out_scores_and_drives_final_and_ablations(tmp_path
     for j in study.tune_jobs(SPEC):  # best: lr 2.0, P 5 for prefix; lr 0.5 for lt_prefix
         best = (j.values["lr_scale"] == 2.0 and j.values["num_virtual_tokens"] == 5) if j.method == "prefix" \
             else j.values["lr_scale"] == 0.5
-        _finish(j.folder(root), 0.9 if best else 0.6)
+        _finish(j, root, 0.9 if best else 0.6)
     chosen = study.choose(SPEC, root)
     assert chosen[("minilm", "sst2", "prefix")]["lr_scale"] == 2.0
     assert chosen[("minilm", "sst2", "prefix")]["num_virtual_tokens"] == 5
@@ -67,7 +78,7 @@ def test_selection_reads_held_out_scores_and_drives_final_and_ablations(tmp_path
 def test_run_skips_completed_resumes_checkpointed_and_restarts_empty(tmp_path, monkeypatch):
     root = tmp_path / "study"
     jobs = study.tune_jobs(SPEC)[:3]
-    _finish(jobs[0].folder(root), 0.5)
+    _finish(jobs[0], root, 0.5)
     (jobs[1].folder(root) / "checkpoints" / "step_5").mkdir(parents=True)
     jobs[2].folder(root).mkdir(parents=True)  # a start that left nothing to resume from
     calls = []
@@ -80,6 +91,7 @@ def test_run_skips_completed_resumes_checkpointed_and_restarts_empty(tmp_path, m
             assert not Path(folder).exists()
         (Path(folder)).mkdir(parents=True, exist_ok=True)
         (Path(folder) / "results.json").write_text(json.dumps({"status": "completed"}))
+        (Path(folder) / "config.yaml").write_text(_config_yaml(next(j for j in jobs if j.folder(root) == Path(folder))))
         return subprocess.CompletedProcess(argv, 0)
 
     monkeypatch.setattr(study.subprocess, "run", fake_run)
@@ -92,7 +104,7 @@ def test_runs_table_has_one_row_per_completed_run(tmp_path, monkeypatch):
     monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path))
     root = study.root_of(SPEC)
     for n, j in enumerate(study.tune_jobs(SPEC)):
-        _finish(j.folder(root), 0.5 + n / 100)
+        _finish(j, root, 0.5 + n / 100)
     table = study.runs_table(SPEC)
     assert (table["stage"] == "tune").sum() == 12 and table["accuracy"].max() == pytest.approx(0.61)
 
@@ -105,7 +117,7 @@ def test_only_restricts_every_stage_and_final_needs_only_its_own_tune_runs(tmp_p
     assert part["ablate"]["cells"] == [] and study.pilot_jobs(part) != []
     root = study.root_of(part)
     for job in study.tune_jobs(part):  # the rest of the grid has not run: final still starts
-        _finish(job.folder(root), 0.5)
+        _finish(job, root, 0.5)
     assert {j.method for j in study.jobs_for(part, "final", root)} == {"prefix"}
     with pytest.raises(LtuneError, match="has not completed"):
         study.jobs_for(spec, "final", root)
@@ -119,10 +131,10 @@ def test_results_report_progress_choices_and_final_scores_from_the_run_folders(t
     root = study.root_of(SPEC)
     for j in study.tune_jobs(SPEC):
         best = j.values["lr_scale"] == 2.0 and j.values.get("num_virtual_tokens") in (None, 10)
-        _finish(j.folder(root), 0.8 if best else 0.6)
+        _finish(j, root, 0.8 if best else 0.6)
     finals = [j for j in study.final_jobs(SPEC, study.choose(SPEC, root)) if j.dataset == "sst2"]
     for n, j in enumerate(finals):
-        _finish(j.folder(root), 0.70 + 0.02 * n, seed=n % 2)
+        _finish(j, root, 0.70 + 0.02 * n, seed=n % 2)
     md, csv = tmp_path / "RESULTS.md", tmp_path / "runs.csv"
     study.write_results(SPEC, md, csv)
     text = md.read_text()
@@ -141,7 +153,7 @@ def test_ties_on_the_held_out_score_go_to_the_lower_validation_loss(tmp_path):
     """CoLA on MiniLM: every tune run at MCC 0 (the majority class); the lower held-out loss decides."""
     root = tmp_path / "study"
     for n, j in enumerate(study.tune_jobs(SPEC)):
-        _finish(j.folder(root), 0.0, val_loss=0.62 - (0.01 if j.values["lr_scale"] == 2.0 else 0) + n * 1e-4)
+        _finish(j, root, 0.0, val_loss=0.62 - (0.01 if j.values["lr_scale"] == 2.0 else 0) + n * 1e-4)
     chosen = study.choose(SPEC, root)
     assert all(v["lr_scale"] == 2.0 for v in chosen.values())
     assert chosen[("minilm", "sst2", "prefix")]["num_virtual_tokens"] == 5  # the lower loss of the two P
@@ -154,3 +166,48 @@ def test_results_before_any_run_completes(tmp_path, monkeypatch):
     text = (tmp_path / "RESULTS.md").read_text()
     assert "| tune | 0 / 12 | 0.0 |" in text and "| minilm | sst2 | prefix |  |  |  |  | 0 / 4 |" in text
     assert "No final run has completed yet" in text
+
+
+def test_a_completed_run_made_with_other_settings_is_an_error_not_a_result(tmp_path, monkeypatch):
+    """The plan changed after a run completed: counting the run would mix two configurations."""
+    monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path))
+    root = study.root_of(SPEC)
+    jobs = study.tune_jobs(SPEC)
+    for j in jobs:
+        _finish(j, root, 0.6)
+    cfg = jobs[0].folder(root) / "config.yaml"
+    text = cfg.read_text()
+    # what a run records along the way (bookkeeping) and how YAML writes a number do not matter
+    cfg.write_text(text.replace("lr: 0.005", "lr: 5.0e-03").replace("eval_every: 5", "eval_every: 7"))
+    assert "eval_every: 7" in cfg.read_text() and "5.0e-03" in cfg.read_text()
+    assert len(study.choose(SPEC, root)) == 4 and len(study.runs_table(SPEC)) == 12
+    cfg.write_text(text.replace("max_steps: 10", "max_steps: 20"))
+    for call in (lambda: study.choose(SPEC, root), lambda: study.runs_table(SPEC),
+                 lambda: study.run_stage(SPEC, "tune", dry=True)):
+        with pytest.raises(LtuneError, match=r"other settings.*train.max_steps: run has 20, plan says 10"):
+            call()
+
+
+def test_borrowed_cells_take_the_source_cells_choice_and_run_no_grid(tmp_path):
+    spec = {**SPEC, "tune": {**SPEC["tune"], "borrow": {"minilm/r8": "minilm/sst2"}}}
+    assert {j.dataset for j in study.tune_jobs(spec)} == {"sst2"}
+    root = tmp_path / "study"
+    for j in study.tune_jobs(spec):
+        _finish(j, root, 0.9 if j.values["lr_scale"] == 2.0 else 0.6)
+    chosen = study.choose(spec, root)
+    assert chosen[("minilm", "r8", "lt_prefix")] == {**chosen[("minilm", "sst2", "lt_prefix")], "tuned_on": "minilm/sst2"}
+    assert "tuned_on" not in chosen[("minilm", "sst2", "prefix")]
+    part = study.only(spec, datasets="r8")  # the borrowed cell alone still finds its source's runs
+    assert {j.dataset for j in study.jobs_for(part, "final", root)} == {"r8"}
+    with pytest.raises(LtuneError, match="tune.borrow minilm/r8: minilm/cola"):
+        study.tune_jobs({**spec, "tune": {**spec["tune"], "borrow": {"minilm/r8": "minilm/cola"}}})
+
+
+def test_cell_overrides_and_decoder_rates_reach_only_their_runs():
+    spec = {**SPEC, "cells": {"minilm": ["sst2"], "smollm2_135m": ["sst2"]}, "methods": ["lt_prefix"],
+            "models": {"smollm2_135m": ["hardware.dtype=bf16"]},
+            "cell_overrides": {"smollm2_135m/sst2": ["model.max_length=32"]}}
+    jobs = {j.model: j for j in study.tune_jobs(spec) if j.values["lr_scale"] == 2.0}
+    dec, enc = jobs["smollm2_135m"].overrides, jobs["minilm"].overrides
+    assert "hardware.dtype=bf16" in dec and "model.max_length=32" in dec and "method.decoder_lr=2e-05" in dec
+    assert not any(o.startswith(("hardware.dtype", "model.max_length", "method.decoder_lr")) for o in enc)

@@ -123,6 +123,9 @@ class TrainConfig:
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
     eval_every: int = 100
+    # Evaluations before the last step score only the first N eval texts (a cheaper convergence
+    # curve); the last step's scores all of them. None: every evaluation scores all.
+    curve_eval_limit: int | None = None
     log_every: int = 10
     group_by_length: bool = True
     progress: bool = True
@@ -182,7 +185,7 @@ CHOICES = {
 POSITIVE = ("model.max_length", "method.num_virtual_tokens", "hardware.batch_size",
             "hardware.eval_batch_size", "hardware.grad_accum", "train.max_steps",
             "train.eval_every", "train.log_every", "method.label_len", "method.head_lr", "method.decoder_lr",
-            "dataset.train_limit", "dataset.eval_limit", "dataset.holdout", "hardware.num_threads", "train.keep_checkpoints",
+            "dataset.train_limit", "dataset.eval_limit", "train.curve_eval_limit", "dataset.holdout", "hardware.num_threads", "train.keep_checkpoints",
             "hardware.nodes", "hardware.time_min", "hardware.cpus_per_task", "hardware.mem_gb",
             "hardware.gpu_mem_gb")
 #: key -> (low, high, high included): ranges a finite float must fall in.
@@ -270,6 +273,9 @@ def check(cfg: Any) -> None:
     if not get("model.path"):
         raise LtuneError(f"config key 'model.path' is empty: model={get('model.name')} needs "
                          f"model.path=<a model folder or hub id>.")
+    if get("train.curve_eval_limit") and (get("train.keep_best") or get("train.early_stop_patience")):
+        raise LtuneError("config keys 'train.curve_eval_limit' and 'train.keep_best' / 'train.early_stop_patience' "
+                         "do not go together: they would choose weights on the curve's subset; drop one.")
     if not get("dataset.label_texts") or len(get("dataset.label_texts")) < 2:
         raise LtuneError("config key 'dataset.label_texts' needs at least two label texts, "
                          "e.g. dataset.label_texts='[negative,positive]'.")

@@ -114,10 +114,11 @@ def _to_device(method, backbone, device: torch.device):
 
 # --------------------------------------------------------------------------- evaluation
 @torch.inference_mode()
-def evaluate(s: Setup, batch_size: int | None = None, on_batch=None) -> tuple[dict, np.ndarray]:
+def evaluate(s: Setup, batch_size: int | None = None, on_batch=None, limit: int | None = None) -> tuple[dict, np.ndarray]:
     """Score every eval text against all labels; returns (metrics, predictions in data order).
 
     on_batch(done, total): called after each batch (a progress bar), if given.
+    limit: only the first `limit` eval texts (train.curve_eval_limit's intermediate evaluations).
 
     With several processes each scores every world-th batch and the (N, K) score matrix is
     assembled on all of them (distributed.gather_rows); metrics come from the whole matrix.
@@ -125,6 +126,9 @@ def evaluate(s: Setup, batch_size: int | None = None, on_batch=None) -> tuple[di
     from ltune_cli import distributed
 
     method, enc = s.method, s.eval_enc
+    if limit is not None and limit < len(enc):
+        enc = Encoded(enc.input_ids[:limit], enc.token_type_ids and enc.token_type_ids[:limit],
+                      enc.labels[:limit], 0)
     was_training = method.training
     method.eval()
     n = len(enc)
@@ -385,12 +389,16 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
                 window.update(loss=0.0, n=0)
                 window_t = time.time()
             if step % tc.eval_every == 0 or step == tc.max_steps:
-                m, preds = evaluate(s, on_batch=runlog.report.eval_progress())
+                limit = tc.curve_eval_limit if step < tc.max_steps else None
+                m, preds = evaluate(s, on_batch=runlog.report.eval_progress(), limit=limit)
                 rec = {"kind": "eval", "step": step, **m, "time_s": time.time() - t_train}
+                if limit is not None and limit < len(s.eval_enc):
+                    rec["eval_examples"] = limit
                 runlog.record(rec)
                 history.append(rec)
                 last_eval = rec
-                sel.update(rec, method, preds)
+                if "eval_examples" not in rec:  # a curve's subset is no ground to choose weights on
+                    sel.update(rec, method, preds)
                 if sel.exhausted() and step < tc.max_steps:
                     stopped_at = step
                 window_t = time.time()  # evaluation time is not training throughput

@@ -94,12 +94,24 @@ def _dataset_labels(dataset: str) -> list[str]:
     return list(OmegaConf.load(conf_dir() / "dataset" / f"{dataset}.yaml").label_texts)
 
 
-def _lr_overrides(method: str, scale: float) -> list[str]:
-    """The method's own learning rates (conf/method/<m>.yaml: lr, head_lr, decoder_lr) times `scale`: every method gets the
-    same relative grid around its default, and the absolute values land in config.yaml."""
+def _model_kind(model: str) -> str:
+    """"encoder" | "decoder", from conf/model/<model>.yaml's arch.model_type."""
+    from omegaconf import OmegaConf
+
+    from ltune_cli.models.families import FAMILIES, family_name
+
+    arch = OmegaConf.load(conf_dir() / "model" / f"{model}.yaml").get("arch") or {}
+    return FAMILIES[family_name(arch.get("model_type"), where=f"conf/model/{model}.yaml")].kind
+
+
+def _lr_overrides(method: str, scale: float, model: str) -> list[str]:
+    """The method's own learning rates (conf/method/<m>.yaml: lr, head_lr, and decoder_lr on a
+    decoder, the only kind that reads it) times `scale`: every method gets the same relative grid
+    around its default, and the absolute values land in config.yaml."""
     d = _method_defaults(method)
     out = [f"method.lr={d['lr'] * scale:.6g}"]
-    for key in ("head_lr", "decoder_lr"):
+    keys = ("head_lr", "decoder_lr") if _model_kind(model) == "decoder" else ("head_lr",)
+    for key in keys:
         if d.get(key) is not None:
             out.append(f"method.{key}={d[key] * scale:.6g}")
     return out
@@ -107,7 +119,8 @@ def _lr_overrides(method: str, scale: float) -> list[str]:
 
 def _base(spec: dict, model: str, dataset: str, method: str) -> list[str]:
     return [f"model={model}", f"dataset={dataset}", f"method={method}", *spec.get("common", []),
-            *spec.get("datasets", {}).get(dataset, []), *spec.get("models", {}).get(model, [])]
+            *spec.get("datasets", {}).get(dataset, []), *spec.get("models", {}).get(model, []),
+            *spec.get("cell_overrides", {}).get(f"{model}/{dataset}", [])]
 
 
 def _cells(spec: dict):
@@ -132,16 +145,32 @@ def pilot_jobs(spec: dict) -> list[Job]:
     return jobs
 
 
+def _borrowed(spec: dict) -> dict[tuple[str, str], tuple[str, str]]:
+    """(model, dataset) -> the tuned cell whose chosen values it uses: `tune.borrow` ("m/d": "m/d2"),
+    for cells whose own grid does not fit the budget. Every method borrows alike (equal tuning)."""
+    spec = spec.get("_full", spec)
+    cells = set(_cells(spec))
+    borrow = {tuple(c.split("/")): tuple(src.split("/")) for c, src in (spec["tune"].get("borrow") or {}).items()}
+    for cell, src in borrow.items():
+        if cell not in cells or src not in cells or src in borrow:
+            raise LtuneError(f"study plan {spec['name']}: tune.borrow {'/'.join(cell)}: {'/'.join(src)} must map a "
+                         f"cell of the plan to a cell tuned in it (model/dataset).")
+    return borrow
+
+
 def tune_jobs(spec: dict) -> list[Job]:
     t = spec["tune"]
     jobs = []
+    borrowed = _borrowed(spec)
     for model, dataset in _cells(spec):
+        if (model, dataset) in borrowed:
+            continue
         for method in spec["methods"]:
             lengths = t.get("num_virtual_tokens", []) if method in ("prefix", "prompt") else []
             for scale in t["lr_scale"]:
                 for P in lengths or [None]:
                     tag = f"lr{_fmt(scale)}" + (f"-P{P}" if P else "") + f"-s{t['seed']}"
-                    ov = [*_base(spec, model, dataset, method), *_lr_overrides(method, scale),
+                    ov = [*_base(spec, model, dataset, method), *_lr_overrides(method, scale, model),
                           f"dataset.holdout={t['holdout'][dataset]}", f"seed={t['seed']}",
                           *t.get("overrides", [])]
                     if P:
@@ -156,12 +185,17 @@ def tune_jobs(spec: dict) -> list[Job]:
 def choose(spec: dict, root: Path, strict: bool = True) -> dict[tuple[str, str, str], dict]:
     """(model, dataset, method) -> the tune job's values with the best final primary metric on the
     held-out slice; ties (e.g. every run predicting the majority class: MCC 0) go to the lower
-    held-out validation loss, then to the first in grid order. strict: every tune run must have
-    completed."""
-    chosen: dict = {}
-    best: dict = {}  # key -> (score, -loss) of the chosen run
-    for job in tune_jobs(spec):
-        res = _completed(job.folder(root))
+    held-out validation loss, then to the first in grid order. A borrowing cell (`tune.borrow`)
+    gets its source cell's values, marked `tuned_on`. strict: every tune run the plan's cells
+    need must have completed."""
+    borrowed = _borrowed(spec)
+    need = {(*borrowed.get(cell, cell), method) for cell in _cells(spec) for method in spec["methods"]}
+    best: dict = {}  # source key -> (rank, values) of the best run so far
+    for job in tune_jobs(spec.get("_full", spec)):
+        key = (job.model, job.dataset, job.method)
+        if key not in need:
+            continue
+        res = _done(job, root)
         if res is None:
             if strict:
                 raise LtuneError(f"tune run {job.folder(root)} has not completed: run `python -m ltune_cli.study "
@@ -170,15 +204,22 @@ def choose(spec: dict, root: Path, strict: bool = True) -> dict[tuple[str, str, 
         final = res.get("final") or {}
         score, loss = final.get(res["primary_metric"]), final.get("val_loss")
         rank = (score, -loss if loss is not None else float("-inf"))
-        key = (job.model, job.dataset, job.method)
-        if score is not None and (key not in best or rank > best[key]):
-            best[key] = rank
-            chosen[key] = {**job.values, "score": score, "held_out_val_loss": loss}
+        if score is not None and (key not in best or rank > best[key][0]):
+            best[key] = (rank, {**job.values, "score": score, "held_out_val_loss": loss})
+    chosen = {}
+    for cell in _cells(spec):
+        src = borrowed.get(cell, cell)
+        for method in spec["methods"]:
+            if (*src, method) in best:
+                values = dict(best[(*src, method)][1])
+                if src != cell:
+                    values["tuned_on"] = "/".join(src)
+                chosen[(*cell, method)] = values
     return chosen
 
 
-def _chosen_overrides(method: str, values: dict) -> list[str]:
-    ov = _lr_overrides(method, values["lr_scale"])
+def _chosen_overrides(method: str, values: dict, model: str) -> list[str]:
+    ov = _lr_overrides(method, values["lr_scale"], model)
     if values.get("num_virtual_tokens"):
         ov.append(f"method.num_virtual_tokens={values['num_virtual_tokens']}")
     return ov
@@ -195,7 +236,7 @@ def final_jobs(spec: dict, chosen: dict) -> list[Job]:
         for method in spec["methods"]:
             values = chosen[(model, dataset, method)]
             for seed in _seeds(spec, "final", dataset):
-                ov = [*_base(spec, model, dataset, method), *_chosen_overrides(method, values), f"seed={seed}"]
+                ov = [*_base(spec, model, dataset, method), *_chosen_overrides(method, values, model), f"seed={seed}"]
                 jobs.append(Job("final", model, dataset, method, f"s{seed}", ov, dict(values)))
     return jobs
 
@@ -224,7 +265,7 @@ def ablate_jobs(spec: dict, chosen: dict) -> list[Job]:
             for method in methods:
                 values = chosen[(model, dataset, method)]
                 for seed in _seeds(spec, "ablate", dataset):
-                    ov = [*_base(spec, model, dataset, method), *_chosen_overrides(method, values),
+                    ov = [*_base(spec, model, dataset, method), *_chosen_overrides(method, values, model),
                           *_ablation(name, dataset), f"seed={seed}"]
                     jobs.append(Job("ablate", model, dataset, method, f"{name}-s{seed}", ov,
                                     {**values, "ablation": name}))
@@ -248,6 +289,50 @@ def _completed(folder: Path) -> dict | None:
     return res if res.get("status") == "completed" else None
 
 
+#: Overrides that change what a run records along the way, not what it learns or scores at the end:
+#: a completed run made with other values of these still stands.
+BOOKKEEPING = frozenset({"train.eval_every", "train.curve_eval_limit", "train.log_every", "train.checkpoint_every",
+                         "train.progress"})
+GROUPS = {"model": "model.name", "dataset": "dataset.name", "method": "method.name"}
+
+
+def _differences(job: Job, folder: Path) -> list[str]:
+    """Where the run in `folder` was made with other settings than the plan now gives this job
+    (its config.yaml against the job's overrides): "key: run has X, plan says Y"."""
+    from omegaconf import OmegaConf
+
+    try:
+        stored = OmegaConf.load(folder / "config.yaml")
+    except OSError:
+        return ["config.yaml: missing"]
+    out = []
+    for o in job.overrides:
+        key, _ = o.split("=", 1)
+        if key in BOOKKEEPING:
+            continue
+        want = OmegaConf.to_container(OmegaConf.from_dotlist([o]))
+        for part in key.split("."):
+            want = want[part]
+        have = OmegaConf.select(stored, GROUPS.get(key, key), default=None)
+        have = OmegaConf.to_container(have) if OmegaConf.is_config(have) else have
+        if have != want:
+            out.append(f"{key}: run has {have!r}, plan says {want!r}")
+    return out
+
+
+def _done(job: Job, root: Path) -> dict | None:
+    """The job's results if its run completed with the settings the plan gives it now. A completed
+    run made with other settings (the plan changed since) is an error, not a result: counting it
+    would mix two configurations silently."""
+    folder = job.folder(root)
+    res = _completed(folder)
+    if res is not None and (diffs := _differences(job, folder)):
+        raise LtuneError(f"{folder} was run with other settings than conf/study's plan gives it now "
+                         f"({'; '.join(diffs[:3])}): delete that folder to rerun it with the plan, or restore "
+                         f"the plan.")
+    return res
+
+
 def _has_checkpoint(folder: Path) -> bool:
     return (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
 
@@ -255,7 +340,7 @@ def _has_checkpoint(folder: Path) -> bool:
 def run_job(job: Job, root: Path) -> str:
     """Run (or resume) one job in a subprocess; its output goes to <folder>.log. Returns its status."""
     folder = job.folder(root)
-    if _completed(folder):
+    if _done(job, root):
         return "skipped"
     if folder.exists() and not _has_checkpoint(folder):
         shutil.rmtree(folder)  # an earlier attempt that left nothing to resume from
@@ -266,13 +351,13 @@ def run_job(job: Job, root: Path) -> str:
         log.write(f"$ {' '.join(argv)}\n")
         log.flush()
         rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
-    return "completed" if rc == 0 and _completed(folder) else f"failed (exit {rc}, see {folder.parent / job.tag}.log)"
+    return "completed" if rc == 0 and _done(job, root) else f"failed (exit {rc}, see {folder.parent / job.tag}.log)"
 
 
 def run_stage(spec: dict, stage: str, jobs_in_parallel: int = 2, dry: bool = False) -> int:
     root = root_of(spec)
     jobs = jobs_for(spec, stage, root)
-    todo = [j for j in jobs if not _completed(j.folder(root))]
+    todo = [j for j in jobs if not _done(j, root)]
     print(f"study {spec['name']}, stage {stage}: {len(jobs)} runs, {len(jobs) - len(todo)} done, {len(todo)} to run")
     if dry:
         for j in todo:
@@ -299,7 +384,7 @@ def runs_table(spec: dict):
         except LtuneError:  # the tune stage has not finished: no later stage yet
             continue
         for job in jobs:
-            res = _completed(job.folder(root))
+            res = _done(job, root)
             if res is None:
                 continue
             final = res.get("final") or {}
@@ -399,7 +484,7 @@ def only(spec: dict, models: str | None = None, datasets: str | None = None,
         if unknown:
             raise LtuneError(f"study plan {spec['name']}: no {kind} {', '.join(unknown)} "
                              f"(known: {', '.join(sorted(known))}).")
-    out = dict(spec)
+    out = {**spec, "_full": spec.get("_full", spec)}
     out["cells"] = {m: pick(ds, datasets) for m, ds in spec["cells"].items() if m in pick(spec["cells"], models)}
     out["methods"] = pick(spec["methods"], methods)
     keep = {f"{m}/{d}" for m, ds in out["cells"].items() for d in ds}
@@ -442,8 +527,11 @@ def main(argv: list[str] | None = None) -> int:
             except LtuneError as e:
                 print(f"{stage}: waiting ({e})")
                 continue
-            done = sum(_completed(j.folder(root)) is not None for j in jobs)
-            print(f"{stage}: {done}/{len(jobs)} runs completed")
+            done = [j for j in jobs if _completed(j.folder(root)) is not None]
+            stale = [j for j in done if _differences(j, j.folder(root))]
+            print(f"{stage}: {len(done) - len(stale)}/{len(jobs)} runs completed"
+                  + (f"; {len(stale)} more made with other settings than the plan's, to delete and rerun: "
+                     + ", ".join(str(j.folder(root)) for j in stale) if stale else ""))
         return 0
     except LtuneError as e:
         print(f"error: {e}", file=sys.stderr)
