@@ -115,6 +115,23 @@ def test_run_skips_completed_resumes_checkpointed_and_restarts_empty(tmp_path, m
     assert calls[1][-1] == f"out_dir={jobs[2].folder(root)}"
 
 
+def test_a_run_another_process_is_writing_is_left_alone(tmp_path, monkeypatch):
+    """Two `study run`s at once: the folder another writer holds is neither cleaned nor resumed."""
+    from ltune_cli import runfolder
+
+    root = tmp_path / "study"
+    job = study.tune_jobs(SPEC)[0]
+    job.folder(root).mkdir(parents=True)  # no checkpoint yet: would be cleaned if nobody held it
+    lock = runfolder.RunLock(job.folder(root))
+    lock.acquire()
+    monkeypatch.setattr(study.subprocess, "run", lambda *a, **k: pytest.fail("started a second writer"))
+    try:
+        status = study.run_job(job, root)
+    finally:
+        lock.release()
+    assert status.startswith("skipped, running elsewhere: pid ") and job.folder(root).is_dir()
+
+
 def test_runs_table_has_one_row_per_completed_run(tmp_path, monkeypatch):
     monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path))
     root = study.root_of(SPEC)

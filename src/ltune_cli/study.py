@@ -145,7 +145,7 @@ def pilot_jobs(spec: dict) -> list[Job]:
     return jobs
 
 
-def _borrowed(spec: dict) -> dict[tuple[str, str], tuple[str, str]]:
+def borrowed(spec: dict) -> dict[tuple[str, str], tuple[str, str]]:
     """(model, dataset) -> the tuned cell whose chosen values it uses: `tune.borrow` ("m/d": "m/d2"),
     for cells whose own grid does not fit the budget. Every method borrows alike (equal tuning)."""
     spec = spec.get("_full", spec)
@@ -161,9 +161,9 @@ def _borrowed(spec: dict) -> dict[tuple[str, str], tuple[str, str]]:
 def tune_jobs(spec: dict) -> list[Job]:
     t = spec["tune"]
     jobs = []
-    borrowed = _borrowed(spec)
+    lent = borrowed(spec)
     for model, dataset in cells(spec):
-        if (model, dataset) in borrowed:
+        if (model, dataset) in lent:
             continue
         for method in spec["methods"]:
             lengths = t.get("num_virtual_tokens", []) if method in ("prefix", "prompt") else []
@@ -189,8 +189,8 @@ def choose(spec: dict, root: Path, strict: bool = True, partial: bool = True) ->
     gets its source cell's values, marked `tuned_on`. strict: every tune run the plan's cells
     need must have completed; else partial: the best run so far of a grid still running, or not
     partial: only the choices of completed grids."""
-    borrowed = _borrowed(spec)
-    need = {(*borrowed.get(cell, cell), method) for cell in cells(spec) for method in spec["methods"]}
+    lent = borrowed(spec)
+    need = {(*lent.get(cell, cell), method) for cell in cells(spec) for method in spec["methods"]}
     best: dict = {}  # source key -> (rank, values) of the best run so far
     incomplete: set = set()  # source keys with a tune run still to complete
     for job in tune_jobs(spec.get("_full", spec)):
@@ -211,7 +211,7 @@ def choose(spec: dict, root: Path, strict: bool = True, partial: bool = True) ->
             best[key] = (rank, {**job.values, "score": score, "held_out_val_loss": loss})
     chosen = {}
     for cell in cells(spec):
-        src = borrowed.get(cell, cell)
+        src = lent.get(cell, cell)
         for method in spec["methods"]:
             if (*src, method) in best and (partial or (*src, method) not in incomplete):
                 values = dict(best[(*src, method)][1])
@@ -352,6 +352,18 @@ def _done(job: Job, root: Path) -> dict | None:
     return res
 
 
+def _writer_elsewhere(folder: Path) -> str | None:
+    """Who holds the run folder's lock (an `ltune train` writing it now), or None: a folder
+    being written is neither cleaned nor resumed here (two writers in one folder)."""
+    lock = runfolder.RunLock(folder)
+    try:
+        lock.acquire()
+    except LtuneError as e:
+        return str(e).split("(", 1)[-1].split(")", 1)[0]
+    lock.release()
+    return None
+
+
 def _has_checkpoint(folder: Path) -> bool:
     return (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
 
@@ -361,6 +373,8 @@ def run_job(job: Job, root: Path) -> str:
     folder = job.folder(root)
     if _done(job, root):
         return "skipped"
+    if folder.exists() and (holder := _writer_elsewhere(folder)):
+        return f"skipped, running elsewhere: {holder}"  # another `study run` (or a user) writes it now
     if folder.exists() and not _has_checkpoint(folder):
         shutil.rmtree(folder)  # an earlier attempt that left nothing to resume from
     argv = ([sys.executable, "-m", "ltune_cli", "train", "--resume", str(folder)] if folder.exists()

@@ -102,7 +102,7 @@ def _by_cell(runs: dict) -> dict:
 
 def chosen_table(spec: dict, table) -> list[str]:
     root = study.root_of(spec)
-    chosen = study.choose(spec, root, strict=False)
+    chosen, borrowed = study.choose(spec, root, strict=False), study.borrowed(spec)
     out = ["## Chosen on held-out train (tune stage, seed 0)", "",
            "Each method's best learning-rate scale (x its own defaults in conf/method) and, for the baselines, "
            "prefix / prompt length P, by the final primary metric on the held-out slice of train (ties: the lower "
@@ -119,8 +119,8 @@ def chosen_table(spec: dict, table) -> list[str]:
             loss = c and c.get("held_out_val_loss")
             cells = ([study.fmt(c["lr_scale"]), str(c.get("num_virtual_tokens") or ""), f"{c['score']:.3f}",
                       "" if loss is None else f"{loss:.3f}"] if c else ["", "", "", ""])
-            done = (f"tuned on {c['tuned_on']}" if c and c.get("tuned_on")
-                    else f"{done_runs[key]} / {planned[key]}")
+            src = borrowed.get((model, dataset))
+            done = f"tuned on {'/'.join(src)}" if src else f"{done_runs[key]} / {planned[key]}"
             out.append(f"| {model} | {dataset} | {method} | " + " | ".join(cells) + f" | {done} |")
     return out + [""]
 
