@@ -284,3 +284,32 @@ def test_paper_parameter_count_uses_kv_dim(family):
     l = method.label_len
     assert method.num_trainable() == 2 * l * l * g.layers * g.kv_dim + 3 * g.hidden + 2
     assert family != "llama" or g.kv_dim * 2 == g.hidden
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name", ["prefix", "prompt"])
+def test_pair_framing_baselines_oracle(family, name):
+    """method.pair_framing: text i against label k reads label k's own P tokens (a prompt of
+    their embeddings / a prefix of the key/values the LM writes reading them) and nothing of
+    the label's text; every score of the K x B grid equals the head on the reference encoding."""
+    if family == "deberta-v2" and name == "prefix":
+        pytest.skip("DeBERTa-v2 takes no key/value cache (refused, tests/test_methods.py)")
+    bb = tiny_backbone(family)
+    # in-vocabulary words: HF's reference takes xlm-roberta's unknown id (1) for its pad id
+    words = [ids_of(bb, t) for t in ("the movie was good", "it was a very dull", "bad film so sad")]
+    P = min(map(len, words))
+    words = [w[:P] for w in words]
+    method = build_method(MethodConfig(name=name, num_virtual_tokens=P, pair_framing=True), bb, LABELS).eval()
+    assert not method.echo and method.positions_before_text() == P
+    with torch.no_grad():
+        method.table.copy_(torch.stack([bb.embed(torch.tensor(w)) if name == "prompt" else hf_cache(bb, w)[1]
+                                        for w in words]))
+    texts = [ids_of(bb, t) for t in TEXTS]
+    want = torch.stack([torch.stack([reference(bb, name, w, t) for w in words]) for t in texts])  # (B, K, d)
+    with torch.no_grad():
+        z = method.head(want)
+    for side in ("right", "left"):
+        with torch.no_grad():
+            got = method.scores(batch_of(bb, TEXTS, side))
+        err = (got - (z[..., 1] - z[..., 0])).abs().max().item()
+        assert err < TOL, f"{family} {name} pairs, padded {side}: max error {err:.2e}"

@@ -123,9 +123,10 @@ def runs(tmp_path_factory, tiny_bert_dir, tiny_llama_dir):
     dev = write_sentiment_csv(tmp / "dev.csv", 24, seed=2)
     out = {}
     for name, model, method in (("bert-prefix", tiny_bert_dir, "prefix"), ("llama-prompt", tiny_llama_dir, "prompt"),
-                                ("bert-lt_prefix", tiny_bert_dir, "lt_prefix")):
+                                ("bert-lt_prefix", tiny_bert_dir, "lt_prefix"), ("bert-prefix-pairs", tiny_bert_dir, "prefix")):
         out[name] = engine.train(compose(tiny_overrides(train, dev, tmp / name, method=method, **{
-            "model.path": model, "hardware.num_threads": 1, "method.num_virtual_tokens": 5})))
+            "model.path": model, "hardware.num_threads": 1, "method.num_virtual_tokens": 5,
+            "method.pair_framing": name.endswith("pairs")})))
     return out
 
 
@@ -182,6 +183,16 @@ def test_lt_prefix_goes_out_in_ltunes_format(runs, tmp_path):
     r = _cli(run)  # never over an earlier export
     assert r.exit_code == 2 and "already exists and is not an empty folder" in r.output
 
+
+
+def test_a_baseline_in_pair_framing_goes_out_in_ltunes_format(runs, tmp_path):
+    run = runs["bert-prefix-pairs"]
+    r = _cli(run, "--format", "peft", "--out", tmp_path / "p")
+    assert r.exit_code == 2 and "pair_framing" in r.output and "--format ltune" in r.output
+    r = _cli(run, "--out", tmp_path / "l")
+    assert r.exit_code == 0, r.output
+    got, want = load_file(str(tmp_path / "l" / "adapter.safetensors")), runfolder.read_trainable(run)
+    assert set(got) == {"table", "head.weight", "head.bias"} and all(torch.equal(got[k], want[k]) for k in got)
 
 
 def test_a_refused_export_leaves_nothing(runs, tmp_path, monkeypatch):

@@ -263,3 +263,43 @@ def test_engine_trains_the_map_at_decoder_lr(sentiment_files, tmp_path, tiny_lla
         engine.train(compose([*ov, f"model.path={tiny_llama_dir}", "method.lr=3e-4", "method.decoder_lr=1e-5",
                               "method.head_lr=5e-3", *extra]))
         assert seen[-1] == want
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+@pytest.mark.parametrize("name", ["prefix", "prompt"])
+def test_baselines_in_pair_framing_train_per_label_tokens(family, name):
+    """method.pair_framing: P trainable tokens per label, a pair head, L-Tuning's loss; no echo of
+    the label's text, and the baseline's learning rate on a decoder too."""
+    from ltune_cli.methods.base import PairMethod
+
+    bb, method = build(family, name, pair_framing=True, decoder_lr=1e-9)
+    g, K, P = bb.geo, len(LABELS), 3
+    per_label = P * g.hidden if name == "prompt" else P * g.layers * 2 * g.kv_dim
+    assert isinstance(method, PairMethod) and not method.echo and method.default_lr() == method.cfg.lr
+    assert method.num_trainable() == K * per_label + 2 * g.hidden + 2
+    opt = torch.optim.AdamW(method.trainable_parameters(), lr=1e-2)
+    before = method.table.detach().clone()
+    batch = make_batch(bb, labels=(1, 1, 1))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        method.training_loss(batch, gen).backward()
+        opt.step()
+        opt.zero_grad()
+    changed = [not torch.equal(before[k], method.table[k]) for k in range(K)]
+    assert changed[1] and all(p.grad is None for p in bb.parameters())
+    assert method.scores(batch).shape == (3, K)
+    with pytest.raises(LtuneError, match="method.pair_framing' is for prefix and prompt"):
+        build(family, "lt_prompt", pair_framing=True)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+@pytest.mark.parametrize("name,variant,pairs", [(n, v, False) for n, v in METHODS] + [("prefix", "per_token", True),
+                                                                                        ("prompt", "per_token", True)])
+def test_memory_plan_counts_what_the_method_trains(family, name, variant, pairs):
+    from ltune_cli import memory
+
+    bb, method = build(family, name, variant, pair_framing=pairs)
+    g = bb.geo
+    arch = {"hidden": g.hidden, "layers": g.layers, "heads": g.heads, "kv_heads": g.kv_heads}
+    label_len = method.label_len if hasattr(method, "label_len") else 1
+    assert memory.method_params(arch, method.cfg, len(LABELS), label_len)["trainable"] == method.num_trainable()

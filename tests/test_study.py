@@ -17,7 +17,8 @@ SPEC = {
     "tune": {"seed": 0, "holdout": {"sst2": 50, "r8": 40}, "lr_scale": [0.5, 2.0], "num_virtual_tokens": [5, 10]},
     "final": {"seeds": 2, "seeds_by_dataset": {"r8": 3}},
     "ablate": {"cells": ["minilm/r8"], "seeds": 1,
-               "variants": {"labels_meaningless": ["lt_prefix"], "labels_swapped": ["lt_prefix"]}},
+               "variants": {"labels_meaningless": ["lt_prefix"], "labels_swapped": ["lt_prefix"],
+                            "pair_framing": ["prefix"]}},
 }
 
 
@@ -30,14 +31,28 @@ def _config_yaml(job) -> str:
     return OmegaConf.to_yaml(OmegaConf.from_dotlist(dots))
 
 
-def _finish(job, root, score, seed=0, val_loss=None):
+def _finish(job, root, score, seed=0, val_loss=None, preds=None, curve=()):
+    """A completed run folder as `ltune train` leaves it, with the given final score (and, if given,
+    predictions against GOLD and an accuracy curve [(step, accuracy), ...] before the last step)."""
+    from ltune_cli import runfolder
+
     folder = job.folder(root)
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(_config_yaml(job))
     final = {"accuracy": score} if val_loss is None else {"accuracy": score, "val_loss": val_loss}
+    if preds is not None:
+        (folder / "predictions.json").write_text(json.dumps({"gold": GOLD, "pred": preds}))
+    evals = [{"kind": "eval", "step": st, "accuracy": a} for st, a in curve] + [{"kind": "eval", "step": 10, **final}]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
     (folder / "results.json").write_text(json.dumps({
+        **dict.fromkeys(runfolder.RESULT_KEYS), "schema": runfolder.SCHEMA,
+        "run": {"method": job.method, "model": job.model, "dataset": job.dataset},
         "status": "completed", "primary_metric": "accuracy", "seed": seed, "final": final,
-        "steps": 10, "trainable_params": 1, "train_time_s": 1.0, "wall_time_s": 2.0, "eval_examples": 5}))
+        "steps": 10, "trainable_params": 1, "train_time_s": 1.0, "wall_time_s": 2.0,
+        "eval_examples": len(GOLD) if preds is not None else 5}))
+
+
+GOLD = [0, 1] * 20
 
 
 def test_jobs_cover_the_grid_with_explicit_values(tmp_path, monkeypatch):
@@ -100,6 +115,23 @@ def test_run_skips_completed_resumes_checkpointed_and_restarts_empty(tmp_path, m
     assert calls[1][-1] == f"out_dir={jobs[2].folder(root)}"
 
 
+def test_a_run_another_process_is_writing_is_left_alone(tmp_path, monkeypatch):
+    """Two `study run`s at once: the folder another writer holds is neither cleaned nor resumed."""
+    from ltune_cli import runfolder
+
+    root = tmp_path / "study"
+    job = study.tune_jobs(SPEC)[0]
+    job.folder(root).mkdir(parents=True)  # no checkpoint yet: would be cleaned if nobody held it
+    lock = runfolder.RunLock(job.folder(root))
+    lock.acquire()
+    monkeypatch.setattr(study.subprocess, "run", lambda *a, **k: pytest.fail("started a second writer"))
+    try:
+        status = study.run_job(job, root)
+    finally:
+        lock.release()
+    assert status.startswith("skipped, running elsewhere: pid ") and job.folder(root).is_dir()
+
+
 def test_runs_table_has_one_row_per_completed_run(tmp_path, monkeypatch):
     monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path))
     root = study.root_of(SPEC)
@@ -125,28 +157,55 @@ def test_only_restricts_every_stage_and_final_needs_only_its_own_tune_runs(tmp_p
         study.only(spec, methods="prefix,lt_prompt")
 
 
-def test_results_report_progress_choices_and_final_scores_from_the_run_folders(tmp_path, monkeypatch):
-    """`study results`: every number in RESULTS.md and the CSV is read from a run folder."""
+def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch):
+    """`study results`: every number in RESULTS.md and the CSV is read from a run folder; the
+    differences, steps to target, ablations and the verdict follow the runs (LT-prefix 0.9 vs
+    prefix 0.6 on sst2, equal on r8; meaningless labels cost 0.3 there, swapped ones nothing)."""
+    from ltune_cli import study_report
+
     monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path / "out"))
     root = study.root_of(SPEC)
     for j in study.tune_jobs(SPEC):
         best = j.values["lr_scale"] == 2.0 and j.values.get("num_virtual_tokens") in (None, 10)
         _finish(j, root, 0.8 if best else 0.6)
-    finals = [j for j in study.final_jobs(SPEC, study.choose(SPEC, root)) if j.dataset == "sst2"]
-    for n, j in enumerate(finals):
-        _finish(j, root, 0.70 + 0.02 * n, seed=n % 2)
+
+    def preds(n_right):  # right on the first n_right of GOLD
+        return [g if i < n_right else 1 - g for i, g in enumerate(GOLD)]
+
+    for j in study.final_jobs(SPEC, study.choose(SPEC, root)):
+        seed = int(j.tag[1:])
+        right = 36 - seed if (j.dataset, j.method) == ("sst2", "lt_prefix") else 24 + seed
+        curve = [(5, 0.7)] if (j.dataset, j.method) == ("sst2", "lt_prefix") else [(5, 0.5)]
+        _finish(j, root, right / 40, seed=seed, preds=preds(right), curve=curve)
+    for j in study.ablate_jobs(SPEC, study.choose(SPEC, root)):
+        seed = int(j.tag.rsplit("-s", 1)[1])
+        right = 24 + seed - (12 if j.values["ablation"] == "labels_meaningless" else 0)
+        _finish(j, root, right / 40, seed=seed, preds=preds(right))
     md, csv = tmp_path / "RESULTS.md", tmp_path / "runs.csv"
-    study.write_results(SPEC, md, csv)
+    study_report.write_results(SPEC, md, csv, tmp_path)
     text = md.read_text()
-    assert "| tune | 12 / 12 | 0.0 |" in text  # 12 runs x 2 s
-    assert "| final | 4 / 10 |" in text and "| pilot | 0 / 2 |" in text
+    assert "| tune | 12 / 12 | 0.0 |" in text and "| final | 10 / 10 |" in text and "| pilot | 0 / 2 |" in text
+    assert "| ablate | 3 / 3 |" in text
     assert "| minilm | sst2 | prefix | 2 | 10 | 0.800 |  | 4 / 4 |" in text
-    assert "| minilm | r8 | lt_prefix | 2 |  | 0.800 |  | 2 / 2 |" in text
-    # sst2 finals in job order: prefix seeds 0, 1 -> 0.70, 0.72; lt_prefix -> 0.74, 0.76
-    assert "| minilm | sst2 | prefix | 0.710 ± 0.014 (n=2) |" in text
-    assert "| minilm | sst2 | lt_prefix | 0.750 ± 0.014 (n=2) |" in text
+    # Table 1, wide per model: sst2 prefix seeds 0, 1 -> 24, 25 right of 40; lt_prefix 36, 35
+    assert "| prefix | 0.613 ± 0.018 (n=2) | 0.625 ± 0.025 (n=3) |" in text
+    assert "| LT-prefix | 0.887 ± 0.018 (n=2) | 0.625 ± 0.025 (n=3) |" in text
+    assert "| base LMs | cola BERT |" in text and "| LT-prefix | 0.812 | 0.803 | 0.840 |" in text  # the paper's
+    assert "| minilm | sst2 | accuracy | +0.275 [" in text and "] * (n=2) |" in text
+    assert "| minilm | r8 | accuracy | +0.000 [" in text
+    assert "| minilm | sst2 | LT-prefix vs prefix | 0.613 | 10 | 5 |" in text
+    assert "| minilm | r8 | LT-prefix | label texts \"label zero\", \"label one\", ... | 0.300 (n=1) | 0.625 ± 0.025 (n=3) | -0.300 [" in text
+    assert ("L-Tuning ahead with an interval excluding 0 in 1, behind in 0, not distinguishable from its baseline in 1 "
+            "of 2 model x dataset x pair comparisons") in text
+    assert "| minilm | r8 | LT-prefix vs prefix | 0.625 | 10 | 10 |" in text
+    assert "earlier in 1, later (or never) in 0, at the same step in 1 of 2 pairs" in text
+    assert "excluding 0 in 1 of 1 method x cell comparisons." in text
+    assert "excluding 0 in 0 of 1 method x cell comparisons; where it is not lower" in text
+    assert "![study_curves_minilm.png](results/study_curves_minilm.png)" in text
+    assert (tmp_path / "study_curves_minilm.png").stat().st_size > 10_000
     rows = csv.read_text().splitlines()
-    assert len(rows) == 1 + 12 + 4 and "tune/minilm-sst2/prefix/" in rows[1] and str(tmp_path) not in csv.read_text()
+    assert "not distinguishable in 1 of 1 method x cell comparisons" in text  # pair framing = K-way here
+    assert len(rows) == 1 + 12 + 10 + 3 and "tune/minilm-sst2/prefix/" in rows[1] and str(tmp_path) not in csv.read_text()
 
 
 def test_ties_on_the_held_out_score_go_to_the_lower_validation_loss(tmp_path):
@@ -161,11 +220,15 @@ def test_ties_on_the_held_out_score_go_to_the_lower_validation_loss(tmp_path):
 
 
 def test_results_before_any_run_completes(tmp_path, monkeypatch):
+    from ltune_cli import study_report
+
     monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path / "out"))
-    study.write_results(SPEC, tmp_path / "RESULTS.md", tmp_path / "runs.csv")
+    study_report.write_results(SPEC, tmp_path / "RESULTS.md", tmp_path / "runs.csv", tmp_path)
     text = (tmp_path / "RESULTS.md").read_text()
     assert "| tune | 0 / 12 | 0.0 |" in text and "| minilm | sst2 | prefix |  |  |  |  | 0 / 4 |" in text
-    assert "No final run has completed yet" in text
+    assert "| final | 0 / 10 | 0.0 |" in text and "No final run has completed yet" in text
+    assert "Not yet: no final runs" in text
+
 
 
 def test_a_completed_run_made_with_other_settings_is_an_error_not_a_result(tmp_path, monkeypatch):

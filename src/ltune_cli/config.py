@@ -79,6 +79,9 @@ class MethodConfig:
     # (auto = on for causal decoders, whose last text token attends to the label only weakly;
     # off for encoders, whose pooled [CLS] reads both ways). docs/methods.md "Decoders".
     label_echo: str = "auto"  # auto | on | off
+    # prefix, prompt: score (text, label) pairs like L-Tuning, with P trainable tokens per label in
+    # place of its text, and a pair head (the framing without the label text; methods/base.py PairBaseline).
+    pair_framing: bool = False
 
 
 @dataclass

@@ -58,8 +58,12 @@ def export_run(run, out=None, fmt: str = "auto", overrides=(), *, backbone=None)
         raise LtuneError(f"--format {fmt}: use one of {', '.join(FORMATS)}.")
     cfg, _ = load_run_config(run, list(overrides or ()), RUNTIME_KEYS, "export")
     method = str(cfg.method.name)
+    pairs = bool(cfg.method.get("pair_framing", False))  # per-label tokens + pair head: not PEFT's shape
     if fmt == "auto":
-        fmt = "peft" if method in PEFT_METHODS else "ltune"
+        fmt = "peft" if method in PEFT_METHODS and not pairs else "ltune"
+    if fmt == "peft" and pairs:
+        raise LtuneError(f"--format peft: this run's {method} scores (text, label) pairs with its own tokens per "
+                         f"label (method.pair_framing=true), which PEFT cannot express; use --format ltune.")
     if fmt == "peft" and method not in PEFT_METHODS:
         raise LtuneError(f"--format peft: this run's method is {method}, which PEFT cannot express (its prefix or "
                          f"prompt is computed from the label texts by a trained map); use --format ltune "

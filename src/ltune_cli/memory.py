@@ -286,6 +286,9 @@ def method_params(arch: dict, method, num_labels: int, label_len: int) -> dict:
     kv_dim = int(arch["kv_heads"]) * (d // int(arch["heads"]))
     P, K, l = int(method.num_virtual_tokens), num_labels, label_len
     pair_head = 2 * d + 2
+    if getattr(method, "pair_framing", False) and method.name in ("prefix", "prompt"):  # P tokens per label
+        per_label = L * 2 * kv_dim * P if method.name == "prefix" else P * d
+        return {"trainable": K * per_label + pair_head, "maps": 0, "map_in": 0}
     if method.name == "prefix":
         return {"trainable": L * 2 * kv_dim * P + d * K + K, "maps": 0, "map_in": 0}
     if method.name == "prompt":
@@ -364,7 +367,7 @@ def plan(cfg, data) -> dict | None:
         train_act = L * d * b * tokens + 3 * per_token_layer * tokens
     else:
         train_act = L * per_token_layer * tokens + 2 * per_token_layer * tokens
-    pairs = E * (num_labels if m.name.startswith("lt_") else 1)
+    pairs = E * (num_labels if m.name.startswith("lt_") or getattr(m, "pair_framing", False) else 1)
     eval_act = 1.2 * per_token_layer * pairs * T
     copy, temporaries = map_transients(n_map, half=half, accumulate=int(hw.grad_accum) * world > 1)
     label_states = num_labels * label_len * d * 4

@@ -14,7 +14,8 @@ Stages, in order (each later stage reads the earlier ones' run folders):
   fixed held-out slice of *train* (`dataset.holdout`), seed 0. The dev split is never seen.
 - `final`: every method with its chosen values, several seeds, scored on the full dev split.
 - `ablate`: label texts made meaningless or swapped between classes, lt_prefix's A.5 variant,
-  the warm start off; each with the chosen values of the method it varies.
+  the warm start off, the baselines in the pair framing; each with the chosen values of the
+  method it varies.
 
 The run folders' small files (config, metrics, results, predictions) are committed; weights and
 checkpoints are not (.gitignore), so a run cut by the end of a sitting is rerun from its start on
@@ -29,7 +30,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +94,7 @@ def _dataset_labels(dataset: str) -> list[str]:
     return list(OmegaConf.load(conf_dir() / "dataset" / f"{dataset}.yaml").label_texts)
 
 
-def _model_kind(model: str) -> str:
+def model_kind(model: str) -> str:
     """"encoder" | "decoder", from conf/model/<model>.yaml's arch.model_type."""
     from omegaconf import OmegaConf
 
@@ -110,7 +110,7 @@ def _lr_overrides(method: str, scale: float, model: str) -> list[str]:
     around its default, and the absolute values land in config.yaml."""
     d = _method_defaults(method)
     out = [f"method.lr={d['lr'] * scale:.6g}"]
-    keys = ("head_lr", "decoder_lr") if _model_kind(model) == "decoder" else ("head_lr",)
+    keys = ("head_lr", "decoder_lr") if model_kind(model) == "decoder" else ("head_lr",)
     for key in keys:
         if d.get(key) is not None:
             out.append(f"method.{key}={d[key] * scale:.6g}")
@@ -123,13 +123,13 @@ def _base(spec: dict, model: str, dataset: str, method: str) -> list[str]:
             *spec.get("cell_overrides", {}).get(f"{model}/{dataset}", [])]
 
 
-def _cells(spec: dict):
+def cells(spec: dict):
     for model, datasets in spec["cells"].items():
         for dataset in datasets:
             yield model, dataset
 
 
-def _fmt(x: float) -> str:
+def fmt(x: float) -> str:
     return f"{x:g}"
 
 
@@ -145,14 +145,14 @@ def pilot_jobs(spec: dict) -> list[Job]:
     return jobs
 
 
-def _borrowed(spec: dict) -> dict[tuple[str, str], tuple[str, str]]:
+def borrowed(spec: dict) -> dict[tuple[str, str], tuple[str, str]]:
     """(model, dataset) -> the tuned cell whose chosen values it uses: `tune.borrow` ("m/d": "m/d2"),
     for cells whose own grid does not fit the budget. Every method borrows alike (equal tuning)."""
     spec = spec.get("_full", spec)
-    cells = set(_cells(spec))
+    known = set(cells(spec))
     borrow = {tuple(c.split("/")): tuple(src.split("/")) for c, src in (spec["tune"].get("borrow") or {}).items()}
     for cell, src in borrow.items():
-        if cell not in cells or src not in cells or src in borrow:
+        if cell not in known or src not in known or src in borrow:
             raise LtuneError(f"study plan {spec['name']}: tune.borrow {'/'.join(cell)}: {'/'.join(src)} must map a "
                          f"cell of the plan to a cell tuned in it (model/dataset).")
     return borrow
@@ -161,15 +161,15 @@ def _borrowed(spec: dict) -> dict[tuple[str, str], tuple[str, str]]:
 def tune_jobs(spec: dict) -> list[Job]:
     t = spec["tune"]
     jobs = []
-    borrowed = _borrowed(spec)
-    for model, dataset in _cells(spec):
-        if (model, dataset) in borrowed:
+    lent = borrowed(spec)
+    for model, dataset in cells(spec):
+        if (model, dataset) in lent:
             continue
         for method in spec["methods"]:
             lengths = t.get("num_virtual_tokens", []) if method in ("prefix", "prompt") else []
             for scale in t["lr_scale"]:
                 for P in lengths or [None]:
-                    tag = f"lr{_fmt(scale)}" + (f"-P{P}" if P else "") + f"-s{t['seed']}"
+                    tag = f"lr{fmt(scale)}" + (f"-P{P}" if P else "") + f"-s{t['seed']}"
                     ov = [*_base(spec, model, dataset, method), *_lr_overrides(method, scale, model),
                           f"dataset.holdout={t['holdout'][dataset]}", f"seed={t['seed']}",
                           *t.get("overrides", [])]
@@ -182,15 +182,17 @@ def tune_jobs(spec: dict) -> list[Job]:
     return jobs
 
 
-def choose(spec: dict, root: Path, strict: bool = True) -> dict[tuple[str, str, str], dict]:
+def choose(spec: dict, root: Path, strict: bool = True, partial: bool = True) -> dict[tuple[str, str, str], dict]:
     """(model, dataset, method) -> the tune job's values with the best final primary metric on the
     held-out slice; ties (e.g. every run predicting the majority class: MCC 0) go to the lower
     held-out validation loss, then to the first in grid order. A borrowing cell (`tune.borrow`)
     gets its source cell's values, marked `tuned_on`. strict: every tune run the plan's cells
-    need must have completed."""
-    borrowed = _borrowed(spec)
-    need = {(*borrowed.get(cell, cell), method) for cell in _cells(spec) for method in spec["methods"]}
+    need must have completed; else partial: the best run so far of a grid still running, or not
+    partial: only the choices of completed grids."""
+    lent = borrowed(spec)
+    need = {(*lent.get(cell, cell), method) for cell in cells(spec) for method in spec["methods"]}
     best: dict = {}  # source key -> (rank, values) of the best run so far
+    incomplete: set = set()  # source keys with a tune run still to complete
     for job in tune_jobs(spec.get("_full", spec)):
         key = (job.model, job.dataset, job.method)
         if key not in need:
@@ -200,6 +202,7 @@ def choose(spec: dict, root: Path, strict: bool = True) -> dict[tuple[str, str, 
             if strict:
                 raise LtuneError(f"tune run {job.folder(root)} has not completed: run `python -m ltune_cli.study "
                                  f"run tune` first.")
+            incomplete.add(key)
             continue
         final = res.get("final") or {}
         score, loss = final.get(res["primary_metric"]), final.get("val_loss")
@@ -207,10 +210,10 @@ def choose(spec: dict, root: Path, strict: bool = True) -> dict[tuple[str, str, 
         if score is not None and (key not in best or rank > best[key][0]):
             best[key] = (rank, {**job.values, "score": score, "held_out_val_loss": loss})
     chosen = {}
-    for cell in _cells(spec):
-        src = borrowed.get(cell, cell)
+    for cell in cells(spec):
+        src = lent.get(cell, cell)
         for method in spec["methods"]:
-            if (*src, method) in best:
+            if (*src, method) in best and (partial or (*src, method) not in incomplete):
                 values = dict(best[(*src, method)][1])
                 if src != cell:
                     values["tuned_on"] = "/".join(src)
@@ -232,9 +235,11 @@ def _seeds(spec: dict, stage: str, dataset: str) -> list[int]:
 
 def final_jobs(spec: dict, chosen: dict) -> list[Job]:
     jobs = []
-    for model, dataset in _cells(spec):
+    for model, dataset in cells(spec):
         for method in spec["methods"]:
-            values = chosen[(model, dataset, method)]
+            values = chosen.get((model, dataset, method))
+            if values is None:  # its tune grid is still running (jobs_for with strict=False)
+                continue
             for seed in _seeds(spec, "final", dataset):
                 ov = [*_base(spec, model, dataset, method), *_chosen_overrides(method, values, model), f"seed={seed}"]
                 jobs.append(Job("final", model, dataset, method, f"s{seed}", ov, dict(values)))
@@ -252,8 +257,10 @@ def _ablation(name: str, dataset: str) -> list[str]:
         return ["method.variant=paper"]
     if name == "warm_start_off":
         return ["method.init_from_label=false"]
+    if name == "pair_framing":  # a baseline scoring (text, label) pairs with random per-label tokens
+        return ["method.pair_framing=true"]
     raise LtuneError(f"study plan: unknown ablation '{name}' (known: labels_meaningless, labels_swapped, "
-                     f"variant_paper, warm_start_off).")
+                     f"variant_paper, warm_start_off, pair_framing).")
 
 
 def ablate_jobs(spec: dict, chosen: dict) -> list[Job]:
@@ -263,7 +270,9 @@ def ablate_jobs(spec: dict, chosen: dict) -> list[Job]:
         model, dataset = cell.split("/")
         for name, methods in a["variants"].items():
             for method in methods:
-                values = chosen[(model, dataset, method)]
+                values = chosen.get((model, dataset, method))
+                if values is None:
+                    continue
                 for seed in _seeds(spec, "ablate", dataset):
                     ov = [*_base(spec, model, dataset, method), *_chosen_overrides(method, values, model),
                           *_ablation(name, dataset), f"seed={seed}"]
@@ -272,12 +281,22 @@ def ablate_jobs(spec: dict, chosen: dict) -> list[Job]:
     return jobs
 
 
-def jobs_for(spec: dict, stage: str, root: Path) -> list[Job]:
+def planned_jobs(spec: dict, stage: str) -> list[Job]:
+    """Every job the stage will have once tuning is done (their chosen values stand in as lr x1)."""
+    if stage in ("pilot", "tune"):
+        return pilot_jobs(spec) if stage == "pilot" else tune_jobs(spec)
+    anything = {(m, d, meth): {"lr_scale": 1.0} for m, d in cells(spec) for meth in spec["methods"]}
+    return final_jobs(spec, anything) if stage == "final" else ablate_jobs(spec, anything)
+
+
+def jobs_for(spec: dict, stage: str, root: Path, strict: bool = True) -> list[Job]:
+    """The stage's jobs. Final and ablation jobs need the tune stage's choices: strict, every cell's
+    tune grid must have completed; else only the cells whose grid has (reports of a study in progress)."""
     if stage == "pilot":
         return pilot_jobs(spec)
     if stage == "tune":
         return tune_jobs(spec)
-    chosen = choose(spec, root)
+    chosen = choose(spec, root, strict=strict, partial=False)
     return final_jobs(spec, chosen) if stage == "final" else ablate_jobs(spec, chosen)
 
 
@@ -333,6 +352,18 @@ def _done(job: Job, root: Path) -> dict | None:
     return res
 
 
+def _writer_elsewhere(folder: Path) -> str | None:
+    """Who holds the run folder's lock (an `ltune train` writing it now), or None: a folder
+    being written is neither cleaned nor resumed here (two writers in one folder)."""
+    lock = runfolder.RunLock(folder)
+    try:
+        lock.acquire()
+    except LtuneError as e:
+        return str(e).split("(", 1)[-1].split(")", 1)[0]
+    lock.release()
+    return None
+
+
 def _has_checkpoint(folder: Path) -> bool:
     return (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
 
@@ -342,6 +373,8 @@ def run_job(job: Job, root: Path) -> str:
     folder = job.folder(root)
     if _done(job, root):
         return "skipped"
+    if folder.exists() and (holder := _writer_elsewhere(folder)):
+        return f"skipped, running elsewhere: {holder}"  # another `study run` (or a user) writes it now
     if folder.exists() and not _has_checkpoint(folder):
         shutil.rmtree(folder)  # an earlier attempt that left nothing to resume from
     argv = ([sys.executable, "-m", "ltune_cli", "train", "--resume", str(folder)] if folder.exists()
@@ -379,11 +412,7 @@ def runs_table(spec: dict):
     root = root_of(spec)
     rows = []
     for stage in STAGES:
-        try:
-            jobs = jobs_for(spec, stage, root)
-        except LtuneError:  # the tune stage has not finished: no later stage yet
-            continue
-        for job in jobs:
+        for job in jobs_for(spec, stage, root, strict=False):  # final / ablate: the cells whose tuning is done
             res = _done(job, root)
             if res is None:
                 continue
@@ -396,79 +425,6 @@ def runs_table(spec: dict):
                          **{k: final.get(k) for k in ("accuracy", "mcc", "macro_f1", "val_loss", "pair_accuracy")},
                          "run_dir": str(job.folder(root).relative_to(root))})
     return pd.DataFrame(rows)
-
-
-def _mean_std(values) -> str:
-    from ltune_cli.report.stats import summarize
-
-    mean, std, n = summarize(list(values))
-    if not n:
-        return ""
-    return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "") + f" (n={n})"
-
-
-def results_markdown(spec: dict, table) -> str:
-    """docs/RESULTS.md from the runs table: progress and compute, the values tuning chose, and the
-    final scores per cell (mean ± std over seeds). Every number comes from a run folder."""
-    root = root_of(spec)
-    if table.empty:  # no completed run yet: the columns the filters below read
-        table = table.reindex(columns=["stage", "model", "dataset", "method", "wall_time_s", "accuracy", "mcc"])
-    out = [f"# Study `{spec['name']}`: does L-Tuning beat prefix and prompt tuning?", "",
-           "Generated by `make results` (`python -m ltune_cli.study results`) from the run folders under "
-           f"`outputs/study/{spec['name']}` (plan: conf/study/{spec['name']}.yaml); the per-run CSV is "
-           f"`{RESULTS_CSV}`. Do not edit by hand.", "", "## Progress", "",
-           "| stage | runs completed | CPU hours (1 thread each) |", "|---|---|---|"]
-    total = 0.0
-    for stage in STAGES:
-        try:
-            n = len(jobs_for(spec, stage, root))
-        except LtuneError:
-            out.append(f"| {stage} | waiting for the tune stage | |")
-            continue
-        done = table[table["stage"] == stage]
-        hours = float(done["wall_time_s"].sum()) / 3600
-        total += hours
-        out.append(f"| {stage} | {len(done)} / {n} | {hours:.1f} |")
-    out += [f"| all | | {total:.1f} |", ""]
-    chosen = choose(spec, root, strict=False)
-    out += ["## Chosen on held-out train (tune stage, seed 0)", "",
-            "Each method's best learning-rate scale (x its own defaults in conf/method) and, for the baselines, "
-            "prefix / prompt length P, by the final primary metric on the held-out slice of train (ties: the lower "
-            "held-out validation loss).", "",
-            "| model | dataset | method | lr scale | P | held-out score | held-out val loss | tune runs done |",
-            "|---|---|---|---|---|---|---|---|"]
-    tune = table[table["stage"] == "tune"]
-    planned = Counter((j.model, j.dataset, j.method) for j in tune_jobs(spec))
-    done_runs = Counter(zip(tune["model"], tune["dataset"], tune["method"], strict=True))
-    for model, dataset in _cells(spec):
-        for method in spec["methods"]:
-            key = (model, dataset, method)
-            total_jobs, done = planned[key], done_runs[key]
-            c = chosen.get(key)
-            loss = c and c.get("held_out_val_loss")
-            cells = ([_fmt(c["lr_scale"]), str(c.get("num_virtual_tokens") or ""), f"{c['score']:.3f}",
-                      "" if loss is None else f"{loss:.3f}"] if c else ["", "", "", ""])
-            out.append(f"| {model} | {dataset} | {method} | " + " | ".join(cells) + f" | {done} / {total_jobs} |")
-    out += ["", "## Final scores on the full dev split (mean ± std over seeds)", ""]
-    final = table[table["stage"] == "final"]
-    if final.empty:
-        out.append("No final run has completed yet: `make study STAGE=final` after the tune stage.")
-    else:
-        out += ["| model | dataset | method | accuracy | MCC |", "|---|---|---|---|---|"]
-        for (model, dataset, method), g in final.groupby(["model", "dataset", "method"], sort=False):
-            out.append(f"| {model} | {dataset} | {method} | {_mean_std(g['accuracy'])} | {_mean_std(g['mcc'])} |")
-    return "\n".join(out) + "\n"
-
-
-#: Where `study results` writes (relative to the repository root).
-RESULTS_MD, RESULTS_CSV = "docs/RESULTS.md", "docs/results/study_runs.csv"
-
-
-def write_results(spec: dict, md: Path, csv: Path) -> None:
-    table = runs_table(spec)
-    csv.parent.mkdir(parents=True, exist_ok=True)
-    runfolder.atomic_write_text(csv, table.to_csv(index=False))
-    runfolder.atomic_write_text(md, results_markdown(spec, table))
 
 
 def only(spec: dict, models: str | None = None, datasets: str | None = None,
@@ -513,8 +469,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise LtuneError("say which stage to run: pilot, tune, final or ablate.")
             return run_stage(spec, a.stage, a.jobs, a.dry_run)
         if a.command == "results":
-            write_results(spec, Path(RESULTS_MD), Path(RESULTS_CSV))
-            print(f"wrote {RESULTS_MD} and {RESULTS_CSV}")
+            from ltune_cli import study_report as sr
+
+            sr.write_results(spec, Path(sr.RESULTS_MD), Path(sr.RESULTS_CSV), Path(sr.FIGURES))
+            print(f"wrote {sr.RESULTS_MD}, {sr.RESULTS_CSV} and the figures in {sr.FIGURES}")
             return 0
         if a.command == "chosen":
             print(json.dumps({"/".join(k): v for k, v in choose(spec, root_of(spec), strict=False).items()},

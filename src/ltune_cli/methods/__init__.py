@@ -24,4 +24,10 @@ def build_method(cfg, backbone, label_texts):
     _load_all()
     if cfg.name not in REGISTRY:
         raise LtuneError(f"unknown method '{cfg.name}' (method=).{suggest(cfg.name, REGISTRY)}")
-    return REGISTRY[cfg.name](backbone, cfg, label_texts)
+    cls = REGISTRY[cfg.name]
+    if getattr(cfg, "pair_framing", False):  # a baseline in L-Tuning's (text, label) pair framing
+        if not hasattr(cls, "in_pairs"):
+            raise LtuneError(f"config key 'method.pair_framing' is for prefix and prompt; {cfg.name} scores "
+                             f"(text, label) pairs already: drop method.pair_framing.")
+        cls = cls.in_pairs
+    return cls(backbone, cfg, label_texts)

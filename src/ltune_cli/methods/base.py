@@ -315,3 +315,56 @@ class PairMethod(Method):
     def extra_metrics(self, scores, labels):
         target = F.one_hot(labels, self.num_labels).bool()
         return {"pair_accuracy": ((scores > 0) == target).float().mean(1)}
+
+
+def encode_with_prefix(method: PairMethod, batch: dict, prefix, mask: torch.Tensor, idx) -> torch.Tensor:
+    """Pooled encodings of texts read with a per-pair key/value prefix: `prefix` (U, l, L, 2,
+    kv_heads, head_dim), `mask` (U, l) its real slots, text i reads row idx[i] (None: row i)."""
+    if idx is not None:
+        prefix, mask = prefix[idx], mask[idx]
+    kv = prefix.permute(2, 3, 0, 4, 1, 5)  # (L, 2, N, kv_heads, l, head_dim)
+    # unbind, not x[0]/x[1]: indexing's backward zero-fills a full-size copy per layer.
+    layers = [tuple(x.unbind(0)) for x in kv.unbind(0)]
+    return method.backbone.encode(**method.text_inputs(batch), prefix=layers, prefix_mask=mask)
+
+
+def encode_with_prompt(method: PairMethod, batch: dict, prompt, mask: torch.Tensor, idx) -> torch.Tensor:
+    """Pooled encodings of texts read after a per-pair soft prompt (U, l, d) with real slots `mask`
+    (U, l); text i reads row idx[i]. The U prompts go to the backbone whole: a decoder reads each
+    once (Backbone.shares_prompt)."""
+    return method.backbone.encode(**method.text_inputs(batch), prompt=prompt, prompt_mask=mask, prompt_index=idx)
+
+
+class PairBaseline(PairMethod):
+    """A baseline (prefix / prompt tuning) in L-Tuning's pair framing (method.pair_framing=true):
+    each label gets P trainable tokens of its own, drawn like the baseline's (init), in place of
+    its text; the text is read with its label's tokens and the pair head C scores the pair, with
+    L-Tuning's training (half true, half wrong pairs, BCE) and scoring. Against the K-way baseline
+    it measures the framing; against L-Tuning, the label text. No label echo (it would put the
+    label's text back); the baselines' learning rates (method.lr, head_lr)."""
+
+    def __init__(self, backbone, cfg, label_texts):
+        super().__init__(backbone, cfg, label_texts)
+        self.echo = False
+        self.P = cfg.num_virtual_tokens
+        self.table = nn.Parameter(self.initial_table())  # (K, P, ...): label k's tokens
+
+    def initial_table(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def random_ids(self) -> torch.Tensor:
+        """(K, P) random vocabulary ids (init=vocab), drawn on the CPU like the baselines'."""
+        vocab = self.backbone.model.get_input_embeddings().weight.shape[0]
+        return torch.randint(0, vocab, (self.num_labels, self.P)).to(self.backbone.device)
+
+    def default_lr(self) -> float:
+        return self.cfg.lr
+
+    def positions_before_text(self) -> int:
+        return self.P
+
+    def _label_maps(self):
+        return self.table
+
+    def _conditioning(self, label_idx, maps=None):
+        return self.table, self.labels_frozen.mask.new_ones(self.num_labels, self.P), label_idx

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ltune_cli.methods import register
-from ltune_cli.methods.base import PairMethod, fit_linear, ridge_operator
+from ltune_cli.methods.base import PairMethod, encode_with_prefix, fit_linear, ridge_operator
 
 
 @register("lt_prefix")
@@ -92,10 +92,5 @@ class LTPrefix(PairMethod):
         return flat.view(N, l, g.layers, 2, g.kv_heads, g.head_dim)
 
     def encode_with(self, batch, prefix, mask, idx):
-        if idx is not None:
-            prefix, mask = prefix[idx], mask[idx]
         # Pad slots of a shorter label are masked out of attention (both variants).
-        kv = prefix.permute(2, 3, 0, 4, 1, 5)  # (L, 2, N, kv_heads, l, head_dim)
-        # unbind, not x[0]/x[1]: indexing's backward zero-fills a full-size copy per layer.
-        layers = [tuple(x.unbind(0)) for x in kv.unbind(0)]
-        return self.backbone.encode(**self.text_inputs(batch), prefix=layers, prefix_mask=mask)
+        return encode_with_prefix(self, batch, prefix, mask, idx)

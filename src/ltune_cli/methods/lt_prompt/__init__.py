@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ltune_cli.methods import register
-from ltune_cli.methods.base import PairMethod, fit_linear
+from ltune_cli.methods.base import PairMethod, encode_with_prompt, fit_linear
 
 
 @register("lt_prompt")
@@ -36,6 +36,4 @@ class LTPrompt(PairMethod):
         return self.G(states) * mask[..., None]  # (N, l, d)
 
     def encode_with(self, batch, prompt, mask, idx):
-        # The K label prompts go to the backbone whole: a decoder reads each once (shares_prompt).
-        return self.backbone.encode(**self.text_inputs(batch), prompt=prompt, prompt_mask=mask,
-                                    prompt_index=idx)
+        return encode_with_prompt(self, batch, prompt, mask, idx)

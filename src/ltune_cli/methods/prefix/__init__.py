@@ -1,6 +1,8 @@
 """Prefix tuning (P-tuning v2): P trainable key/value vectors at every layer, K-way head.
 
-Trainable: prefix (L, 2, kv_heads, P, head_dim) + head (d*K + K).
+Trainable: prefix (L, 2, kv_heads, P, head_dim) + head (d*K + K). With method.pair_framing=true
+(PrefixPairs): a prefix of P positions per label, read by the text of each (text, label) pair,
+pair head: K*P*L*2*kv_dim + 2d + 2.
 
 init=vocab (default): the prefix starts as the key/values the frozen LM writes when it reads
 P random vocabulary tokens, so at step 0 a text reads as "P words, then text" (prompt tuning's
@@ -17,12 +19,28 @@ import torch
 from torch import nn
 
 from ltune_cli.methods import register
-from ltune_cli.methods.base import ClassifierMethod
+from ltune_cli.methods.base import ClassifierMethod, PairBaseline, encode_with_prefix
+
+
+class PrefixPairs(PairBaseline):
+    name = "prefix"
+    needs_kv_cache = True
+
+    def initial_table(self):
+        g = self.backbone.geo
+        if self.cfg.init == "vocab":  # label k's prefix: the key/values of reading P random words
+            ids = self.random_ids()
+            return self.backbone.reading_kv(ids, torch.ones_like(ids)).cpu()  # (K, P, L, 2, kv_heads, head_dim)
+        return torch.randn(self.num_labels, self.P, g.layers, 2, g.kv_heads, g.head_dim)
+
+    def encode_with(self, batch, prefix, mask, idx):
+        return encode_with_prefix(self, batch, prefix, mask, idx)
 
 
 @register("prefix")
 class Prefix(ClassifierMethod):
     needs_kv_cache = True
+    in_pairs = PrefixPairs
 
     def __init__(self, backbone, cfg, label_texts):
         super().__init__(backbone, cfg, label_texts)

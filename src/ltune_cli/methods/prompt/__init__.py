@@ -1,6 +1,7 @@
 """Prompt tuning (Lester et al. 2021): P trainable soft tokens before the input, K-way head.
 
-Trainable: prompt (P, d) + head (d*K + K). init=vocab copies P random vocabulary
+Trainable: prompt (P, d) + head (d*K + K). With method.pair_framing=true (PromptPairs): P soft
+tokens per label, read before the text of each (text, label) pair, pair head: K*P*d + 2d + 2. init=vocab copies P random vocabulary
 embeddings (Lester et al.'s better initialisation); init=normal draws N(0, std of the
 embedding table).
 """
@@ -11,11 +12,25 @@ import torch
 from torch import nn
 
 from ltune_cli.methods import register
-from ltune_cli.methods.base import ClassifierMethod
+from ltune_cli.methods.base import ClassifierMethod, PairBaseline, encode_with_prompt
+
+
+class PromptPairs(PairBaseline):
+    name = "prompt"
+
+    def initial_table(self):
+        table = self.backbone.model.get_input_embeddings().weight.detach().float()
+        if self.cfg.init == "vocab":
+            return table[self.random_ids()].clone().cpu()  # (K, P, d)
+        return torch.randn(self.num_labels, self.P, table.shape[1]) * table.std().item()
+
+    def encode_with(self, batch, prompt, mask, idx):
+        return encode_with_prompt(self, batch, prompt, mask, idx)
 
 
 @register("prompt")
 class Prompt(ClassifierMethod):
+    in_pairs = PromptPairs
     def __init__(self, backbone, cfg, label_texts):
         super().__init__(backbone, cfg, label_texts)
         table = backbone.model.get_input_embeddings().weight.detach().float()

@@ -1,0 +1,399 @@
+"""docs/RESULTS.md from the study's run folders (`make results`, `python -m ltune_cli.study results`).
+
+Every number is read from a run folder (or, for the paper's own Table 1, from
+docs/results/paper_table1.yaml, quoted for reference): progress and CPU hours, the pilot curves
+behind the step budget, the values tuning chose, our Table 1 (mean ± std over seeds), L-Tuning
+minus baseline with paired bootstrap intervals (the compare report's statistics), steps to
+target, trainable parameters and wall time, the convergence figure, the ablations and a verdict
+whose every clause is computed from those numbers. Sections whose runs have not completed say so.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from ltune_cli import runfolder, study
+from ltune_cli.report.analysis import BASELINE_OF, difference
+from ltune_cli.report.load import load_run
+from ltune_cli.report.stats import first_step_reaching, mean_curve, summarize
+
+#: Where `study results` writes (relative to the repository root).
+RESULTS_MD, RESULTS_CSV, FIGURES = "docs/RESULTS.md", "docs/results/study_runs.csv", "docs/results"
+PAPER_TABLE = "docs/results/paper_table1.yaml"
+N_BOOT, BOOT_SEED = 2000, 0
+METHOD_NAMES = {"prefix": "prefix", "prompt": "prompt", "lt_prefix": "LT-prefix", "lt_prompt": "LT-prompt"}
+GPU_COMMAND = ("ltune sweep +sweep=paper_table1 model=falcon_7b,bloom_7b1,llama2_7b && "
+               "ltune compare outputs/sweeps/paper_table1")
+
+
+def _mean_std(values, digits: int = 3) -> str:
+    mean, std, n = summarize(list(values))
+    if not n:
+        return ""
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "") + f" (n={n})"
+
+
+def _signed(x: float | None) -> str:
+    return "" if x is None else f"{x:+.3f}"
+
+
+def _metric_of(dataset: str) -> str:
+    from omegaconf import OmegaConf
+
+    from ltune_cli.paths import conf_dir
+
+    return str(OmegaConf.load(conf_dir() / "dataset" / f"{dataset}.yaml").get("primary_metric", "accuracy"))
+
+
+def load_stage_runs(spec: dict, table, stage: str) -> dict[tuple, list]:
+    """(model, dataset, method[, ablation]) -> the stage's completed runs (report.load.Run)."""
+    root = study.root_of(spec)
+    out: dict[tuple, list] = {}
+    if table.empty:
+        return out
+    for rec in table[table["stage"] == stage].to_dict("records"):
+        key = (rec["model"], rec["dataset"], rec["method"])
+        if stage == "ablate":
+            key = (*key, rec["ablation"])
+        out.setdefault(key, []).append(load_run(root / rec["run_dir"]))
+    return out
+
+
+# --------------------------------------------------------------------------- sections
+def progress(spec: dict, table) -> list[str]:
+    out = ["## Progress", "", "| stage | runs completed | CPU hours (1 thread each) |", "|---|---|---|"]
+    total = 0.0
+    for stage in study.STAGES:
+        n = len(study.planned_jobs(spec, stage))
+        done = table[table["stage"] == stage]
+        hours = float(done["wall_time_s"].sum()) / 3600
+        total += hours
+        out.append(f"| {stage} | {len(done)} / {n} | {hours:.1f} |")
+    return out + [f"| all | | {total:.1f} |", "",
+                  "CPU hours: the wall time of one-thread runs, two at a time on a 2-core machine, an upper bound "
+                  "on their CPU time.", ""]
+
+
+def pilot(spec: dict, table) -> list[str]:
+    runs = load_stage_runs(spec, table, "pilot")
+    if not runs:
+        return []
+    out = ["## Pilot: the step budget", "",
+           "Held-out accuracy (the tune stage's slice of train, seed 0, default learning rates) along a long run; "
+           f"the study's budget is `{next(o for o in spec['common'] if o.startswith('train.max_steps'))}`.", ""]
+    for (model, dataset), group in _by_cell(runs).items():
+        steps = sorted({int(e["step"]) for rs in group.values() for r in rs for e in r.evals})
+        out += [f"{model} / {dataset}:", "", "| method | " + " | ".join(map(str, steps)) + " |",
+                "|---" * (len(steps) + 1) + "|"]
+        for method, rs in group.items():
+            curve = dict(mean_curve([r.evals for r in rs], "accuracy"))
+            out.append(f"| {method} | " + " | ".join(f"{curve[s]:.3f}" if s in curve else "" for s in steps) + " |")
+        out.append("")
+    return out
+
+
+def _by_cell(runs: dict) -> dict:
+    cells: dict = {}
+    for (model, dataset, method, *_), rs in runs.items():
+        cells.setdefault((model, dataset), {})[method] = rs
+    return cells
+
+
+def chosen_table(spec: dict, table) -> list[str]:
+    root = study.root_of(spec)
+    chosen, borrowed = study.choose(spec, root, strict=False), study.borrowed(spec)
+    out = ["## Chosen on held-out train (tune stage, seed 0)", "",
+           "Each method's best learning-rate scale (x its own defaults in conf/method) and, for the baselines, "
+           "prefix / prompt length P, by the final primary metric on the held-out slice of train (ties: the lower "
+           "held-out validation loss). A cell tuned on another cell (`tune.borrow`) names it.", "",
+           "| model | dataset | method | lr scale | P | held-out score | held-out val loss | tune runs done |",
+           "|---|---|---|---|---|---|---|---|"]
+    tune = table[table["stage"] == "tune"]
+    planned = Counter((j.model, j.dataset, j.method) for j in study.tune_jobs(spec))
+    done_runs = Counter(zip(tune["model"], tune["dataset"], tune["method"], strict=True))
+    for model, dataset in study.cells(spec):
+        for method in spec["methods"]:
+            key = (model, dataset, method)
+            c = chosen.get(key)
+            loss = c and c.get("held_out_val_loss")
+            cells = ([study.fmt(c["lr_scale"]), str(c.get("num_virtual_tokens") or ""), f"{c['score']:.3f}",
+                      "" if loss is None else f"{loss:.3f}"] if c else ["", "", "", ""])
+            src = borrowed.get((model, dataset))
+            done = f"tuned on {'/'.join(src)}" if src else f"{done_runs[key]} / {planned[key]}"
+            out.append(f"| {model} | {dataset} | {method} | " + " | ".join(cells) + f" | {done} |")
+    return out + [""]
+
+
+def table1(spec: dict, final: dict) -> list[str]:
+    out = ["## Table 1: final scores (dev split, mean ± std over seeds)", ""]
+    if not final:
+        return out + ["No final run has completed yet: `make study STAGE=final` after the tune stage.", ""]
+    for model in spec["cells"]:
+        datasets = [d for d in spec["cells"][model] if any(k[:2] == (model, d) for k in final)]
+        if not datasets:
+            continue
+        head = [f"{d} {'MCC' if m == 'mcc' else 'accuracy'}" for d in datasets
+                for m in (("mcc", "accuracy") if _metric_of(d) == "mcc" else ("accuracy",))]
+        out += [f"**{model}**", "", "| method | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+        for method in spec["methods"]:
+            row = []
+            for d in datasets:
+                rs = final.get((model, d, method), [])
+                for m in (("mcc", "accuracy") if _metric_of(d) == "mcc" else ("accuracy",)):
+                    row.append(_mean_std(r.final.get(m) for r in rs))
+            out.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(row) + " |")
+        out.append("")
+    return out + paper_table()
+
+
+def paper_table() -> list[str]:
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).resolve().parents[2] / PAPER_TABLE  # the repository's docs/
+    if not path.is_file():
+        return []
+    ref = OmegaConf.to_container(OmegaConf.load(path))
+    out = [f"For reference, the paper's Table 1 ({ref['source']}; {ref['metric']} on every dataset, one run each, "
+           "no seeds or intervals):", ""]
+    for block, models in ref["blocks"].items():
+        datasets = list(next(iter(next(iter(models.values())).values())))
+        head = [f"{d} {m}" for d in datasets for m in models]
+        out += [f"| {block} | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+        for method in next(iter(models.values())):
+            out.append(f"| {METHOD_NAMES.get(method, method)} | "
+                       + " | ".join(f"{models[m][method][d]:.3f}" for d in datasets for m in models) + " |")
+        out.append("")
+    return out
+
+
+def differences(spec: dict, final: dict) -> list[dict]:
+    """L-Tuning minus its baseline per model x dataset on the primary metric: paired by seed and by
+    dev example (report.analysis.difference: the compare report's bootstrap)."""
+    out = []
+    for model, dataset in study.cells(spec):
+        metric = _metric_of(dataset)
+        for lt, base in BASELINE_OF.items():
+            a, b = final.get((model, dataset, lt)), final.get((model, dataset, base))
+            if a and b:
+                rec = difference(a, b, metric, N_BOOT, BOOT_SEED, f"{model}|{dataset}|{lt}|{base}|{metric}")
+                out.append({"model": model, "dataset": dataset, "lt": lt, "baseline": base, **rec})
+    return out
+
+
+def differences_table(diffs: list[dict]) -> list[str]:
+    out = ["## L-Tuning minus baseline (95% paired bootstrap interval)", ""]
+    if not diffs:
+        return out + ["Waiting for final runs of both methods of a pair.", ""]
+    out += ["Resampling dev examples (shared by both methods) and seeds; `*`: the interval excludes 0.", "",
+            "| model | dataset | metric | LT-prefix − prefix | LT-prompt − prompt |", "|---|---|---|---|---|"]
+    by_cell: dict = {}
+    for d in diffs:
+        by_cell.setdefault((d["model"], d["dataset"], d["metric"]), {})[d["lt"]] = d
+    for (model, dataset, metric), pair in by_cell.items():
+        cols = []
+        for lt in BASELINE_OF:
+            d = pair.get(lt)
+            cols.append("" if d is None else f"{_signed(d['diff'])} [{_signed(d['lo'])}, {_signed(d['hi'])}]"
+                        f"{' *' if d['excludes_zero'] else ''} (n={d['n']})")
+        out.append(f"| {model} | {dataset} | {metric} | " + " | ".join(cols) + " |")
+    return out + [""]
+
+
+def steps_to_target(spec: dict, final: dict) -> list[dict]:
+    """Per pair: the first evaluated step at which each method's seed-mean accuracy curve reaches the
+    baseline's seed-mean final accuracy (None: never within the budget)."""
+    out = []
+    for model, dataset in study.cells(spec):
+        for lt, base in BASELINE_OF.items():
+            a, b = final.get((model, dataset, lt)), final.get((model, dataset, base))
+            if not (a and b):
+                continue
+            target, _, _ = summarize([r.final.get("accuracy") for r in b])
+            steps = {f"{who}_steps": first_step_reaching(mean_curve([r.evals for r in rs], "accuracy"), target, True)
+                     for who, rs in (("lt", a), ("baseline", b))}
+            out.append({"model": model, "dataset": dataset, "lt": lt, "baseline": base, "target": target, **steps})
+    return out
+
+
+def _step(step: int | None) -> str:
+    return "−" if step is None else str(step)
+
+
+def steps_table(rows: list[dict], spec: dict) -> list[str]:
+    if not rows:
+        return []
+    limit = next((o.split("=")[1] for o in spec.get("common", []) if o.startswith("train.curve_eval_limit")), None)
+    out = ["## Steps to target", "",
+           "First evaluated step at which the seed-mean accuracy reaches the baseline's final accuracy "
+           "(− : not within the budget)" + (f"; curve points before the last step score the first {limit} dev "
+                                            "texts, the last step all of them" if limit else "") + ".", "",
+           "| model | dataset | pair | target accuracy | baseline steps | L-Tuning steps |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['model']} | {r['dataset']} | {METHOD_NAMES[r['lt']]} vs {r['baseline']} | {r['target']:.3f} "
+                   f"| {_step(r['baseline_steps'])} | {_step(r['lt_steps'])} |")
+    return out + [""]
+
+
+def cost_table(spec: dict, table) -> list[str]:
+    final = table[table["stage"] == "final"]
+    if final.empty:
+        return []
+    datasets = list(dict.fromkeys(d for ds in spec["cells"].values() for d in ds))
+    out = ["## Trainable parameters and wall time per final run", "",
+           "| model | method | trainable parameters | " + " | ".join(f"minutes, {d}" for d in datasets) + " |",
+           "|---|---|---|" + "---|" * len(datasets)]
+    for (model, method), g in final.groupby(["model", "method"], sort=False):
+        params = " / ".join(f"{int(p):,}" for p in sorted(set(g["trainable_params"])))
+        walls = [_mean_std(g[g["dataset"] == d]["wall_time_s"] / 60, 1) for d in datasets]
+        out.append(f"| {model} | {METHOD_NAMES[method]} | {params} | " + " | ".join(walls) + " |")
+    return out + ["", "Trainable parameters differ across datasets by the head (K labels) and the chosen length P; "
+                  "minutes: mean ± std wall time of one-thread runs.", ""]
+
+
+def curve_records(final: dict) -> list[dict]:
+    out = []
+    for (model, dataset, method), rs in final.items():
+        loss, acc = mean_curve([r.evals for r in rs], "val_loss"), mean_curve([r.evals for r in rs], "accuracy")
+        out.append({"label": METHOD_NAMES[method], "method": method, "dataset": dataset, "model": model,
+                    "n": len(rs), "steps": [s for s, _ in loss], "val_loss": [v for _, v in loss],
+                    "accuracy_steps": [s for s, _ in acc], "accuracy": [v for _, v in acc]})
+    return out
+
+
+def write_figures(spec: dict, final: dict, folder: Path) -> list[str]:
+    """One convergence figure per model (report.plots: loss above accuracy per dataset)."""
+    from ltune_cli.report.plots import plot_curves
+
+    names = []
+    records = curve_records(final)
+    for model in spec["cells"]:
+        mine = [c for c in records if c["model"] == model]
+        if mine:
+            png = folder / f"study_curves_{model}.png"
+            plot_curves(mine, png, png.with_suffix(".svg"))
+            names.append(png.name)
+    return names
+
+
+def figures_section(figures: list[str]) -> list[str]:
+    if not figures:
+        return []
+    out = ["## Convergence (the paper's Fig. 2)", "",
+           "Seed-mean validation loss (above) and accuracy (below) against the step. The losses are not on one "
+           "scale (L-Tuning: binary cross-entropy over text x label pairs; baselines: K-way cross-entropy), so "
+           "compare the accuracy curves and the steps to target.", ""]
+    return out + [f"![{f}](results/{f})" for f in figures] + [""]
+
+
+def ablations(spec: dict, final: dict, abl: dict) -> list[dict]:
+    """Each ablation minus the same method with its real label texts (same cell, same seeds)."""
+    out = []
+    for (model, dataset, method, name), rs in abl.items():
+        metric = _metric_of(dataset)
+        real = final.get((model, dataset, method), [])
+        rec = difference(rs, real, metric, N_BOOT, BOOT_SEED, f"{model}|{dataset}|{method}|{name}|{metric}")
+        out.append({"model": model, "dataset": dataset, "method": method, "ablation": name,
+                    "score": _mean_std(r.final.get(metric) for r in rs),
+                    "real": _mean_std(r.final.get(metric) for r in real), **rec})
+    return out
+
+
+ABLATION_TEXT = {"labels_meaningless": "label texts \"label zero\", \"label one\", ...",
+                 "labels_swapped": "label texts rotated between classes",
+                 "variant_paper": "A.5 pooling variant (variant=paper)",
+                 "warm_start_off": "warm start off (init_from_label=false)",
+                 "pair_framing": "pair framing: P random tokens per label, pair head (vs its K-way head)"}
+
+
+def ablation_table(rows: list[dict]) -> list[str]:
+    out = ["## Ablations", ""]
+    if not rows:
+        return out + ["No ablation run has completed yet (`make study STAGE=ablate`).", ""]
+    out += ["Each ablation against the same method with its real label texts and defaults (the final stage's "
+            "runs, same seeds); difference with a 95% paired bootstrap interval, `*`: excludes 0.", "",
+            "| model | dataset | method | ablation | score | with real labels | difference |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        diff = "" if r["diff"] is None else (f"{_signed(r['diff'])} [{_signed(r['lo'])}, {_signed(r['hi'])}]"
+                                              f"{' *' if r['excludes_zero'] else ''}")
+        out.append(f"| {r['model']} | {r['dataset']} | {METHOD_NAMES[r['method']]} | "
+                   f"{ABLATION_TEXT.get(r['ablation'], r['ablation'])} | {r['score']} | {r['real']} | {diff} |")
+    return out + [""]
+
+
+def _tally(diffs: list[dict]) -> str:
+    better = sum(d["excludes_zero"] and d["better"] for d in diffs)
+    worse = sum(d["excludes_zero"] and d["better"] is False for d in diffs)
+    return (f"L-Tuning ahead with an interval excluding 0 in {better}, behind in {worse}, "
+            f"not distinguishable from its baseline in {len(diffs) - better - worse} of {len(diffs)}")
+
+
+def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict]) -> list[str]:
+    """Every clause is computed from the tables above."""
+    out = ["## Verdict", ""]
+    if not diffs:
+        return out + ["Not yet: no final runs of an L-Tuning / baseline pair have completed.", ""]
+    kinds = {m: study.model_kind(m) for m in spec["cells"]}
+    for kind, claim in (("encoder", "+0-2 points over prefix / prompt tuning on BERT-size encoders"),
+                        ("decoder", "+2-6 points on 7B decoders")):
+        mine = [d for d in diffs if kinds[d["model"]] == kind]
+        if not mine:
+            continue
+        models = ", ".join(sorted({d["model"] for d in mine}))
+        mean = sum(d["diff"] for d in mine) / len(mine)
+        out.append(f"- Accuracy, the paper's {claim}: on {models} ({kind}), {_tally(mine)} model x dataset x pair "
+                   f"comparisons; mean difference {mean:+.3f}.")
+    if steps:
+        lt, base = [s["lt_steps"] for s in steps], [s["baseline_steps"] for s in steps]
+        faster = sum(a is not None and (b is None or a < b) for a, b in zip(lt, base, strict=True))
+        slower = sum(b is not None and (a is None or a > b) for a, b in zip(lt, base, strict=True))
+        out.append(f"- Faster convergence (the paper's Fig. 2): L-Tuning reaches its baseline's final accuracy "
+                   f"earlier in {faster}, later (or never) in {slower}, at the same step in "
+                   f"{len(steps) - faster - slower} of {len(steps)} pairs.")
+    for name in ("labels_meaningless", "labels_swapped"):
+        rows = [r for r in abl if r["ablation"] == name and r["diff"] is not None]
+        if rows:
+            lower = sum(r["excludes_zero"] and r["diff"] < 0 for r in rows)
+            out.append(f"- Label semantics ({ABLATION_TEXT[name]}): lower than the real label texts with an interval "
+                       f"excluding 0 in {lower} of {len(rows)} method x cell comparisons"
+                       + ("; where it is not lower, the label's meaning is not what helps there." if lower < len(rows)
+                          else "."))
+    rows = [r for r in abl if r["ablation"] == "pair_framing" and r["diff"] is not None]
+    if rows:
+        up = sum(r["excludes_zero"] and r["diff"] > 0 for r in rows)
+        down = sum(r["excludes_zero"] and r["diff"] < 0 for r in rows)
+        out.append(f"- The framing alone (a baseline scoring (text, label) pairs with random per-label tokens instead of "
+                   f"its K-way head): higher with an interval excluding 0 in {up}, lower in {down}, not distinguishable "
+                   f"in {len(rows) - up - down} of {len(rows)} method x cell comparisons.")
+    out += ["- Untested here: the paper's 7B models (Falcon, Bloom, Llama-2) and its base-size encoders with the hub "
+            f"weights. On a GPU machine with the hub: `{GPU_COMMAND}`.", ""]
+    return out
+
+
+def results_markdown(spec: dict, table, figures: list[str] | None = None) -> str:
+    """docs/RESULTS.md from the runs table and the run folders it names."""
+    if table.empty:  # no completed run yet: the columns the sections read
+        table = table.reindex(columns=["stage", "model", "dataset", "method", "wall_time_s", "accuracy", "mcc",
+                                       "run_dir", "ablation", "trainable_params"])
+    final = load_stage_runs(spec, table, "final")
+    abl = load_stage_runs(spec, table, "ablate")
+    diffs = differences(spec, final)
+    steps = steps_to_target(spec, final)
+    abl_rows = ablations(spec, final, abl)
+    out = [f"# Study `{spec['name']}`: does L-Tuning beat prefix and prompt tuning?", "",
+           "Generated by `make results` (`python -m ltune_cli.study results`) from the run folders under "
+           f"`outputs/study/{spec['name']}` (plan: conf/study/{spec['name']}.yaml); the per-run CSV is "
+           f"`{RESULTS_CSV}`. Do not edit by hand.", ""]
+    out += verdict(spec, diffs, steps, abl_rows)
+    out += progress(spec, table) + table1(spec, final) + differences_table(diffs) + steps_table(steps, spec)
+    out += figures_section(figures or []) + ablation_table(abl_rows) + cost_table(spec, table)
+    out += chosen_table(spec, table) + pilot(spec, table)
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def write_results(spec: dict, md: Path, csv: Path, figures: Path | None = None) -> None:
+    table = study.runs_table(spec)
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    runfolder.atomic_write_text(csv, table.to_csv(index=False))
+    names = write_figures(spec, load_stage_runs(spec, table, "final"), figures) if figures is not None else []
+    runfolder.atomic_write_text(md, results_markdown(spec, table, names))
