@@ -84,6 +84,10 @@ def test_selection_reads_held_out_scores_and_drives_final_and_ablations(tmp_path
     f = next(j for j in final if j.method == "prefix")
     assert "method.lr=0.02" in f.overrides and "method.num_virtual_tokens=5" in f.overrides
     assert not any(o.startswith("dataset.holdout") for o in f.overrides)  # final runs score on dev
+    only = {**SPEC, "ablate": {**SPEC["ablate"], "only": {"minilm/r8": ["labels_swapped"]}}}
+    assert [j.values["ablation"] for j in study.ablate_jobs(only, chosen)] == ["labels_swapped"]
+    with pytest.raises(LtuneError, match="ablate.only minilm/r8 names warm_start"):
+        study.ablate_jobs({**SPEC, "ablate": {**SPEC["ablate"], "only": {"minilm/r8": ["warm_start"]}}}, chosen)
     abl = {j.values["ablation"]: j for j in study.ablate_jobs(SPEC, chosen)}
     assert abl["labels_meaningless"].overrides[-2].startswith("dataset.label_texts=[label zero,label one,")
     assert abl["labels_swapped"].overrides[-2] == ("dataset.label_texts=[acquisition,crude oil,trade,"

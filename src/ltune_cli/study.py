@@ -268,7 +268,14 @@ def ablate_jobs(spec: dict, chosen: dict) -> list[Job]:
     jobs = []
     for cell in a["cells"]:
         model, dataset = cell.split("/")
+        names = (a.get("only") or {}).get(cell)  # a cell may run some of the ablations only
+        unknown = sorted(set(names or ()) - set(a["variants"]))
+        if unknown:
+            raise LtuneError(f"study plan {spec['name']}: ablate.only {cell} names {', '.join(unknown)}, not in "
+                             f"ablate.variants ({', '.join(a['variants'])}).")
         for name, methods in a["variants"].items():
+            if names is not None and name not in names:
+                continue
             for method in methods:
                 values = chosen.get((model, dataset, method))
                 if values is None:
@@ -480,14 +487,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         root = root_of(spec)
         for stage in STAGES:
-            try:
-                jobs = jobs_for(spec, stage, root)
-            except LtuneError as e:
-                print(f"{stage}: waiting ({e})")
-                continue
+            jobs = jobs_for(spec, stage, root, strict=False)  # final / ablate: the cells whose tuning is done
+            planned = len(planned_jobs(spec, stage))
             done = [j for j in jobs if _completed(j.folder(root)) is not None]
             stale = [j for j in done if _differences(j, j.folder(root))]
-            print(f"{stage}: {len(done) - len(stale)}/{len(jobs)} runs completed"
+            print(f"{stage}: {len(done) - len(stale)}/{planned} runs completed"
+                  + (f" ({planned - len(jobs)} wait for their cell's tuning)" if len(jobs) < planned else "")
                   + (f"; {len(stale)} more made with other settings than the plan's, to delete and rerun: "
                      + ", ".join(str(j.folder(root)) for j in stale) if stale else ""))
         return 0
