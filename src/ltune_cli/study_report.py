@@ -341,8 +341,8 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict]) -
             continue
         models = ", ".join(sorted({d["model"] for d in mine}))
         mean = sum(d["diff"] for d in mine) / len(mine)
-        out.append(f"- Accuracy, the paper's {claim}: on {models} ({kind}), {_tally(mine)} model x dataset x pair "
-                   f"comparisons; mean difference {mean:+.3f}.")
+        out.append(f"- Scores, the paper's {claim}: on {models} ({kind}), {_tally(mine)} model x dataset x pair "
+                   f"comparisons (MCC on CoLA, accuracy elsewhere); mean difference {mean:+.3f}.")
     if steps:
         lt, base = [s["lt_steps"] for s in steps], [s["baseline_steps"] for s in steps]
         faster = sum(a is not None and (b is None or a < b) for a, b in zip(lt, base, strict=True))
