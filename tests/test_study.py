@@ -207,6 +207,9 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     assert "excluding 0 in 0 of 1 method x cell comparisons; where it is not lower" in text
     assert "![study_curves_minilm.png](results/study_curves_minilm.png)" in text
     assert (tmp_path / "study_curves_minilm.png").stat().st_size > 10_000
+    figures = {p.name: p.read_bytes() for p in tmp_path.glob("study_curves_*")}
+    study_report.write_results(SPEC, md, csv, tmp_path)  # regenerated: the same bytes, figures included
+    assert md.read_text() == text and {p.name: p.read_bytes() for p in tmp_path.glob("study_curves_*")} == figures
     rows = csv.read_text().splitlines()
     assert "not distinguishable in 1 of 1 method x cell comparisons" in text  # pair framing = K-way here
     assert len(rows) == 1 + 12 + 10 + 3 and "tune/minilm-sst2/prefix/" in rows[1] and str(tmp_path) not in csv.read_text()

@@ -64,11 +64,12 @@ def plot_curves(curves: list[dict], png: str | Path, svg: str | Path, pdf: str |
                frameon=False, handlelength=2.6)
     one = f" ({models[0]})" if len(models) == 1 else ""
     fig.suptitle(f"Validation loss and accuracy{one}, mean over seeds", fontsize=11)
-    with matplotlib.rc_context(EDITABLE_TEXT):
+    # No creation dates and a fixed SVG id salt: the same curves give the same bytes (figures in git).
+    with matplotlib.rc_context({**EDITABLE_TEXT, "svg.hashsalt": "ltune"}):
         fig.savefig(png, dpi=130)
-        fig.savefig(svg)
+        fig.savefig(svg, metadata={"Date": None})
         if pdf is not None:
-            fig.savefig(pdf)
+            fig.savefig(pdf, metadata={"CreationDate": None})
     return fig
 
 
