@@ -185,8 +185,8 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
         seed = int(j.tag.rsplit("-s", 1)[1])
         right = 24 + seed - (12 if j.values["ablation"] == "labels_meaningless" else 0)
         _finish(j, root, right / 40, seed=seed, preds=preds(right))
-    md, csv = tmp_path / "RESULTS.md", tmp_path / "runs.csv"
-    study_report.write_results(SPEC, md, csv, tmp_path)
+    md, csv = tmp_path / "RESULTS.md", tmp_path / "results" / "runs.csv"
+    study_report.write_results(SPEC, md, csv)
     text = md.read_text()
     assert "| tune | 12 / 12 | 0.0 |" in text and "| final | 10 / 10 |" in text and "| pilot | 0 / 2 |" in text
     assert "| ablate | 3 / 3 |" in text
@@ -205,11 +205,11 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     assert "earlier in 1, later (or never) in 0, at the same step in 1 of 2 pairs" in text
     assert "excluding 0 in 1 of 1 method x cell comparisons." in text
     assert "excluding 0 in 0 of 1 method x cell comparisons; where it is not lower" in text
-    assert "![study_curves_minilm.png](results/study_curves_minilm.png)" in text
-    assert (tmp_path / "study_curves_minilm.png").stat().st_size > 10_000
-    figures = {p.name: p.read_bytes() for p in tmp_path.glob("study_curves_*")}
-    study_report.write_results(SPEC, md, csv, tmp_path)  # regenerated: the same bytes, figures included
-    assert md.read_text() == text and {p.name: p.read_bytes() for p in tmp_path.glob("study_curves_*")} == figures
+    assert "![t_curves_minilm.png](results/t_curves_minilm.png)" in text  # beside the CSV, linked relatively
+    assert (tmp_path / "results" / "t_curves_minilm.png").stat().st_size > 10_000
+    figures = {p.name: p.read_bytes() for p in (tmp_path / "results").glob("t_curves_*")}
+    study_report.write_results(SPEC, md, csv)  # regenerated: the same bytes, figures included
+    assert md.read_text() == text and {p.name: p.read_bytes() for p in (tmp_path / "results").glob("t_curves_*")} == figures
     rows = csv.read_text().splitlines()
     assert "not distinguishable in 1 of 1 method x cell comparisons" in text  # pair framing = K-way here
     assert len(rows) == 1 + 12 + 10 + 3 and "tune/minilm-sst2/prefix/" in rows[1] and str(tmp_path) not in csv.read_text()
@@ -230,7 +230,7 @@ def test_results_before_any_run_completes(tmp_path, monkeypatch):
     from ltune_cli import study_report
 
     monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path / "out"))
-    study_report.write_results(SPEC, tmp_path / "RESULTS.md", tmp_path / "runs.csv", tmp_path)
+    study_report.write_results(SPEC, tmp_path / "RESULTS.md", tmp_path / "runs.csv")
     text = (tmp_path / "RESULTS.md").read_text()
     assert "| tune | 0 / 12 | 0.0 |" in text and "| minilm | sst2 | prefix |  |  |  |  | 0 / 4 |" in text
     assert "| final | 0 / 10 | 0.0 |" in text and "No final run has completed yet" in text
@@ -281,3 +281,20 @@ def test_cell_overrides_and_decoder_rates_reach_only_their_runs():
     dec, enc = jobs["smollm2_135m"].overrides, jobs["minilm"].overrides
     assert "hardware.dtype=bf16" in dec and "model.max_length=32" in dec and "method.decoder_lr=2e-05" in dec
     assert not any(o.startswith(("hardware.dtype", "model.max_length", "method.decoder_lr")) for o in enc)
+
+
+def test_the_gpu_plan_expands_to_valid_runs():
+    """conf/study/reproduce_gpu.yaml (the verdict's GPU command): every stage expands, and one job
+    per model composes into a checked config (no weights needed)."""
+    from ltune_cli.config import compose
+
+    spec = study.load_spec("reproduce_gpu")
+    assert len(study.tune_jobs(spec)) == 5 * 3 * (6 + 6 + 3 + 3)
+    assert len(study.planned_jobs(spec, "final")) == 5 * 4 * (3 + 3 + 5)
+    assert len(study.planned_jobs(spec, "ablate")) == 3 * 9 * 3
+    for model in spec["cells"]:
+        job = next(j for j in study.tune_jobs(spec) if j.model == model and j.method == "lt_prefix")
+        cfg = compose(job.overrides)
+        assert cfg.model.name == model and cfg.train.max_steps == 1000
+        decoder = any(o.startswith("method.decoder_lr=") for o in job.overrides)
+        assert decoder == (model in ("falcon_7b", "bloom_7b1", "llama2_7b"))

@@ -478,8 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.command == "results":
             from ltune_cli import study_report as sr
 
-            sr.write_results(spec, Path(sr.RESULTS_MD), Path(sr.RESULTS_CSV), Path(sr.FIGURES))
-            print(f"wrote {sr.RESULTS_MD}, {sr.RESULTS_CSV} and the figures in {sr.FIGURES}")
+            md, csv = sr.outputs_of(spec)
+            sr.write_results(spec, md, csv)
+            print(f"wrote {md}, {csv} and the figures beside it")
             return 0
         if a.command == "chosen":
             print(json.dumps({"/".join(k): v for k, v in choose(spec, root_of(spec), strict=False).items()},
