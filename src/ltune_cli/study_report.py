@@ -24,6 +24,8 @@ def outputs_of(spec: dict) -> tuple[Path, Path]:
     csv}`, by default docs/results/<plan>.md and <plan>_runs.csv; figures go beside the CSV."""
     name, given = spec["name"], spec.get("results") or {}
     return (Path(given.get("md", f"docs/results/{name}.md")), Path(given.get("csv", f"docs/results/{name}_runs.csv")))
+
+
 PAPER_TABLE = "docs/results/paper_table1.yaml"
 N_BOOT, BOOT_SEED = 2000, 0
 METHOD_NAMES = {"prefix": "prefix", "prompt": "prompt", "lt_prefix": "LT-prefix", "lt_prompt": "LT-prompt"}

@@ -1,9 +1,9 @@
 """Prompt tuning (Lester et al. 2021): P trainable soft tokens before the input, K-way head.
 
 Trainable: prompt (P, d) + head (d*K + K). With method.pair_framing=true (PromptPairs): P soft
-tokens per label, read before the text of each (text, label) pair, pair head: K*P*d + 2d + 2. init=vocab copies P random vocabulary
-embeddings (Lester et al.'s better initialisation); init=normal draws N(0, std of the
-embedding table).
+tokens per label, read before the text of each (text, label) pair, pair head: K*P*d + 2d + 2.
+init=vocab copies P random vocabulary embeddings (Lester et al.'s better initialisation);
+init=normal draws N(0, std of the embedding table).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class PromptPairs(PairBaseline):
 @register("prompt")
 class Prompt(ClassifierMethod):
     in_pairs = PromptPairs
+
     def __init__(self, backbone, cfg, label_texts):
         super().__init__(backbone, cfg, label_texts)
         table = backbone.model.get_input_embeddings().weight.detach().float()
