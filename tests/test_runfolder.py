@@ -171,6 +171,26 @@ def test_lock_is_exclusive_and_released(tmp_path):
     b.release()
 
 
+def test_held_by_names_the_holder_and_only_looks(tmp_path):
+    """`study run` asks who writes a folder before cleaning or resuming it: asking must neither
+    take the lock, nor create the lock file, nor remove the holder's."""
+    probe = runfolder.RunLock(tmp_path)
+    assert probe.held_by() is None and not (tmp_path / runfolder.RunLock.NAME).exists()
+    holder = runfolder.RunLock(tmp_path)
+    holder.acquire()
+    try:
+        assert probe.held_by().startswith(f"pid {os.getpid()} on ")
+        assert probe.held_by().startswith("pid ")  # asking twice: the holder still holds it
+        with pytest.raises(LtuneError, match="being written by another ltune run"):
+            runfolder.RunLock(tmp_path).acquire()
+    finally:
+        holder.release()
+    (tmp_path / runfolder.RunLock.NAME).write_text("pid 1 on gone, since 2026-01-01")  # left by a killed run
+    assert probe.held_by() is None and (tmp_path / runfolder.RunLock.NAME).exists()
+    holder.acquire()  # a stale file does not block the next writer
+    holder.release()
+
+
 def test_sighup_checkpoints_and_second_signal_still_says_how(sentiment_files, tmp_path, tiny_bert_dir,
                                                               monkeypatch):
     real_step = engine._step

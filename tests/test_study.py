@@ -258,6 +258,27 @@ def test_a_completed_run_made_with_other_settings_is_an_error_not_a_result(tmp_p
             call()
 
 
+def test_status_lists_a_stale_tune_run_instead_of_stopping(tmp_path, monkeypatch, capsys):
+    """A stale tune run stops `run` / `results` (tested above) but `status` reports every stage,
+    naming the folder to delete."""
+    import yaml
+
+    monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump(SPEC))
+    root = study.root_of(SPEC)
+    jobs = study.tune_jobs(SPEC)
+    for j in jobs:
+        _finish(j, root, 0.6)
+    cfg = jobs[0].folder(root) / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("max_steps: 10", "max_steps: 20"))
+    assert study.main(["status", "--plan", str(plan)]) == 0
+    out = capsys.readouterr().out
+    assert f"tune: 11/12 runs completed; 1 more made with other settings than the plan's, to delete and rerun: " \
+           f"{jobs[0].folder(root)}" in out
+    assert "final: 0/" in out and "ablate: 0/" in out
+
+
 def test_borrowed_cells_take_the_source_cells_choice_and_run_no_grid(tmp_path):
     spec = {**SPEC, "tune": {**SPEC["tune"], "borrow": {"minilm/r8": "minilm/sst2"}}}
     assert {j.dataset for j in study.tune_jobs(spec)} == {"sst2"}

@@ -393,6 +393,25 @@ class RunLock:
                       .encode(), 0)
         self.fd = fd
 
+    def held_by(self) -> str | None:
+        """Who holds the lock now ("pid ... on host, since ..."), or None when no process does. Only
+        looks: the lock file is neither created nor removed, and no lock is kept."""
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None  # no lock file: nobody has locked this folder (or it was released)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 400, 0).decode("utf-8", "replace").strip() or "another process"
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         if self.fd is not None:
             try:

@@ -14,9 +14,10 @@ from collections import Counter
 from pathlib import Path
 
 from ltune_cli import runfolder, study
+from ltune_cli.report import analysis
 from ltune_cli.report.analysis import BASELINE_OF, difference
 from ltune_cli.report.load import load_run
-from ltune_cli.report.stats import first_step_reaching, mean_curve, summarize
+from ltune_cli.report.stats import mean_curve, summarize
 
 
 def outputs_of(spec: dict) -> tuple[Path, Path]:
@@ -42,14 +43,6 @@ def _mean_std(values, digits: int = 3) -> str:
 
 def _signed(x: float | None) -> str:
     return "" if x is None else f"{x:+.3f}"
-
-
-def _metric_of(dataset: str) -> str:
-    from omegaconf import OmegaConf
-
-    from ltune_cli.paths import conf_dir
-
-    return str(OmegaConf.load(conf_dir() / "dataset" / f"{dataset}.yaml").get("primary_metric", "accuracy"))
 
 
 def load_stage_runs(spec: dict, table, stage: str) -> dict[tuple, list]:
@@ -140,13 +133,13 @@ def table1(spec: dict, final: dict) -> list[str]:
         if not datasets:
             continue
         head = [f"{d} {'MCC' if m == 'mcc' else 'accuracy'}" for d in datasets
-                for m in (("mcc", "accuracy") if _metric_of(d) == "mcc" else ("accuracy",))]
+                for m in (("mcc", "accuracy") if study.primary_metric(d) == "mcc" else ("accuracy",))]
         out += [f"**{model}**", "", "| method | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
         for method in spec["methods"]:
             row = []
             for d in datasets:
                 rs = final.get((model, d, method), [])
-                for m in (("mcc", "accuracy") if _metric_of(d) == "mcc" else ("accuracy",)):
+                for m in (("mcc", "accuracy") if study.primary_metric(d) == "mcc" else ("accuracy",)):
                     row.append(_mean_std(r.final.get(m) for r in rs))
             out.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(row) + " |")
         out.append("")
@@ -173,18 +166,22 @@ def paper_table() -> list[str]:
     return out
 
 
+def _groups(spec: dict, final: dict):
+    """The final runs in the compare report's shape (report.analysis): rows = methods (no variant,
+    no settings), columns = (dataset, model) in the plan's cell order, groups[(row, column)] = runs;
+    and the (L-Tuning row, baseline row) pairs."""
+    rows = [(m, "", ()) for m in spec["methods"]]
+    columns = [(dataset, model) for model, dataset in study.cells(spec)]
+    groups = {((method, "", ()), (dataset, model)): rs for (model, dataset, method), rs in final.items()}
+    return groups, rows, columns, analysis.lt_pairs(rows)
+
+
 def differences(spec: dict, final: dict) -> list[dict]:
     """L-Tuning minus its baseline per model x dataset on the primary metric: paired by seed and by
-    dev example (report.analysis.difference: the compare report's bootstrap)."""
-    out = []
-    for model, dataset in study.cells(spec):
-        metric = _metric_of(dataset)
-        for lt, base in BASELINE_OF.items():
-            a, b = final.get((model, dataset, lt)), final.get((model, dataset, base))
-            if a and b:
-                rec = difference(a, b, metric, N_BOOT, BOOT_SEED, f"{model}|{dataset}|{lt}|{base}|{metric}")
-                out.append({"model": model, "dataset": dataset, "lt": lt, "baseline": base, **rec})
-    return out
+    dev example (report.analysis.differences: the compare report's bootstrap)."""
+    groups, _, columns, pairs = _groups(spec, final)
+    metric = {col: study.primary_metric(col[0]) for col in columns}
+    return analysis.differences(groups, pairs, columns, metric, N_BOOT, BOOT_SEED)
 
 
 def differences_table(diffs: list[dict]) -> list[str]:
@@ -208,18 +205,13 @@ def differences_table(diffs: list[dict]) -> list[str]:
 
 def steps_to_target(spec: dict, final: dict) -> list[dict]:
     """Per pair: the first evaluated step at which each method's seed-mean accuracy curve reaches the
-    baseline's seed-mean final accuracy (None: never within the budget)."""
-    out = []
-    for model, dataset in study.cells(spec):
-        for lt, base in BASELINE_OF.items():
-            a, b = final.get((model, dataset, lt)), final.get((model, dataset, base))
-            if not (a and b):
-                continue
-            target, _, _ = summarize([r.final.get("accuracy") for r in b])
-            steps = {f"{who}_steps": first_step_reaching(mean_curve([r.evals for r in rs], "accuracy"), target, True)
-                     for who, rs in (("lt", a), ("baseline", b))}
-            out.append({"model": model, "dataset": dataset, "lt": lt, "baseline": base, "target": target, **steps})
-    return out
+    baseline's seed-mean final accuracy (None: never within the budget); report.analysis's, on
+    accuracy only (the two losses are not on one scale)."""
+    groups, _, columns, pairs = _groups(spec, final)
+    rows = analysis.steps_to_target(groups, pairs, columns, dict.fromkeys(columns, "accuracy"))
+    return [{"model": r["model"], "dataset": r["dataset"], "lt": r["lt"], "baseline": r["baseline"],
+             "target": r["target_metric"], "lt_steps": r["lt_steps_metric"],
+             "baseline_steps": r["baseline_steps_metric"]} for r in rows]
 
 
 def _step(step: int | None) -> str:
@@ -236,7 +228,8 @@ def steps_table(rows: list[dict], spec: dict) -> list[str]:
                                             "texts, the last step all of them" if limit else "") + ".", "",
            "| model | dataset | pair | target accuracy | baseline steps | L-Tuning steps |", "|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['model']} | {r['dataset']} | {METHOD_NAMES[r['lt']]} vs {r['baseline']} | {r['target']:.3f} "
+        target = "" if r["target"] is None else f"{r['target']:.3f}"
+        out.append(f"| {r['model']} | {r['dataset']} | {METHOD_NAMES[r['lt']]} vs {r['baseline']} | {target} "
                    f"| {_step(r['baseline_steps'])} | {_step(r['lt_steps'])} |")
     return out + [""]
 
@@ -257,14 +250,11 @@ def cost_table(spec: dict, table) -> list[str]:
                   "minutes: mean ± std wall time of one-thread runs.", ""]
 
 
-def curve_records(final: dict) -> list[dict]:
-    out = []
-    for (model, dataset, method), rs in final.items():
-        loss, acc = mean_curve([r.evals for r in rs], "val_loss"), mean_curve([r.evals for r in rs], "accuracy")
-        out.append({"label": METHOD_NAMES[method], "method": method, "dataset": dataset, "model": model,
-                    "n": len(rs), "steps": [s for s, _ in loss], "val_loss": [v for _, v in loss],
-                    "accuracy_steps": [s for s, _ in acc], "accuracy": [v for _, v in acc]})
-    return out
+def curve_records(spec: dict, final: dict) -> list[dict]:
+    """report.analysis's seed-mean curves, labelled with the paper's method names."""
+    groups, rows, columns, _ = _groups(spec, final)
+    return [{**c, "label": METHOD_NAMES.get(c["method"], c["method"])}
+            for c in analysis.curve_records(groups, rows, columns)]
 
 
 def write_figures(spec: dict, final: dict, folder: Path) -> list[Path]:
@@ -272,7 +262,7 @@ def write_figures(spec: dict, final: dict, folder: Path) -> list[Path]:
     from ltune_cli.report.plots import plot_curves
 
     names = []
-    records = curve_records(final)
+    records = curve_records(spec, final)
     for model in spec["cells"]:
         mine = [c for c in records if c["model"] == model]
         if mine:
@@ -297,7 +287,7 @@ def ablations(spec: dict, final: dict, abl: dict) -> list[dict]:
     """Each ablation minus the same method with its real label texts (same cell, same seeds)."""
     out = []
     for (model, dataset, method, name), rs in abl.items():
-        metric = _metric_of(dataset)
+        metric = study.primary_metric(dataset)
         real = final.get((model, dataset, method), [])
         rec = difference(rs, real, metric, N_BOOT, BOOT_SEED, f"{model}|{dataset}|{method}|{name}|{metric}")
         out.append({"model": model, "dataset": dataset, "method": method, "ablation": name,
@@ -378,12 +368,18 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict]) -
     return out
 
 
-def results_markdown(spec: dict, table, figures: list[str] | None = None, csv: str = "") -> str:
-    """docs/RESULTS.md from the runs table and the run folders it names."""
-    if table.empty:  # no completed run yet: the columns the sections read
-        table = table.reindex(columns=["stage", "model", "dataset", "method", "wall_time_s", "accuracy", "mcc",
-                                       "run_dir", "ablation", "trainable_params"])
-    final = load_stage_runs(spec, table, "final")
+def _with_columns(table):
+    """No completed run yet: an empty table with the columns the sections read."""
+    return table.reindex(columns=["stage", "model", "dataset", "method", "wall_time_s", "accuracy", "mcc", "run_dir",
+                                  "ablation", "trainable_params"]) if table.empty else table
+
+
+def results_markdown(spec: dict, table, figures: list[str] | None = None, csv: str = "",
+                     final: dict | None = None) -> str:
+    """docs/RESULTS.md from the runs table and the run folders it names (`final`: the final stage's
+    runs when the caller has loaded them already)."""
+    table = _with_columns(table)
+    final = load_stage_runs(spec, table, "final") if final is None else final
     abl = load_stage_runs(spec, table, "ablate")
     diffs = differences(spec, final)
     steps = steps_to_target(spec, final)
@@ -406,6 +402,7 @@ def write_results(spec: dict, md: Path, csv: Path, figures: bool = True) -> None
     table = study.runs_table(spec)
     csv.parent.mkdir(parents=True, exist_ok=True)
     runfolder.atomic_write_text(csv, table.to_csv(index=False))
-    pngs = write_figures(spec, load_stage_runs(spec, table, "final"), csv.parent) if figures else []
+    final = load_stage_runs(spec, _with_columns(table), "final")  # read once: the figures and the markdown
+    pngs = write_figures(spec, final, csv.parent) if figures else []
     links = [os.path.relpath(p, md.parent) for p in pngs]
-    runfolder.atomic_write_text(md, results_markdown(spec, table, links, str(csv)))
+    runfolder.atomic_write_text(md, results_markdown(spec, table, links, str(csv), final))
