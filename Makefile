@@ -46,7 +46,7 @@ STAGE ?= tune
 study: install
 	$(BIN)/python -m ltune_cli.study run $(STAGE) --jobs 2 $(ARGS)
 
-# docs/RESULTS.md and docs/results/study_runs.csv from the study's run folders (no number typed by hand).
+# docs/RESULTS.md, docs/results/study_runs.csv and README.md's results block from the study's run folders (no number typed by hand).
 results: install
 	$(BIN)/python -m ltune_cli.study results $(ARGS)
 

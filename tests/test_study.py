@@ -186,8 +186,21 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
         right = 24 + seed - (12 if j.values["ablation"] == "labels_meaningless" else 0)
         _finish(j, root, right / 40, seed=seed, preds=preds(right))
     md, csv = tmp_path / "RESULTS.md", tmp_path / "results" / "runs.csv"
-    study_report.write_results(SPEC, md, csv)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\nkept above\n{study_report.README_BEGIN}\nold numbers\n{study_report.README_END}\nkept below\n")
+    study_report.write_results(SPEC, md, csv, readme=readme)
     text = md.read_text()
+    block = readme.read_text()
+    assert block.startswith(f"# x\nkept above\n{study_report.README_BEGIN}\n") and block.endswith(
+        f"\n{study_report.README_END}\nkept below\n") and "old numbers" not in block
+    assert "10 of 10 final runs completed so far" in block and "(RESULTS.md)" in block
+    assert "| model | dataset | prefix | LT-prefix | LT-prefix − prefix |" in block  # no LT-prompt in this plan
+    assert "| minilm | sst2 | 0.613 ± 0.018 (n=2) | 0.887 ± 0.018 (n=2) | +0.275 [" in block
+    assert "| minilm | r8 | 0.625 ± 0.025 (n=3) | 0.625 ± 0.025 (n=3) | +0.000 [" in block
+    assert "- Scores, the paper's +0-2 points" in block  # the verdict's bullets, as in RESULTS.md
+    for line in block.splitlines():
+        if line.startswith("- "):
+            assert line in text.splitlines()
     assert "| tune | 12 / 12 | 0.0 |" in text and "| final | 10 / 10 |" in text and "| pilot | 0 / 2 |" in text
     assert "| ablate | 3 / 3 |" in text
     assert "| minilm | sst2 | prefix | 2 | 10 | 0.800 |  | 4 / 4 |" in text
@@ -208,11 +221,25 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     assert "![t_curves_minilm.png](results/t_curves_minilm.png)" in text  # beside the CSV, linked relatively
     assert (tmp_path / "results" / "t_curves_minilm.png").stat().st_size > 10_000
     figures = {p.name: p.read_bytes() for p in (tmp_path / "results").glob("t_curves_*")}
-    study_report.write_results(SPEC, md, csv)  # regenerated: the same bytes, figures included
+    before = block
+    study_report.write_results(SPEC, md, csv, readme=readme)  # regenerated: the same bytes, figures included
+    assert readme.read_text() == before
     assert md.read_text() == text and {p.name: p.read_bytes() for p in (tmp_path / "results").glob("t_curves_*")} == figures
     rows = csv.read_text().splitlines()
     assert "not distinguishable in 1 of 1 method x cell comparisons" in text  # pair framing = K-way here
     assert len(rows) == 1 + 12 + 10 + 3 and "tune/minilm-sst2/prefix/" in rows[1] and str(tmp_path) not in csv.read_text()
+
+
+def test_a_readme_without_its_markers_stops_results_before_anything_is_written(tmp_path, monkeypatch):
+    from ltune_cli import study_report
+
+    monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path / "out"))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{study_report.README_END}\n{study_report.README_BEGIN}\n")  # in the wrong order
+    for path in (readme, tmp_path / "missing.md"):
+        with pytest.raises(LtuneError, match=f"{path}: .*needs one line .*drop results.readme from the plan"):
+            study_report.write_results(SPEC, tmp_path / "RESULTS.md", tmp_path / "runs.csv", readme=path)
+    assert not (tmp_path / "RESULTS.md").exists() and not (tmp_path / "runs.csv").exists()
 
 
 def test_ties_on_the_held_out_score_go_to_the_lower_validation_loss(tmp_path):
@@ -319,3 +346,30 @@ def test_the_gpu_plan_expands_to_valid_runs():
         assert cfg.model.name == model and cfg.train.max_steps == 1000
         decoder = any(o.startswith("method.decoder_lr=") for o in job.overrides)
         assert decoder == (model in ("falcon_7b", "bloom_7b1", "llama2_7b"))
+
+
+def test_the_committed_results_are_what_make_results_writes_from_the_committed_runs(tmp_path, monkeypatch):
+    """docs/RESULTS.md, the per-run CSV and README.md's results block, as committed, are exactly what
+    `study results` writes from the committed run folders (no number typed or left stale by hand)."""
+    import io
+    import tarfile
+    from pathlib import Path
+
+    from ltune_cli import study_report
+
+    root = Path(__file__).resolve().parents[1]
+    plan = study.load_spec("reproduce_cpu")
+    paths = [*map(str, study_report.outputs_of(plan)), plan["results"]["readme"]]
+    try:
+        tar = subprocess.run(["git", "-C", str(root), "archive", "HEAD", "outputs/study", *paths],
+                             capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout with committed study runs")
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        t.extractall(tmp_path, filter="data")
+    committed = {p: (tmp_path / p).read_text() for p in paths}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LTUNE_OUTPUTS", raising=False)
+    assert study.main(["results"]) == 0
+    for p in paths:
+        assert (tmp_path / p).read_text() == committed[p], f"{p} is not what `make results` writes: run it and commit"

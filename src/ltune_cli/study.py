@@ -504,8 +504,9 @@ def main(argv: list[str] | None = None) -> int:
             from ltune_cli import study_report as sr
 
             md, csv = sr.outputs_of(spec)
-            sr.write_results(spec, md, csv)
-            print(f"wrote {md}, {csv} and the figures beside it")
+            readme = (spec.get("results") or {}).get("readme")
+            sr.write_results(spec, md, csv, readme=Path(readme) if readme else None)
+            print(f"wrote {md}, {csv} and the figures beside it" + (f"; the results block of {readme}" if readme else ""))
             return 0
         if a.command == "chosen":
             print(json.dumps({"/".join(k): v for k, v in choose(spec, root_of(spec), strict=False).items()},
