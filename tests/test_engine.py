@@ -126,6 +126,35 @@ def test_resume_in_process_equals_uninterrupted(sentiment_files, tmp_path, tiny_
     assert runfolder.read_results(cut)["final"] == runfolder.read_results(full)["final"]
 
 
+def test_a_resumed_run_counts_the_time_of_every_sitting(sentiment_files, tmp_path, tiny_bert_dir, monkeypatch):
+    """wall_time_s / train_time_s and the records' time_s of a run resumed from step 4: its first
+    sitting's seconds up to that checkpoint plus the second's (a clock that moves 10 s a step)."""
+    import types
+
+    clock = {"t": 1e9}
+    real_step, calls = engine._step, {"n": 0}
+
+    def step(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise SystemExit("killed")  # steps 5 (done, no checkpoint) and 6 are lost
+        clock["t"] += 10.0
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(time=lambda: clock["t"]))
+    monkeypatch.setattr(engine, "_step", step)
+    cfg = cfg_for(sentiment_files, tmp_path / "cut", tiny_bert_dir, steps=8,
+                  **{"train.checkpoint_every": 4, "train.log_every": 2, "train.eval_every": 100})
+    with pytest.raises(SystemExit):
+        engine.train(cfg)
+    clock["t"] += 5000.0  # the machine is off between the sittings: not the run's time
+    cfg.resume = True
+    res = runfolder.read_results(engine.train(cfg))
+    assert res["train_time_s"] == res["wall_time_s"] == 80.0  # steps 1-4, then 5-8 again
+    times = [r["time_s"] for r in runfolder.read_metrics(cfg.out_dir) if r["kind"] == "train"]
+    assert times == [20.0, 40.0, 60.0, 80.0]
+
+
 def _cli(*args, env_extra=None, **kw):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.Popen([sys.executable, "-m", "ltune_cli", *args], stdout=subprocess.PIPE,

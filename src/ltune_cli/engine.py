@@ -306,12 +306,19 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
     # train.keep_best / train.early_stop_patience: the best evaluation so far (selection.py).
     sel = Selection(cfg.dataset.primary_metric, tc.keep_best, tc.early_stop_patience)
     stopped_at = None
+    # Wall and training seconds of the earlier sittings of a resumed run, up to the checkpoint it
+    # resumes from: results.json and the records' time_s count the whole run, not its last sitting.
+    before = {"wall": 0.0, "train": 0.0}
+
+    def elapsed() -> dict:
+        now = time.time()
+        return {"wall": before["wall"] + now - t_start, "train": before["train"] + now - t_train}
 
     def snapshot() -> dict:
         return {"step": step, "trainable": method.trainable_state(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "order": order.state_dict(),
                 "pairs_gen": pairs_gen.get_state(), "rng": checkpoint.rng_state(), "window": dict(window),
-                "scaler": scaler.state_dict(), "selection": sel.state_dict(),
+                "scaler": scaler.state_dict(), "selection": sel.state_dict(), "elapsed": elapsed(),
                 "metrics_bytes": metrics_path.stat().st_size, "micro_batches": hw.grad_accum * d.world}
 
     if ckpt is not None:
@@ -324,6 +331,7 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
             scaler.load_state_dict(ckpt["scaler"])
         checkpoint.set_rng_state(ckpt["rng"])
         window, step = ckpt["window"], ckpt["step"]
+        before.update(ckpt.get("elapsed") or {})  # checkpoints before this key: the last sitting only
         sel.load_state_dict(ckpt.get("selection"))
         if sel.exhausted() and step < tc.max_steps:  # interrupted at the very evaluation that stopped it
             stopped_at = step
@@ -384,14 +392,14 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
                 # A window whose every batch was skipped (on_nonfinite=skip) has no loss: null, not 0.0.
                 rec = {"kind": "train", "step": step, "train_loss": window["loss"] / n if n else None,
                        "lr": sched.get_last_lr()[0], "examples_per_s": n * len(idx) / max(dt, 1e-9),
-                       "time_s": time.time() - t_train}
+                       "time_s": elapsed()["train"]}
                 runlog.record(rec)
                 window.update(loss=0.0, n=0)
                 window_t = time.time()
             if step % tc.eval_every == 0 or step == tc.max_steps:
                 limit = tc.curve_eval_limit if step < tc.max_steps else None
                 m, preds = evaluate(s, on_batch=runlog.report.eval_progress(), limit=limit)
-                rec = {"kind": "eval", "step": step, **m, "time_s": time.time() - t_train}
+                rec = {"kind": "eval", "step": step, **m, "time_s": elapsed()["train"]}
                 if limit is not None and limit < len(s.eval_enc):
                     rec["eval_examples"] = limit
                 runlog.record(rec)
@@ -418,7 +426,7 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
                 log.info("early stop at step %d: %s has not improved for %d evaluations (best %.4f at step %d)",
                          step, sel.metric, sel.patience, sel.best[sel.metric], sel.best["step"])
                 break
-    train_time = time.time() - t_train
+    train_time = elapsed()["train"]
     if preds is None:  # resumed exactly at the end: score the final weights once more
         m, preds = evaluate(s)
         last_eval = {"kind": "eval", "step": step, **m}
@@ -431,7 +439,7 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
         runfolder.write_json(run_dir / "predictions.json",
                              {"gold": s.eval_enc.labels, "pred": preds, "label_texts": s.data.label_texts})
         results = runfolder.result_record(cfg, s, status="completed", history=history, steps=step,
-                                          wall=time.time() - t_start, train_time=train_time,
+                                          wall=elapsed()["wall"], train_time=train_time,
                                           saved=sel.best if sel.keep_best else None)
         results.update(sel.summary(last_eval, stopped_at))
         results["distributed"] = {"strategy": d.strategy, "world_size": d.world, "backend": d.backend,
