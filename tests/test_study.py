@@ -207,6 +207,7 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     # Table 1, wide per model: sst2 prefix seeds 0, 1 -> 24, 25 right of 40; lt_prefix 36, 35
     assert "| prefix | 0.613 ± 0.018 (n=2) | 0.625 ± 0.025 (n=3) |" in text
     assert "| LT-prefix | 0.887 ± 0.018 (n=2) | 0.625 ± 0.025 (n=3) |" in text
+    assert "Scored examples: sst2 40, r8 40." in text
     assert "| base LMs | cola BERT |" in text and "| LT-prefix | 0.812 | 0.803 | 0.840 |" in text  # the paper's
     assert "| minilm | sst2 | accuracy | +0.275 [" in text and "] * (n=2) |" in text
     assert "| minilm | r8 | accuracy | +0.000 [" in text

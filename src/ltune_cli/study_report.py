@@ -142,7 +142,9 @@ def table1(spec: dict, final: dict) -> list[str]:
                 for m in (("mcc", "accuracy") if study.primary_metric(d) == "mcc" else ("accuracy",)):
                     row.append(_mean_std(r.final.get(m) for r in rs))
             out.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(row) + " |")
-        out.append("")
+        sizes = [f"{d} {'/'.join(map(str, n))}" for d in datasets
+                 if (n := sorted({r.eval_examples for k, rs in final.items() if k[:2] == (model, d) for r in rs}))]
+        out += ["", f"Scored examples: {', '.join(sizes)}.", ""]
     return out + paper_table()
 
 
