@@ -208,6 +208,7 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     assert "| prefix | 0.613 ± 0.018 (n=2) | 0.625 ± 0.025 (n=3) |" in text
     assert "| LT-prefix | 0.887 ± 0.018 (n=2) | 0.625 ± 0.025 (n=3) |" in text
     assert "Scored examples: sst2 40, r8 40." in text
+    assert "| minilm | sst2 | LT-prefix | 0.700 at 5, 0.887 at 10 | +0.188 over the last 5 steps |" in text
     assert "| base LMs | cola BERT |" in text and "| LT-prefix | 0.812 | 0.803 | 0.840 |" in text  # the paper's
     assert "| minilm | sst2 | accuracy | +0.275 [" in text and "] * (n=2) |" in text
     assert "| minilm | r8 | accuracy | +0.000 [" in text
@@ -241,6 +242,20 @@ def test_a_readme_without_its_markers_stops_results_before_anything_is_written(t
         with pytest.raises(LtuneError, match=f"{path}: .*needs one line .*drop results.readme from the plan"):
             study_report.write_results(SPEC, tmp_path / "RESULTS.md", tmp_path / "runs.csv", readme=path)
     assert not (tmp_path / "RESULTS.md").exists() and not (tmp_path / "runs.csv").exists()
+
+
+def test_the_plateau_check_scores_the_last_step_on_the_curves_texts():
+    """Curve points score the first curve_eval_limit dev texts, the last step all of them: the plateau
+    check reads the last step's accuracy on those same texts from predictions.json."""
+    from types import SimpleNamespace
+
+    from ltune_cli import study_report
+
+    run = SimpleNamespace(evals=[{"step": 5, "accuracy": 0.5, "eval_examples": 4}, {"step": 10, "accuracy": 4 / 6}],
+                          predictions={"gold": [0, 1, 0, 1, 0, 1], "pred": [0, 1, 1, 1, 0, 0]})
+    assert study_report._subset_curve(run) == [{"step": 5, "accuracy": 0.5}, {"step": 10, "accuracy": 0.75}]
+    run.evals[0].pop("eval_examples")  # every point scored all texts: the curve as logged
+    assert study_report._subset_curve(run)[-1] == {"step": 10, "accuracy": 4 / 6}
 
 
 def test_ties_on_the_held_out_score_go_to_the_lower_validation_loss(tmp_path):

@@ -216,6 +216,47 @@ def steps_to_target(spec: dict, final: dict) -> list[dict]:
              "baseline_steps": r["baseline_steps_metric"]} for r in rows]
 
 
+def _subset_curve(run) -> list[dict]:
+    """The run's accuracy curve on one set of texts: the curve points before the last step score the
+    first `train.curve_eval_limit` dev texts; the last step's accuracy on those same texts comes from
+    predictions.json (the last step scored all of them, in order)."""
+    n = next((e["eval_examples"] for e in run.evals if e.get("eval_examples")), None)
+    if n is None or not run.predictions:
+        return [{"step": e["step"], "accuracy": e.get("accuracy")} for e in run.evals]
+    gold, pred = run.predictions["gold"][:n], run.predictions["pred"][:n]
+    last = run.evals[-1]
+    return [{"step": e["step"], "accuracy": e.get("accuracy")} for e in run.evals[:-1]] + [
+        {"step": last["step"], "accuracy": sum(g == p for g, p in zip(gold, pred, strict=True)) / n}]
+
+
+def budget_check(spec: dict, final: dict) -> list[str]:
+    """Has the best method of each cell plateaued within the step budget? Its seed-mean accuracy on
+    the curve's texts at the last three evaluations."""
+    out = []
+    for model, dataset in study.cells(spec):
+        metric = study.primary_metric(dataset)
+        stats = {m: summarize([r.final.get(metric) for r in final.get((model, dataset, m), [])])
+                 for m in spec["methods"]}
+        means = {m: mean for m, (mean, _, n) in stats.items() if n}
+        if not means:
+            continue
+        best = max(means, key=means.get)
+        curve = mean_curve([_subset_curve(r) for r in final[(model, dataset, best)]], "accuracy")[-3:]
+        if len(curve) < 2:
+            continue
+        points = ", ".join(f"{a:.3f} at {st}" for st, a in curve)
+        out.append(f"| {model} | {dataset} | {METHOD_NAMES[best]} | {points} | {curve[-1][1] - curve[0][1]:+.3f} "
+                   f"over the last {curve[-1][0] - curve[0][0]} steps |")
+    if not out:
+        return []
+    limit = next((o.split("=")[1] for o in spec.get("common", []) if o.startswith("train.curve_eval_limit")), None)
+    texts = f"the first {limit} dev texts" if limit else "the dev split"
+    return ["## Has the best method plateaued?", "",
+            f"Per cell, the method with the best mean final score: its seed-mean accuracy on {texts} (the last step "
+            "recomputed from predictions.json on the same texts) at its last three evaluations.", "",
+            "| model | dataset | best method | accuracy | change |", "|---|---|---|---|---|", *out, ""]
+
+
 def _step(step: int | None) -> str:
     return "−" if step is None else str(step)
 
@@ -442,6 +483,7 @@ def render(spec: dict, table, final: dict, figures: list[str] | None = None, csv
            f"`{csv or outputs_of(spec)[1]}`. Do not edit by hand.", ""]
     out += verdict_lines
     out += progress(spec, table) + table1(spec, final) + differences_table(diffs) + steps_table(steps, spec)
+    out += budget_check(spec, final)
     out += figures_section(figures or []) + ablation_table(abl_rows) + cost_table(spec, table)
     out += chosen_table(spec, table) + pilot(spec, table)
     return "\n".join(out).rstrip("\n") + "\n", headline(spec, table, final, diffs, verdict_lines, md_link)
