@@ -244,18 +244,32 @@ def test_a_readme_without_its_markers_stops_results_before_anything_is_written(t
     assert not (tmp_path / "RESULTS.md").exists() and not (tmp_path / "runs.csv").exists()
 
 
-def test_the_plateau_check_scores_the_last_step_on_the_curves_texts():
-    """Curve points score the first curve_eval_limit dev texts, the last step all of them: the plateau
-    check reads the last step's accuracy on those same texts from predictions.json."""
+def test_curves_and_steps_to_target_score_one_set_of_texts():
+    """Curve points score the first curve_eval_limit dev texts, the last step all of them: the
+    curves, the plateau check and steps to target read the last step's accuracy on those same texts
+    from predictions.json (target included), not a full-dev score beside subset points."""
     from types import SimpleNamespace
 
     from ltune_cli import study_report
 
-    run = SimpleNamespace(evals=[{"step": 5, "accuracy": 0.5, "eval_examples": 4}, {"step": 10, "accuracy": 4 / 6}],
-                          predictions={"gold": [0, 1, 0, 1, 0, 1], "pred": [0, 1, 1, 1, 0, 0]})
-    assert study_report._subset_curve(run) == [{"step": 5, "accuracy": 0.5}, {"step": 10, "accuracy": 0.75}]
-    run.evals[0].pop("eval_examples")  # every point scored all texts: the curve as logged
-    assert study_report._subset_curve(run)[-1] == {"step": 10, "accuracy": 4 / 6}
+    def run(subset_acc, full_acc, pred):
+        return SimpleNamespace(evals=[{"step": 5, "accuracy": subset_acc, "eval_examples": 4},
+                                      {"step": 10, "accuracy": full_acc}], final={"accuracy": full_acc},
+                               predictions={"gold": [0, 1, 0, 1, 0, 1], "pred": pred})
+
+    base = run(0.5, 4 / 6, [0, 1, 1, 1, 0, 0])  # 3 of the first 4 right: 0.75 on the curve's texts
+    lt = run(0.75, 5 / 6, [0, 1, 0, 1, 1, 1])  # 4 of 4
+    moved = study_report.on_curve_texts(base)
+    assert [e["accuracy"] for e in moved.evals] == [0.5, 0.75] and moved.final["accuracy"] == 0.75
+    assert base.final["accuracy"] == 4 / 6 and base.evals[-1]["accuracy"] == 4 / 6  # a copy
+    final = {("minilm", "sst2", "prefix"): [base], ("minilm", "sst2", "lt_prefix"): [lt]}
+    (row,) = study_report.steps_to_target(SPEC, final)
+    # the target: the baseline's 0.75 on the curve's 4 texts, not its full-dev 0.667
+    assert (row["target"], row["lt_steps"], row["baseline_steps"]) == (0.75, 5, 10)
+    curves = {c["method"]: c["accuracy"] for c in study_report.curve_records(SPEC, final)}
+    assert curves == {"prefix": [0.5, 0.75], "lt_prefix": [0.75, 1.0]}
+    base.evals[0].pop("eval_examples")  # every point scored all texts: the run as logged
+    assert study_report.on_curve_texts(base) is base
 
 
 def test_ties_on_the_held_out_score_go_to_the_lower_validation_loss(tmp_path):

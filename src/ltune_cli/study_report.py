@@ -207,26 +207,35 @@ def differences_table(diffs: list[dict]) -> list[str]:
 
 def steps_to_target(spec: dict, final: dict) -> list[dict]:
     """Per pair: the first evaluated step at which each method's seed-mean accuracy curve reaches the
-    baseline's seed-mean final accuracy (None: never within the budget); report.analysis's, on
-    accuracy only (the two losses are not on one scale)."""
-    groups, _, columns, pairs = _groups(spec, final)
+    baseline's seed-mean final accuracy (None: never within the budget), every point on the curve's
+    texts (on_curve_texts); report.analysis's, on accuracy only (the two losses are not on one scale)."""
+    groups, _, columns, pairs = _groups(spec, _on_curve_texts_all(final))
     rows = analysis.steps_to_target(groups, pairs, columns, dict.fromkeys(columns, "accuracy"))
     return [{"model": r["model"], "dataset": r["dataset"], "lt": r["lt"], "baseline": r["baseline"],
              "target": r["target_metric"], "lt_steps": r["lt_steps_metric"],
              "baseline_steps": r["baseline_steps_metric"]} for r in rows]
 
 
-def _subset_curve(run) -> list[dict]:
-    """The run's accuracy curve on one set of texts: the curve points before the last step score the
-    first `train.curve_eval_limit` dev texts; the last step's accuracy on those same texts comes from
-    predictions.json (the last step scored all of them, in order)."""
+def on_curve_texts(run):
+    """The run with its accuracy curve on one set of texts. Curve points before the last step score
+    the first `train.curve_eval_limit` dev texts, the last step all of them: here the last step's
+    accuracy (in `evals` and `final`) is the one on those same texts, from predictions.json (scored
+    in dev order). A run whose every point scored all texts is returned as it is."""
+    import copy
+
     n = next((e["eval_examples"] for e in run.evals if e.get("eval_examples")), None)
     if n is None or not run.predictions:
-        return [{"step": e["step"], "accuracy": e.get("accuracy")} for e in run.evals]
+        return run
     gold, pred = run.predictions["gold"][:n], run.predictions["pred"][:n]
-    last = run.evals[-1]
-    return [{"step": e["step"], "accuracy": e.get("accuracy")} for e in run.evals[:-1]] + [
-        {"step": last["step"], "accuracy": sum(g == p for g, p in zip(gold, pred, strict=True)) / n}]
+    acc = sum(g == p for g, p in zip(gold, pred, strict=True)) / n
+    out = copy.copy(run)
+    out.evals = [*run.evals[:-1], {**run.evals[-1], "accuracy": acc, "eval_examples": n}]
+    out.final = {**(run.final or {}), "accuracy": acc}
+    return out
+
+
+def _on_curve_texts_all(final: dict) -> dict:
+    return {k: [on_curve_texts(r) for r in rs] for k, rs in final.items()}
 
 
 def budget_check(spec: dict, final: dict) -> list[str]:
@@ -241,7 +250,7 @@ def budget_check(spec: dict, final: dict) -> list[str]:
         if not means:
             continue
         best = max(means, key=means.get)
-        curve = mean_curve([_subset_curve(r) for r in final[(model, dataset, best)]], "accuracy")[-3:]
+        curve = mean_curve([on_curve_texts(r).evals for r in final[(model, dataset, best)]], "accuracy")[-3:]
         if len(curve) < 2:
             continue
         points = ", ".join(f"{a:.3f} at {st}" for st, a in curve)
@@ -249,12 +258,17 @@ def budget_check(spec: dict, final: dict) -> list[str]:
                    f"over the last {curve[-1][0] - curve[0][0]} steps |")
     if not out:
         return []
-    limit = next((o.split("=")[1] for o in spec.get("common", []) if o.startswith("train.curve_eval_limit")), None)
-    texts = f"the first {limit} dev texts" if limit else "the dev split"
     return ["## Has the best method plateaued?", "",
-            f"Per cell, the method with the best mean final score: its seed-mean accuracy on {texts} (the last step "
-            "recomputed from predictions.json on the same texts) at its last three evaluations.", "",
+            f"Per cell, the method with the best mean final score: its seed-mean accuracy on {_curve_texts(spec)} "
+            "at its last three evaluations.", "",
             "| model | dataset | best method | accuracy | change |", "|---|---|---|---|---|", *out, ""]
+
+
+def _curve_texts(spec: dict) -> str:
+    """Which texts the curves score (the plan's train.curve_eval_limit)."""
+    limit = next((o.split("=")[1] for o in spec.get("common", []) if o.startswith("train.curve_eval_limit")), None)
+    return (f"the first {limit} dev texts (the last step's accuracy on them recomputed from predictions.json)"
+            if limit else "the whole dev split")
 
 
 def _step(step: int | None) -> str:
@@ -264,11 +278,9 @@ def _step(step: int | None) -> str:
 def steps_table(rows: list[dict], spec: dict) -> list[str]:
     if not rows:
         return []
-    limit = next((o.split("=")[1] for o in spec.get("common", []) if o.startswith("train.curve_eval_limit")), None)
     out = ["## Steps to target", "",
            "First evaluated step at which the seed-mean accuracy reaches the baseline's final accuracy "
-           "(− : not within the budget)" + (f"; curve points before the last step score the first {limit} dev "
-                                            "texts, the last step all of them" if limit else "") + ".", "",
+           f"(− : not within the budget), every point and the target on {_curve_texts(spec)}.", "",
            "| model | dataset | pair | target accuracy | baseline steps | L-Tuning steps |", "|---|---|---|---|---|---|"]
     for r in rows:
         target = "" if r["target"] is None else f"{r['target']:.3f}"
@@ -294,8 +306,9 @@ def cost_table(spec: dict, table) -> list[str]:
 
 
 def curve_records(spec: dict, final: dict) -> list[dict]:
-    """report.analysis's seed-mean curves, labelled with the paper's method names."""
-    groups, rows, columns, _ = _groups(spec, final)
+    """report.analysis's seed-mean curves (accuracy on the curve's texts throughout: on_curve_texts),
+    labelled with the paper's method names."""
+    groups, rows, columns, _ = _groups(spec, _on_curve_texts_all(final))
     return [{**c, "label": METHOD_NAMES.get(c["method"], c["method"])}
             for c in analysis.curve_records(groups, rows, columns)]
 
@@ -315,14 +328,14 @@ def write_figures(spec: dict, final: dict, folder: Path) -> list[Path]:
     return names
 
 
-def figures_section(figures: list[str]) -> list[str]:
+def figures_section(spec: dict, figures: list[str]) -> list[str]:
     """`figures`: the PNGs' paths relative to the markdown file."""
     if not figures:
         return []
     out = ["## Convergence (the paper's Fig. 2)", "",
-           "Seed-mean validation loss (above) and accuracy (below) against the step. The losses are not on one "
-           "scale (L-Tuning: binary cross-entropy over text x label pairs; baselines: K-way cross-entropy), so "
-           "compare the accuracy curves and the steps to target.", ""]
+           "Seed-mean validation loss (above) and accuracy (below) against the step, accuracy on "
+           f"{_curve_texts(spec)}. The losses are not on one scale (L-Tuning: binary cross-entropy over text x label "
+           "pairs; baselines: K-way cross-entropy), so compare the accuracy curves and the steps to target.", ""]
     return out + [f"![{Path(f).name}]({f})" for f in figures] + [""]
 
 
@@ -484,7 +497,7 @@ def render(spec: dict, table, final: dict, figures: list[str] | None = None, csv
     out += verdict_lines
     out += progress(spec, table) + table1(spec, final) + differences_table(diffs) + steps_table(steps, spec)
     out += budget_check(spec, final)
-    out += figures_section(figures or []) + ablation_table(abl_rows) + cost_table(spec, table)
+    out += figures_section(spec, figures or []) + ablation_table(abl_rows) + cost_table(spec, table)
     out += chosen_table(spec, table) + pilot(spec, table)
     return "\n".join(out).rstrip("\n") + "\n", headline(spec, table, final, diffs, verdict_lines, md_link)
 
