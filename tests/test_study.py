@@ -203,7 +203,11 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
             assert line in text.splitlines()
     assert "| tune | 12 / 12 | 0.0 |" in text and "| final | 10 / 10 |" in text and "| pilot | 0 / 2 |" in text
     assert "| ablate | 3 / 3 |" in text
-    assert "| minilm | sst2 | prefix | 2 | 10 | 0.800 |  | 4 / 4 |" in text
+    assert "| minilm | sst2 | prefix | 2 (edge) | 10 | 0.800 |  | 4 / 4 |" in text
+    assert ("- Equal tuning: 4 of 4 tuned choices lie at an edge of the learning-rate grid (minilm/r8/lt_prefix, "
+            "minilm/r8/prefix, minilm/sst2/lt_prefix, minilm/sst2/prefix)") in text
+    three = {"tune": {"lr_scale": [0.3, 1.0, 3.0]}}
+    assert [study_report.at_grid_edge(three, {"lr_scale": x}) for x in (0.3, 1.0, 3.0)] == [True, False, True]
     # Table 1, wide per model: sst2 prefix seeds 0, 1 -> 24, 25 right of 40; lt_prefix 36, 35
     assert "| prefix | 0.613 ± 0.018 (n=2) | 0.625 ± 0.025 (n=3) |" in text
     assert "| LT-prefix | 0.887 ± 0.018 (n=2) | 0.625 ± 0.025 (n=3) |" in text
