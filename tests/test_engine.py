@@ -338,7 +338,8 @@ def test_existing_run_folder_is_never_overwritten(sentiment_files, tmp_path, tin
 def test_curve_eval_limit_scores_a_subset_on_the_way_and_everything_at_the_end(sentiment_files, tmp_path,
                                                                                tiny_bert_dir):
     """train.curve_eval_limit: evaluations before the last step score the first N eval texts (and
-    say so); the last one, results.json and predictions.json cover the whole eval split."""
+    say so); the last one, results.json and predictions.json cover the whole eval split, and the
+    last one records the first N texts' scores as well (curve_*)."""
     run = engine.train(cfg_for(sentiment_files, tmp_path / "run", tiny_bert_dir, method="lt_prompt",
                                **{"train.curve_eval_limit": 10}))
     evals = [r for r in runfolder.read_metrics(run) if r["kind"] == "eval"]
@@ -353,6 +354,11 @@ def test_curve_eval_limit_scores_a_subset_on_the_way_and_everything_at_the_end(s
     (m10, p10), (_, p_all) = engine.evaluate(s, limit=10), engine.evaluate(s)
     assert len(p10) == 10 and (p10 == p_all[:10]).all()
     assert m10["accuracy"] == pytest.approx((p10 == s.eval_enc.labels[:10]).mean())
+    # the last evaluation also scores the curve's 10 texts (curve_*): the curve ends on the texts it began on
+    m_both, _ = engine.evaluate(s, also_first=10)
+    assert m_both["curve_eval_examples"] == 10 and {k: m_both[f"curve_{k}"] for k in m10} == m10
+    assert {k: m_both[k] for k in m10} == engine.evaluate(s)[0]
+    assert evals[-1]["curve_eval_examples"] == 10 and "curve_val_loss" in evals[-1] and "curve_val_loss" not in evals[0]
     with pytest.raises(LtuneError, match="curve_eval_limit.*keep_best"):
         cfg_for(sentiment_files, tmp_path / "x", tiny_bert_dir, **{"train.curve_eval_limit": 10,
                                                                     "train.keep_best": True})

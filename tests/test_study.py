@@ -249,31 +249,37 @@ def test_a_readme_without_its_markers_stops_results_before_anything_is_written(t
 
 
 def test_curves_and_steps_to_target_score_one_set_of_texts():
-    """Curve points score the first curve_eval_limit dev texts, the last step all of them: the
-    curves, the plateau check and steps to target read the last step's accuracy on those same texts
-    from predictions.json (target included), not a full-dev score beside subset points."""
-    from types import SimpleNamespace
+    """Curve points score the first curve_eval_limit dev texts, the last step all of them: curves,
+    the plateau check and steps to target read the last step on those same texts (its curve_*
+    scores, or for older runs the accuracy from predictions.json), target included."""
+    from pathlib import Path
 
     from ltune_cli import study_report
+    from ltune_cli.report.load import Run
 
-    def run(subset_acc, full_acc, pred):
-        return SimpleNamespace(evals=[{"step": 5, "accuracy": subset_acc, "eval_examples": 4},
-                                      {"step": 10, "accuracy": full_acc}], final={"accuracy": full_acc},
-                               predictions={"gold": [0, 1, 0, 1, 0, 1], "pred": pred})
+    def run(method, subset_acc, full_acc, pred, curve=None):
+        last = {"step": 10, "accuracy": full_acc, "val_loss": 0.5}
+        if curve is not None:
+            last.update({"curve_accuracy": curve, "curve_val_loss": 0.25, "curve_eval_examples": 4})
+        return Run(path=Path(method), name=method, method=method, variant="", model="minilm", dataset="sst2", seed=0,
+                   status="completed", error=None, primary_metric="accuracy", final={"accuracy": full_acc},
+                   eval_examples=6, trainable_params=1, total_params=2, created="",
+                   evals=[{"step": 5, "accuracy": subset_acc, "val_loss": 0.75, "eval_examples": 4}, last],
+                   predictions={"gold": [0, 1, 0, 1, 0, 1], "pred": pred})
 
-    base = run(0.5, 4 / 6, [0, 1, 1, 1, 0, 0])  # 3 of the first 4 right: 0.75 on the curve's texts
-    lt = run(0.75, 5 / 6, [0, 1, 0, 1, 1, 1])  # 4 of 4
-    moved = study_report.on_curve_texts(base)
-    assert [e["accuracy"] for e in moved.evals] == [0.5, 0.75] and moved.final["accuracy"] == 0.75
-    assert base.final["accuracy"] == 4 / 6 and base.evals[-1]["accuracy"] == 4 / 6  # a copy
+    base = run("prefix", 0.5, 4 / 6, [0, 1, 1, 1, 0, 0])  # older run: 3 of its first 4 right, from predictions
+    lt = run("lt_prefix", 0.75, 5 / 6, [0, 1, 0, 1, 1, 1], curve=1.0)  # records its curve_* scores
+    assert [e.get("accuracy") for e in base.curve()] == [0.5, 0.75] and base.curve()[-1].get("val_loss") is None
+    assert lt.curve()[-1] == {"kind": "eval", "step": 10, "accuracy": 1.0, "val_loss": 0.25, "eval_examples": 4}
+    assert base.final["accuracy"] == 4 / 6 and base.evals[-1]["accuracy"] == 4 / 6  # the run itself is unchanged
     final = {("minilm", "sst2", "prefix"): [base], ("minilm", "sst2", "lt_prefix"): [lt]}
     (row,) = study_report.steps_to_target(SPEC, final)
     # the target: the baseline's 0.75 on the curve's 4 texts, not its full-dev 0.667
     assert (row["target"], row["lt_steps"], row["baseline_steps"]) == (0.75, 5, 10)
-    curves = {c["method"]: c["accuracy"] for c in study_report.curve_records(SPEC, final)}
-    assert curves == {"prefix": [0.5, 0.75], "lt_prefix": [0.75, 1.0]}
+    curves = {c["method"]: (c["accuracy"], c["val_loss"]) for c in study_report.curve_records(SPEC, final)}
+    assert curves == {"prefix": ([0.5, 0.75], [0.75]), "lt_prefix": ([0.75, 1.0], [0.75, 0.25])}
     base.evals[0].pop("eval_examples")  # every point scored all texts: the run as logged
-    assert study_report.on_curve_texts(base) is base
+    assert base.curve() is base.evals and base.curve_final("accuracy") == 4 / 6
 
 
 def test_ties_on_the_held_out_score_go_to_the_lower_validation_loss(tmp_path):

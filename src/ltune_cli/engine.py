@@ -114,11 +114,14 @@ def _to_device(method, backbone, device: torch.device):
 
 # --------------------------------------------------------------------------- evaluation
 @torch.inference_mode()
-def evaluate(s: Setup, batch_size: int | None = None, on_batch=None, limit: int | None = None) -> tuple[dict, np.ndarray]:
+def evaluate(s: Setup, batch_size: int | None = None, on_batch=None, limit: int | None = None,
+             also_first: int | None = None) -> tuple[dict, np.ndarray]:
     """Score every eval text against all labels; returns (metrics, predictions in data order).
 
     on_batch(done, total): called after each batch (a progress bar), if given.
     limit: only the first `limit` eval texts (train.curve_eval_limit's intermediate evaluations).
+    also_first: the metrics of the first `also_first` texts too, as `curve_<metric>` (the last
+    evaluation of a run whose curve scores a subset: its curve ends on the same texts).
 
     With several processes each scores every world-th batch and the (N, K) score matrix is
     assembled on all of them (distributed.gather_rows); metrics come from the whole matrix.
@@ -151,11 +154,19 @@ def evaluate(s: Setup, batch_size: int | None = None, on_batch=None, limit: int 
     method.train(was_training)
     scores = torch.from_numpy(distributed.gather_rows(all_scores))
     labels = torch.from_numpy(enc.labels)
+    metrics = _metrics(method, scores, labels)
+    if also_first is not None and also_first < n:
+        metrics.update({f"curve_{k}": v for k, v in _metrics(method, scores[:also_first], labels[:also_first]).items()},
+                       curve_eval_examples=also_first)
+    return metrics, scores.argmax(-1).numpy()
+
+
+def _metrics(method, scores: torch.Tensor, labels: torch.Tensor) -> dict:
     preds = scores.argmax(-1).numpy()
     metrics = {"val_loss": method.score_loss(scores, labels).mean().item(),
-               **classification_scores(preds, enc.labels)}
+               **classification_scores(preds, labels.numpy())}
     metrics.update({k: v.float().mean().item() for k, v in method.extra_metrics(scores, labels).items()})
-    return metrics, preds
+    return metrics
 
 
 # --------------------------------------------------------------------------- training
@@ -398,7 +409,8 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
                 window_t = time.time()
             if step % tc.eval_every == 0 or step == tc.max_steps:
                 limit = tc.curve_eval_limit if step < tc.max_steps else None
-                m, preds = evaluate(s, on_batch=runlog.report.eval_progress(), limit=limit)
+                m, preds = evaluate(s, on_batch=runlog.report.eval_progress(), limit=limit,
+                                    also_first=tc.curve_eval_limit if limit is None else None)
                 rec = {"kind": "eval", "step": step, **m, "time_s": elapsed()["train"]}
                 if limit is not None and limit < len(s.eval_enc):
                     rec["eval_examples"] = limit

@@ -215,35 +215,14 @@ def differences_table(diffs: list[dict]) -> list[str]:
 
 def steps_to_target(spec: dict, final: dict) -> list[dict]:
     """Per pair: the first evaluated step at which each method's seed-mean accuracy curve reaches the
-    baseline's seed-mean final accuracy (None: never within the budget), every point on the curve's
-    texts (on_curve_texts); report.analysis's, on accuracy only (the two losses are not on one scale)."""
-    groups, _, columns, pairs = _groups(spec, _on_curve_texts_all(final))
+    baseline's seed-mean final accuracy (None: never within the budget), every point and the
+    target on the curve's texts (Run.curve); report.analysis's, on accuracy only (the two losses are
+    not on one scale)."""
+    groups, _, columns, pairs = _groups(spec, final)
     rows = analysis.steps_to_target(groups, pairs, columns, dict.fromkeys(columns, "accuracy"))
     return [{"model": r["model"], "dataset": r["dataset"], "lt": r["lt"], "baseline": r["baseline"],
              "target": r["target_metric"], "lt_steps": r["lt_steps_metric"],
              "baseline_steps": r["baseline_steps_metric"]} for r in rows]
-
-
-def on_curve_texts(run):
-    """The run with its accuracy curve on one set of texts. Curve points before the last step score
-    the first `train.curve_eval_limit` dev texts, the last step all of them: here the last step's
-    accuracy (in `evals` and `final`) is the one on those same texts, from predictions.json (scored
-    in dev order). A run whose every point scored all texts is returned as it is."""
-    import copy
-
-    n = next((e["eval_examples"] for e in run.evals if e.get("eval_examples")), None)
-    if n is None or not run.predictions:
-        return run
-    gold, pred = run.predictions["gold"][:n], run.predictions["pred"][:n]
-    acc = sum(g == p for g, p in zip(gold, pred, strict=True)) / n
-    out = copy.copy(run)
-    out.evals = [*run.evals[:-1], {**run.evals[-1], "accuracy": acc, "eval_examples": n}]
-    out.final = {**(run.final or {}), "accuracy": acc}
-    return out
-
-
-def _on_curve_texts_all(final: dict) -> dict:
-    return {k: [on_curve_texts(r) for r in rs] for k, rs in final.items()}
 
 
 def budget_check(spec: dict, final: dict) -> list[str]:
@@ -258,7 +237,7 @@ def budget_check(spec: dict, final: dict) -> list[str]:
         if not means:
             continue
         best = max(means, key=means.get)
-        curve = mean_curve([on_curve_texts(r).evals for r in final[(model, dataset, best)]], "accuracy")[-3:]
+        curve = mean_curve([r.curve() for r in final[(model, dataset, best)]], "accuracy")[-3:]
         if len(curve) < 2:
             continue
         points = ", ".join(f"{a:.3f} at {st}" for st, a in curve)
@@ -275,8 +254,9 @@ def budget_check(spec: dict, final: dict) -> list[str]:
 def _curve_texts(spec: dict) -> str:
     """Which texts the curves score (the plan's train.curve_eval_limit)."""
     limit = next((o.split("=")[1] for o in spec.get("common", []) if o.startswith("train.curve_eval_limit")), None)
-    return (f"the first {limit} dev texts (the last step's accuracy on them recomputed from predictions.json)"
-            if limit else "the whole dev split")
+    return (f"the first {limit} dev texts (at the last step too: runs record those texts' scores beside the "
+            "full split's; runs from before that have their accuracy recomputed from predictions.json there, and "
+            "no loss)" if limit else "the whole dev split")
 
 
 def _step(step: int | None) -> str:
@@ -314,9 +294,9 @@ def cost_table(spec: dict, table) -> list[str]:
 
 
 def curve_records(spec: dict, final: dict) -> list[dict]:
-    """report.analysis's seed-mean curves (accuracy on the curve's texts throughout: on_curve_texts),
-    labelled with the paper's method names."""
-    groups, rows, columns, _ = _groups(spec, _on_curve_texts_all(final))
+    """report.analysis's seed-mean curves (on the curve's texts throughout: Run.curve), labelled with
+    the paper's method names."""
+    groups, rows, columns, _ = _groups(spec, final)
     return [{**c, "label": METHOD_NAMES.get(c["method"], c["method"])}
             for c in analysis.curve_records(groups, rows, columns)]
 

@@ -295,14 +295,16 @@ def differences(groups, pairs, columns, metric: dict[Col, str], n_boot: int, see
 
 
 def _curve(runs: list[Run], key: str) -> list[tuple[int, float]]:
-    return mean_curve([r.evals for r in runs], key)
+    """Seed-mean curve of `key`, every point on one set of texts (Run.curve)."""
+    return mean_curve([r.curve() for r in runs], key)
 
 
 def steps_to_target(groups, pairs, columns, metric: dict[Col, str]) -> list[dict]:
     """First eval step (seed-mean curves) where each method reaches the baseline's final value.
 
     Targets are the baseline's seed-mean final val_loss (reach: <=) and final primary
-    metric (reach: >= when higher is better); None means never reached.
+    metric (reach: >= when higher is better), on the texts its curve scores (Run.curve_final);
+    None means never reached.
     """
     out = []
     for lt_row, base_row in pairs:
@@ -314,7 +316,7 @@ def steps_to_target(groups, pairs, columns, metric: dict[Col, str]) -> list[dict
             rec: dict[str, Any] = {"lt": row_label(lt_row), "baseline": row_label(base_row),
                                    "dataset": col[0], "model": col[1], "metric": m}
             for name, key, higher in (("val_loss", "val_loss", False), ("metric", m, higher_is_better(m))):
-                target, _, n = summarize([r.final.get(key) for r in base])
+                target, _, n = summarize([r.curve_final(key) for r in base])  # on the curve's texts
                 target = target if n else None
                 rec[f"target_{name}"] = target
                 for who, runs in (("baseline", base), ("lt", lt)):

@@ -68,6 +68,30 @@ class Run:
         """The table row this run belongs to: (method, variant, settings)."""
         return (self.method, self.variant, self.settings)
 
+    def curve(self) -> list[dict]:
+        """The eval records on one set of texts. With train.curve_eval_limit the records before the
+        last step score the first N eval texts and the last one all of them; here the last record
+        holds the scores of those same N texts: its curve_* keys, or (runs from before them) the
+        accuracy recomputed from predictions.json, and no other score."""
+        n = next((e["eval_examples"] for e in self.evals if e.get("eval_examples")), None)
+        if n is None or self.evals[-1].get("eval_examples"):
+            return self.evals
+        last = self.evals[-1]
+        if last.get("curve_eval_examples") == n:
+            same = {k[len("curve_"):]: v for k, v in last.items() if k.startswith("curve_")}
+        elif self.predictions:
+            pairs = list(zip(self.predictions["gold"][:n], self.predictions["pred"][:n], strict=True))
+            same = {"accuracy": sum(g == p for g, p in pairs) / n, "eval_examples": n}
+        else:
+            same = {"eval_examples": n}  # nothing known on those texts at the last step
+        return [*self.evals[:-1], {"kind": last.get("kind", "eval"), "step": last["step"], **same}]
+
+    def curve_final(self, key: str):
+        """`key` at the end of the curve, on the curve's texts: the final score when the curve scores
+        every text, else the last record of `curve()` (None when not known there)."""
+        curve = self.curve()
+        return (self.final or {}).get(key) if curve is self.evals else curve[-1].get(key)
+
     def experiment(self, prefixes: tuple[str, ...] | None = None) -> tuple:
         """The config that defines the experiment (all keys but IGNORED_KEYS), optionally only some."""
         return tuple(sorted((k, v) for k, v in self.config.items()
