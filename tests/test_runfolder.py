@@ -194,6 +194,9 @@ def test_held_by_names_the_holder_and_only_looks(tmp_path):
 def test_sighup_checkpoints_and_second_signal_still_says_how(sentiment_files, tmp_path, tiny_bert_dir,
                                                               monkeypatch):
     real_step = engine._step
+    # what the run must put back: Python's default_int_handler, or SIG_IGN when pytest itself was
+    # started in the background by a non-interactive shell
+    sigint_before = signal.getsignal(signal.SIGINT)
 
     def step_then(sigs):
         calls = {"n": 0}
@@ -224,7 +227,7 @@ def test_sighup_checkpoints_and_second_signal_still_says_how(sentiment_files, tm
                                                     r" with `ltune train --resume .*twice`"):
         engine.train(cfg)
     assert not (tmp_path / "twice" / "results.json").exists()  # interrupted, not failed
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    assert signal.getsignal(signal.SIGINT) is sigint_before  # handlers put back
 
 
 def test_stale_temporaries_are_removed_on_resume(tmp_path):
