@@ -45,6 +45,11 @@ def _signed(x: float | None) -> str:
     return "" if x is None else f"{x:+.3f}"
 
 
+def _interval(d: dict) -> str:
+    """A difference record as "+0.012 [-0.003, +0.027] *" (`*`: the interval excludes 0)."""
+    return f"{_signed(d['diff'])} [{_signed(d['lo'])}, {_signed(d['hi'])}]{' *' if d['excludes_zero'] else ''}"
+
+
 def load_stage_runs(spec: dict, table, stage: str) -> dict[tuple, list]:
     """(model, dataset, method[, ablation]) -> the stage's completed runs (report.load.Run)."""
     root = study.root_of(spec)
@@ -207,8 +212,7 @@ def differences_table(diffs: list[dict]) -> list[str]:
         cols = []
         for lt in BASELINE_OF:
             d = pair.get(lt)
-            cols.append("" if d is None else f"{_signed(d['diff'])} [{_signed(d['lo'])}, {_signed(d['hi'])}]"
-                        f"{' *' if d['excludes_zero'] else ''} (n={d['n']})")
+            cols.append("" if d is None else f"{_interval(d)} (n={d['n']})")
         out.append(f"| {model} | {dataset} | {metric} | " + " | ".join(cols) + " |")
     return out + [""]
 
@@ -355,8 +359,7 @@ def ablation_table(rows: list[dict]) -> list[str]:
             "runs, same seeds); difference with a 95% paired bootstrap interval, `*`: excludes 0.", "",
             "| model | dataset | method | ablation | score | with real labels | difference |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        diff = "" if r["diff"] is None else (f"{_signed(r['diff'])} [{_signed(r['lo'])}, {_signed(r['hi'])}]"
-                                              f"{' *' if r['excludes_zero'] else ''}")
+        diff = "" if r["diff"] is None else _interval(r)
         out.append(f"| {r['model']} | {r['dataset']} | {METHOD_NAMES[r['method']]} | "
                    f"{ABLATION_TEXT.get(r['ablation'], r['ablation'])} | {r['score']} | {r['real']} | {diff} |")
     return out + [""]
@@ -451,8 +454,7 @@ def headline(spec: dict, table, final: dict, diffs: list[dict], verdict_lines: l
         gaps = []
         for lt, _ in pairs:
             d = by_cell.get((model, dataset, lt))
-            gaps.append("" if d is None or d["diff"] is None else
-                        f"{_signed(d['diff'])} [{_signed(d['lo'])}, {_signed(d['hi'])}]{' *' if d['excludes_zero'] else ''}")
+            gaps.append("" if d is None or d["diff"] is None else _interval(d))
         out.append(f"| {model} | {dataset} | " + " | ".join(scores + gaps) + " |")
     return out + ["", *[v for v in verdict_lines if v.startswith("- ")]]
 
