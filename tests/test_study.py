@@ -94,6 +94,70 @@ def test_selection_reads_held_out_scores_and_drives_final_and_ablations(tmp_path
                                                    "foreign exchange,interest rates,shipping,grain,earnings]")
 
 
+EXTEND = {**SPEC, "cells": {"minilm": ["sst2"]},
+          "tune": {**SPEC["tune"], "extend": {"below": [0.125], "above": [8.0, 32.0]}}}
+
+
+def test_a_best_scale_at_an_edge_of_the_grid_extends_it_one_scale_at_a_time(tmp_path):
+    """Where a method's best run sits at the lowest / highest scale tried, the grid goes one scale
+    further (at the best run's P), again while the best stays at the edge, until the list ends."""
+    root = tmp_path / "study"
+    base = study.tune_jobs(EXTEND, root)
+    assert len(base) == 4 + 2  # nothing has run: the grid only
+    score = {("prefix", 2.0, 10): 0.8, ("lt_prefix", 0.5, None): 0.8}  # prefix: top edge; lt_prefix: bottom
+    for j in base[:-1]:
+        _finish(j, root, score.get((j.method, j.values["lr_scale"], j.values["num_virtual_tokens"]), 0.6))
+    def added():
+        return [(j.method, j.tag) for j in study.tune_jobs(EXTEND, root) if j not in base]
+
+    assert added() == [("prefix", "lr8-P10-s0")]  # lt_prefix's grid still runs: not extended yet
+    _finish(base[-1], root, 0.6)
+    assert added() == [("prefix", "lr8-P10-s0"), ("lt_prefix", "lr0.125-s0")]
+    more = study.tune_jobs(EXTEND, root)
+    assert "method.lr=0.08" in more[4].overrides and "method.num_virtual_tokens=10" in more[4].overrides
+    partial = study.choose(EXTEND, root, strict=False)
+    assert partial[("minilm", "sst2", "prefix")]["edge"] == "above"  # among the runs completed so far
+    assert partial[("minilm", "sst2", "prefix")]["tuning"] == "running"
+    from ltune_cli import study_report
+    assert ("- Equal tuning: 0 of 0 tuned choices lie at an edge of the learning-rate scales tried, the grid's "
+            "extensions included (none); the best may lie beyond them. 2 more are still being tuned.") \
+        == study_report.tuning_note(partial)
+    with pytest.raises(LtuneError, match="lr8-P10-s0 has not completed"):
+        study.choose(EXTEND, root)
+    _finish(more[4], root, 0.9)  # better again, at the top: one more above
+    _finish(more[-1], root, 0.5)  # worse: lt_prefix's best lies inside
+    assert added() == [("prefix", "lr8-P10-s0"), ("prefix", "lr32-P10-s0"), ("lt_prefix", "lr0.125-s0")]
+    _finish(study.tune_jobs(EXTEND, root)[5], root, 0.95)  # the best again at the top, and the list is used up
+    assert len(added()) == 3
+    chosen = study.choose(EXTEND, root)
+    assert chosen[("minilm", "sst2", "prefix")] | {"score": 0} == {
+        "lr_scale": 32.0, "num_virtual_tokens": 10, "score": 0, "held_out_val_loss": None, "edge": "above"}
+    assert chosen[("minilm", "sst2", "lt_prefix")]["lr_scale"] == 0.5
+    assert chosen[("minilm", "sst2", "lt_prefix")]["edge"] is None and "tuning" not in chosen[("minilm", "sst2", "lt_prefix")]
+    assert ("- Equal tuning: 1 of 2 tuned choices lie at an edge of the learning-rate scales tried, the grid's "
+            "extensions included (minilm/sst2/prefix); the best may lie beyond them.") \
+        == study_report.tuning_note(chosen)
+    assert len(study.planned_jobs(EXTEND, "tune", root)) == 6 + 3
+
+
+def test_running_the_tune_stage_runs_the_extensions_its_runs_call_for(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path))
+    ran = []
+
+    def fake_run_job(job, root):  # a higher scale scores better, up to 8
+        ran.append((job.method, job.tag))
+        _finish(job, root, min(job.values["lr_scale"], 8.0) / 10)
+        return "completed"
+
+    monkeypatch.setattr(study, "run_job", fake_run_job)
+    assert study.run_stage(EXTEND, "tune", jobs_in_parallel=2) == 0
+    assert ran[6:] == [("prefix", "lr8-P5-s0"), ("lt_prefix", "lr8-s0"), ("prefix", "lr32-P5-s0"),
+                       ("lt_prefix", "lr32-s0")]
+    chosen = study.choose(EXTEND, study.root_of(EXTEND))
+    assert {k[2]: (v["lr_scale"], v["edge"]) for k, v in chosen.items()} == {"prefix": (8.0, None),
+                                                                               "lt_prefix": (8.0, None)}
+
+
 def test_run_skips_completed_resumes_checkpointed_and_restarts_empty(tmp_path, monkeypatch):
     root = tmp_path / "study"
     jobs = study.tune_jobs(SPEC)[:3]
@@ -204,10 +268,8 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     assert "| tune | 12 / 12 | 0.0 |" in text and "| final | 10 / 10 |" in text and "| pilot | 0 / 2 |" in text
     assert "| ablate | 3 / 3 |" in text
     assert "| minilm | sst2 | prefix | 2 (edge) | 10 | 0.800 |  | 4 / 4 |" in text
-    assert ("- Equal tuning: 4 of 4 tuned choices lie at an edge of the learning-rate grid (minilm/r8/lt_prefix, "
-            "minilm/r8/prefix, minilm/sst2/lt_prefix, minilm/sst2/prefix)") in text
-    three = {"tune": {"lr_scale": [0.3, 1.0, 3.0]}}
-    assert [study_report.at_grid_edge(three, {"lr_scale": x}) for x in (0.3, 1.0, 3.0)] == [True, False, True]
+    assert ("- Equal tuning: 4 of 4 tuned choices lie at an edge of the learning-rate scales tried, the grid's "
+            "extensions included (minilm/r8/lt_prefix, minilm/r8/prefix, minilm/sst2/lt_prefix, minilm/sst2/prefix)") in text
     # Table 1, wide per model: sst2 prefix seeds 0, 1 -> 24, 25 right of 40; lt_prefix 36, 35
     assert "| prefix | 0.613 ± 0.018 (n=2) | 0.625 ± 0.025 (n=3) |" in text
     assert "| LT-prefix | 0.887 ± 0.018 (n=2) | 0.625 ± 0.025 (n=3) |" in text

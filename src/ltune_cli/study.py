@@ -11,7 +11,9 @@ Stages, in order (each later stage reads the earlier ones' run folders):
 - `pilot`: every method at its default learning rate for a long budget on the held-out slice of
   train, to choose the step budget from the curves (where the best method has plateaued).
 - `tune`: every method x learning-rate scale (x prefix/prompt length for the baselines) on a
-  fixed held-out slice of *train* (`dataset.holdout`), seed 0. The dev split is never seen.
+  fixed held-out slice of *train* (`dataset.holdout`), seed 0. The dev split is never seen. Where
+  a method's best scale is the lowest / highest tried, the grid goes one scale further
+  (`tune.extend`), in rounds, until the best lies inside or the extension list ends.
 - `final`: every method with its chosen values, several seeds, scored on the full dev split.
 - `ablate`: label texts made meaningless or swapped between classes, lt_prefix's A.5 variant,
   the warm start off, the baselines in the pair framing; each with the chosen values of the
@@ -180,65 +182,118 @@ def borrowed(spec: dict) -> dict[tuple[str, str], tuple[str, str]]:
     return borrow
 
 
-def tune_jobs(spec: dict) -> list[Job]:
+def _tune_job(spec: dict, model: str, dataset: str, method: str, scale: float, P: int | None) -> Job:
     t = spec["tune"]
-    jobs = []
+    tag = f"lr{fmt(scale)}" + (f"-P{P}" if P else "") + f"-s{t['seed']}"
+    ov = [*_base(spec, model, dataset, method), *_lr_overrides(method, scale, model),
+          f"dataset.holdout={t['holdout'][dataset]}", f"seed={t['seed']}", *t.get("overrides", [])]
+    if P:
+        ov.append(f"method.num_virtual_tokens={P}")
+    if t.get("eval_limit"):
+        ov.append(f"dataset.eval_limit={t['eval_limit']}")
+    return Job("tune", model, dataset, method, tag, ov, {"lr_scale": scale, "num_virtual_tokens": P})
+
+
+def _rank(res: dict) -> tuple | None:
+    """How good a completed tune run is: its final primary metric on the held-out slice, ties (e.g.
+    every run predicting the majority class: MCC 0) to the lower held-out validation loss."""
+    final = res.get("final") or {}
+    score, loss = final.get(res["primary_metric"]), final.get("val_loss")
+    return None if score is None else (score, -loss if loss is not None else float("-inf"))
+
+
+def _best(jobs: list[Job], root: Path, stale_ok: bool = False):
+    """(rank, job, results) of the best completed job (the first in grid order on a tie), and the
+    completed jobs."""
+    best, completed = None, []
+    for job in jobs:
+        if (res := _done(job, root, stale_ok)) is None:
+            continue
+        completed.append(job)
+        if (rank := _rank(res)) is not None and (best is None or rank > best[0]):
+            best = (rank, job, res)
+    return best, completed
+
+
+def _edge(job: Job, jobs: list[Job]) -> str | None:
+    """"below" / "above" where the job's learning-rate scale is the lowest / highest of the scales
+    the jobs try (the best may lie beyond it), else None."""
+    scales = sorted({j.values["lr_scale"] for j in jobs})
+    s = job.values["lr_scale"]
+    return None if len(scales) < 2 else "below" if s == scales[0] else "above" if s == scales[-1] else None
+
+
+def tune_grid(spec: dict, root: Path | None = None, stale_ok: bool = False) -> dict[tuple, list[Job]]:
+    """(model, dataset, method) -> its tune jobs: the grid (`tune.lr_scale` x, for the baselines,
+    `tune.num_virtual_tokens`) and, with the run folders under root, its extensions: where every
+    run so far has completed and the best sits at the lowest (highest) scale tried, the next scale
+    of `tune.extend.below` (`.above`) at the best run's length P, until the best lies inside or the
+    list is used up. Every method alike: one more run per step beyond an edge. Borrowing cells have
+    none (`tune.borrow`)."""
+    t = spec["tune"]
+    extend = t.get("extend") or {}
     lent = borrowed(spec)
+    grid: dict = {}
     for model, dataset in cells(spec):
         if (model, dataset) in lent:
             continue
         for method in spec["methods"]:
             lengths = t.get("num_virtual_tokens", []) if method in ("prefix", "prompt") else []
-            for scale in t["lr_scale"]:
-                for P in lengths or [None]:
-                    tag = f"lr{fmt(scale)}" + (f"-P{P}" if P else "") + f"-s{t['seed']}"
-                    ov = [*_base(spec, model, dataset, method), *_lr_overrides(method, scale, model),
-                          f"dataset.holdout={t['holdout'][dataset]}", f"seed={t['seed']}",
-                          *t.get("overrides", [])]
-                    if P:
-                        ov.append(f"method.num_virtual_tokens={P}")
-                    if t.get("eval_limit"):
-                        ov.append(f"dataset.eval_limit={t['eval_limit']}")
-                    values = {"lr_scale": scale, "num_virtual_tokens": P}
-                    jobs.append(Job("tune", model, dataset, method, tag, ov, values))
-    return jobs
+            jobs = [_tune_job(spec, model, dataset, method, scale, P)
+                    for scale in t["lr_scale"] for P in lengths or [None]]
+            while root is not None:
+                best, completed = _best(jobs, root, stale_ok)
+                side = best and len(completed) == len(jobs) and _edge(best[1], jobs)
+                tried = {j.values["lr_scale"] for j in jobs}
+                beyond = [x for x in extend.get(side, []) if (x < min(tried) if side == "below" else x > max(tried))]
+                if not side or not beyond:
+                    break
+                jobs.append(_tune_job(spec, model, dataset, method, beyond[0], best[1].values["num_virtual_tokens"]))
+            grid[(model, dataset, method)] = jobs
+    return grid
+
+
+def tune_jobs(spec: dict, root: Path | None = None, stale_ok: bool = False) -> list[Job]:
+    """Every tune job, in grid order (with root: the extensions the finished runs call for)."""
+    return [j for jobs in tune_grid(spec, root, stale_ok).values() for j in jobs]
 
 
 def choose(spec: dict, root: Path, strict: bool = True, partial: bool = True,
            stale_ok: bool = False) -> dict[tuple[str, str, str], dict]:
-    """(model, dataset, method) -> the tune job's values with the best final primary metric on the
-    held-out slice; ties (e.g. every run predicting the majority class: MCC 0) go to the lower
-    held-out validation loss, then to the first in grid order. A borrowing cell (`tune.borrow`)
-    gets its source cell's values, marked `tuned_on`. strict: every tune run the plan's cells
-    need must have completed; else partial: the best run so far of a grid still running, or not
-    partial: only the choices of completed grids. stale_ok: a run made with other settings than
-    the plan's counts as not completed (`study status` lists them) instead of being an error."""
+    """(model, dataset, method) -> the values of the tune job with the best final primary metric on
+    the held-out slice (`_rank`), among the grid and its extensions (`tune_grid`); `edge`: "below" /
+    "above" where that is the lowest / highest scale of the completed runs; `tuning`: "running" where
+    the grid (or its extension) still has runs to complete. A borrowing cell (`tune.borrow`)
+    gets its source cell's values, marked `tuned_on`. strict: every tune run the plan's cells need
+    must have completed; else partial: the best run so far of a grid still running, or not partial:
+    only the choices of completed grids. stale_ok: a run made with other settings than the plan's
+    counts as not completed (`study status` lists them) instead of being an error."""
     lent = borrowed(spec)
     need = {(*lent.get(cell, cell), method) for cell in cells(spec) for method in spec["methods"]}
-    best: dict = {}  # source key -> (rank, values) of the best run so far
+    best: dict = {}  # source key -> values of its best run
     incomplete: set = set()  # source keys with a tune run still to complete
-    for job in tune_jobs(spec.get("_full", spec)):
-        key = (job.model, job.dataset, job.method)
+    for key, jobs in tune_grid(spec.get("_full", spec), root, stale_ok).items():
         if key not in need:
             continue
-        res = _done(job, root, stale_ok)
-        if res is None:
+        top, completed = _best(jobs, root, stale_ok)
+        if len(completed) < len(jobs):
             if strict:
-                raise LtuneError(f"tune run {job.folder(root)} has not completed: run `python -m ltune_cli.study "
+                missing = next(j for j in jobs if _done(j, root, stale_ok) is None)
+                raise LtuneError(f"tune run {missing.folder(root)} has not completed: run `python -m ltune_cli.study "
                                  f"run tune` first.")
             incomplete.add(key)
-            continue
-        final = res.get("final") or {}
-        score, loss = final.get(res["primary_metric"]), final.get("val_loss")
-        rank = (score, -loss if loss is not None else float("-inf"))
-        if score is not None and (key not in best or rank > best[key][0]):
-            best[key] = (rank, {**job.values, "score": score, "held_out_val_loss": loss})
+        if top is not None:
+            rank, job, res = top
+            loss = (res.get("final") or {}).get("val_loss")
+            best[key] = {**job.values, "score": rank[0], "held_out_val_loss": loss, "edge": _edge(job, completed)}
+            if len(completed) < len(jobs):
+                best[key]["tuning"] = "running"  # partial: the best so far
     chosen = {}
     for cell in cells(spec):
         src = lent.get(cell, cell)
         for method in spec["methods"]:
             if (*src, method) in best and (partial or (*src, method) not in incomplete):
-                values = dict(best[(*src, method)][1])
+                values = dict(best[(*src, method)])
                 if src != cell:
                     values["tuned_on"] = "/".join(src)
                 chosen[(*cell, method)] = values
@@ -312,10 +367,11 @@ def ablate_jobs(spec: dict, chosen: dict) -> list[Job]:
     return jobs
 
 
-def planned_jobs(spec: dict, stage: str) -> list[Job]:
-    """Every job the stage will have once tuning is done (their chosen values stand in as lr x1)."""
+def planned_jobs(spec: dict, stage: str, root: Path | None = None) -> list[Job]:
+    """Every job the stage will have once tuning is done (their chosen values stand in as lr x1;
+    tune: the grid and, with root, the extensions its finished runs have called for so far)."""
     if stage in ("pilot", "tune"):
-        return pilot_jobs(spec) if stage == "pilot" else tune_jobs(spec)
+        return pilot_jobs(spec) if stage == "pilot" else tune_jobs(spec, root, stale_ok=True)
     anything = {(m, d, meth): {"lr_scale": 1.0} for m, d in cells(spec) for meth in spec["methods"]}
     return final_jobs(spec, anything) if stage == "final" else ablate_jobs(spec, anything)
 
@@ -326,7 +382,7 @@ def jobs_for(spec: dict, stage: str, root: Path, strict: bool = True, stale_ok: 
     if stage == "pilot":
         return pilot_jobs(spec)
     if stage == "tune":
-        return tune_jobs(spec)
+        return tune_jobs(spec, root, stale_ok)
     chosen = choose(spec, root, strict=strict, partial=False, stale_ok=stale_ok)
     return final_jobs(spec, chosen) if stage == "final" else ablate_jobs(spec, chosen)
 
@@ -420,21 +476,30 @@ def run_job(job: Job, root: Path) -> str:
 
 
 def run_stage(spec: dict, stage: str, jobs_in_parallel: int = 2, dry: bool = False) -> int:
+    """Run the stage's missing jobs. The tune stage's extensions (`tune_grid`) are known only once
+    the runs before them have finished: a stage runs in rounds until no job is left to start."""
     root = root_of(spec)
-    jobs = jobs_for(spec, stage, root)
-    todo = [j for j in jobs if not _done(j, root)]
-    print(f"study {spec['name']}, stage {stage}: {len(jobs)} runs, {len(jobs) - len(todo)} done, {len(todo)} to run")
-    if dry:
-        for j in todo:
-            print("  ltune train " + " ".join(j.overrides) + f" out_dir={j.folder(root)}")
-        return 0
-    t0, failed = time.time(), 0
-    with ThreadPoolExecutor(max_workers=jobs_in_parallel) as pool:
-        for n, (job, status) in enumerate(zip(todo, pool.map(lambda j: run_job(j, root), todo)), 1):
-            failed += status.startswith("failed")
-            print(f"[{n}/{len(todo)}] {job.folder(root).relative_to(root)}: {status} "
-                  f"({time.time() - t0:.0f} s elapsed)", flush=True)
-    return 1 if failed else 0
+    t0, failed, started = time.time(), 0, set()
+    while True:
+        jobs = jobs_for(spec, stage, root)
+        todo = [j for j in jobs if not _done(j, root) and j.folder(root) not in started]
+        if not started:
+            print(f"study {spec['name']}, stage {stage}: {len(jobs)} runs, {len(jobs) - len(todo)} done, "
+                  f"{len(todo)} to run")
+        elif todo:
+            print(f"{len(todo)} more: the learning-rate grid extended beyond an edge (tune.extend)", flush=True)
+        if dry:
+            for j in todo:
+                print("  ltune train " + " ".join(j.overrides) + f" out_dir={j.folder(root)}")
+            return 0
+        if not todo:
+            return 1 if failed else 0
+        started |= {j.folder(root) for j in todo}
+        with ThreadPoolExecutor(max_workers=jobs_in_parallel) as pool:
+            for n, (job, status) in enumerate(zip(todo, pool.map(lambda j: run_job(j, root), todo)), 1):
+                failed += status.startswith("failed")
+                print(f"[{n}/{len(todo)}] {job.folder(root).relative_to(root)}: {status} "
+                      f"({time.time() - t0:.0f} s elapsed)", flush=True)
 
 
 def runs_table(spec: dict):
@@ -516,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         for stage in STAGES:
             # final / ablate: the cells whose tuning is done; a stale tune run is listed, not an error
             jobs = jobs_for(spec, stage, root, strict=False, stale_ok=True)
-            planned = len(planned_jobs(spec, stage))
+            planned = len(planned_jobs(spec, stage, root))
             done = [j for j in jobs if _completed(j.folder(root)) is not None]
             stale = [j for j in done if _differences(j, j.folder(root))]
             print(f"{stage}: {len(done) - len(stale)}/{planned} runs completed"

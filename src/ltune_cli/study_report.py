@@ -69,7 +69,7 @@ def progress(spec: dict, table) -> list[str]:
     out = ["## Progress", "", "| stage | runs completed | CPU hours (1 thread each) |", "|---|---|---|"]
     total = 0.0
     for stage in study.STAGES:
-        n = len(study.planned_jobs(spec, stage))
+        n = len(study.planned_jobs(spec, stage, study.root_of(spec)))
         done = table[table["stage"] == stage]
         hours = float(done["wall_time_s"].sum()) / 3600
         total += hours
@@ -104,10 +104,20 @@ def _by_cell(runs: dict) -> dict:
     return cells
 
 
-def at_grid_edge(spec: dict, values: dict) -> bool:
-    """A learning-rate scale chosen at the lowest or highest of the grid: the best may lie beyond it."""
-    grid = spec["tune"]["lr_scale"]
-    return len(grid) > 1 and values["lr_scale"] in (min(grid), max(grid))
+def at_grid_edge(values: dict) -> bool:
+    """A learning-rate scale chosen at the lowest or highest of the scales tried, the grid's
+    extensions (`tune.extend`) included: the best may lie beyond it."""
+    return bool(values.get("edge"))
+
+
+def _grid_text(spec: dict) -> str:
+    t = spec["tune"]
+    ext = t.get("extend") or {}
+    text = ", ".join(map(study.fmt, t["lr_scale"]))
+    if ext.get("below") or ext.get("above"):
+        text += (", extended while the best sat at its edge, one scale at a time, to "
+                 + " and ".join(", ".join(map(study.fmt, ext[k])) + f" {k}" for k in ("below", "above") if ext.get(k)))
+    return text
 
 
 def chosen_table(spec: dict, table, chosen: dict) -> list[str]:
@@ -116,19 +126,18 @@ def chosen_table(spec: dict, table, chosen: dict) -> list[str]:
            "Each method's best learning-rate scale (x its own defaults in conf/method) and, for the baselines, "
            "prefix / prompt length P, by the final primary metric on the held-out slice of train (ties: the lower "
            "held-out validation loss). A cell tuned on another cell (`tune.borrow`) names it. `edge`: the scale is the "
-           f"lowest or highest of the grid ({', '.join(map(study.fmt, spec['tune']['lr_scale']))}), so the best "
-           "may lie beyond it.", "",
+           f"lowest or highest of the scales tried (grid {_grid_text(spec)}), so the best may lie beyond it.", "",
            "| model | dataset | method | lr scale | P | held-out score | held-out val loss | tune runs done |",
            "|---|---|---|---|---|---|---|---|"]
     tune = table[table["stage"] == "tune"]
-    planned = Counter((j.model, j.dataset, j.method) for j in study.tune_jobs(spec))
+    planned = Counter((j.model, j.dataset, j.method) for j in study.tune_jobs(spec, study.root_of(spec), True))
     done_runs = Counter(zip(tune["model"], tune["dataset"], tune["method"], strict=True))
     for model, dataset in study.cells(spec):
         for method in spec["methods"]:
             key = (model, dataset, method)
             c = chosen.get(key)
             loss = c and c.get("held_out_val_loss")
-            cells = ([study.fmt(c["lr_scale"]) + (" (edge)" if at_grid_edge(spec, c) else ""),
+            cells = ([study.fmt(c["lr_scale"]) + (" (edge)" if at_grid_edge(c) else ""),
                       str(c.get("num_virtual_tokens") or ""), f"{c['score']:.3f}",
                       "" if loss is None else f"{loss:.3f}"] if c else ["", "", "", ""])
             src = borrowed.get((model, dataset))
@@ -372,6 +381,18 @@ def _tally(diffs: list[dict]) -> str:
             f"not distinguishable from its baseline in {len(diffs) - better - worse} of {len(diffs)}")
 
 
+def tuning_note(chosen: dict) -> str | None:
+    """The verdict's bullet on equal tuning: how many tuned choices sit at an edge of the scales tried."""
+    tuned = {k: v for k, v in chosen.items() if "tuned_on" not in v and "tuning" not in v}
+    running = sum("tuned_on" not in v and "tuning" in v for v in chosen.values())
+    edges = sorted("/".join(k) for k, v in tuned.items() if at_grid_edge(v))
+    if not (tuned or running):
+        return None
+    return (f"- Equal tuning: {len(edges)} of {len(tuned)} tuned choices lie at an edge of the learning-rate scales "
+            f"tried, the grid's extensions included ({', '.join(edges) or 'none'}); the best may lie beyond them."
+            + (f" {running} more are still being tuned." if running else ""))
+
+
 def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], chosen: dict) -> list[str]:
     """Every clause is computed from the tables above."""
     out = ["## Verdict", ""]
@@ -409,11 +430,8 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
         out.append(f"- The framing alone (a baseline scoring (text, label) pairs with random per-label tokens instead of "
                    f"its K-way head): higher with an interval excluding 0 in {up}, lower in {down}, not distinguishable "
                    f"in {len(rows) - up - down} of {len(rows)} method x cell comparisons.")
-    tuned = {k: v for k, v in chosen.items() if "tuned_on" not in v}
-    edges = sorted("/".join(k) for k, v in tuned.items() if at_grid_edge(spec, v))
-    if tuned:
-        out.append(f"- Equal tuning: {len(edges)} of {len(tuned)} tuned choices lie at an edge of the learning-rate grid "
-                   f"({', '.join(edges) or 'none'}); a wider grid could move those scores, for every method alike.")
+    if note := tuning_note(chosen):
+        out.append(note)
     out += ["- Untested here: the paper's 7B models (Falcon, Bloom, Llama-2) and its base-size encoders with the hub "
             "weights. The same protocol at that scale (conf/study/reproduce_gpu.yaml), on a GPU machine with the hub: "
             f"`{GPU_COMMAND}`.", ""]
