@@ -63,7 +63,8 @@ def plot_curves(curves: list[dict], png: str | Path, svg: str | Path, pdf: str |
     fig.legend(handles=handles, title="method", loc="outside right upper", fontsize=9, title_fontsize=9,
                frameon=False, handlelength=2.6)
     one = f" ({models[0]})" if len(models) == 1 else ""
-    fig.suptitle(f"Validation loss and accuracy{one}, mean over seeds", fontsize=11)
+    # One column of panels is narrower than the title: two lines, clear of the legend beside them.
+    fig.suptitle(f"Validation loss and accuracy{one},{' ' if ncols > 1 else chr(10)}mean over seeds", fontsize=11)
     # No creation dates and a fixed SVG id salt: the same curves give the same bytes (figures in git).
     with matplotlib.rc_context({**EDITABLE_TEXT, "svg.hashsalt": "ltune"}):
         fig.savefig(png, dpi=130)
