@@ -408,6 +408,23 @@ def test_status_lists_a_stale_tune_run_instead_of_stopping(tmp_path, monkeypatch
     assert "final: 0/" in out and "ablate: 0/" in out
 
 
+def test_status_estimates_the_hours_left_from_the_completed_runs_most_alike(tmp_path):
+    root = tmp_path / "study"
+    spec = {**SPEC, "pilot": {"cells": []}}
+    for j in study.tune_jobs(spec):
+        _finish(j, root, 0.6)  # 2 s each
+    assert study.hours_left(spec, root) == (pytest.approx((2 * 2 + 2 * 3 + 3) * 2.0 / 3600), {})  # final + ablate
+    final = study.final_jobs(spec, study.choose(spec, root))
+    first = next(j for j in final if (j.dataset, j.method) == ("sst2", "prefix"))
+    _finish(first, root, 0.6)
+    res = json.loads((first.folder(root) / "results.json").read_text())
+    (first.folder(root) / "results.json").write_text(json.dumps({**res, "wall_time_s": 3600.0}))
+    # the other sst2 prefix final run: like the completed one, not like the tune runs
+    assert study.hours_left(spec, root)[0] == pytest.approx(1.0 + (2 + 2 * 3 + 3) * 2.0 / 3600)
+    lent = {**spec, "tune": {**spec["tune"], "borrow": {"minilm/r8": "minilm/sst2"}}}
+    assert study.hours_left(lent, root)[1] == {"minilm/r8": 2 * 3 + 3}  # no run of r8 at all
+
+
 def test_borrowed_cells_take_the_source_cells_choice_and_run_no_grid(tmp_path):
     spec = {**SPEC, "tune": {**SPEC["tune"], "borrow": {"minilm/r8": "minilm/sst2"}}}
     assert {j.dataset for j in study.tune_jobs(spec)} == {"sst2"}

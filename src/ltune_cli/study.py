@@ -524,6 +524,42 @@ def runs_table(spec: dict):
     return pd.DataFrame(rows)
 
 
+def hours_left(spec: dict, root: Path) -> tuple[float, dict]:
+    """An estimate of the CPU hours (one-thread runs) the plan's runs still to complete will take:
+    each the mean wall time of the completed runs most like it (`_alike`). Also the cells
+    ("model/dataset") of the runs with no completed run like them yet (not counted): how many."""
+    full = spec.get("_full", spec)
+    times: dict = {}
+    for stage in STAGES:
+        for job in planned_jobs(full, stage, root):
+            res = _completed(job.folder(root))
+            if res is not None and res.get("wall_time_s"):
+                for key in _alike(job)[0]:
+                    times.setdefault(key, []).append(res["wall_time_s"])
+    hours, unknown = 0.0, {}
+    for stage in STAGES:
+        for job in planned_jobs(spec, stage, root):
+            if _completed(job.folder(root)) is not None:
+                continue
+            like = next((times[k] for k in _alike(job)[1] if k in times), None)
+            if like is None:
+                unknown[f"{job.model}/{job.dataset}"] = unknown.get(f"{job.model}/{job.dataset}", 0) + 1
+            else:
+                hours += sum(like) / len(like) / 3600
+    return hours, unknown
+
+
+def _alike(job: Job) -> tuple[list[tuple], list[tuple]]:
+    """The groups a completed job's wall time counts in, and the groups a job still to run takes
+    its estimate from, most alike first: its stage, model, dataset and method (an ablation: the
+    same ablation, then the method's final runs), then the model, dataset and method in any stage,
+    then the model and dataset."""
+    own = (job.stage, job.model, job.dataset, job.method, job.values.get("ablation"))
+    broad = [(job.model, job.dataset, job.method), (job.model, job.dataset)]
+    final = [("final", job.model, job.dataset, job.method, None)] if job.stage == "ablate" else []
+    return [own, *broad], [own, *final, *broad]
+
+
 def only(spec: dict, models: str | None = None, datasets: str | None = None,
          methods: str | None = None) -> dict:
     """The plan restricted to some models / datasets / methods (comma lists; None keeps all): a
@@ -588,6 +624,10 @@ def main(argv: list[str] | None = None) -> int:
                   + (f" ({planned - len(jobs)} wait for their cell's tuning)" if len(jobs) < planned else "")
                   + (f"; {len(stale)} more made with other settings than the plan's, to delete and rerun: "
                      + ", ".join(str(j.folder(root)) for j in stale) if stale else ""))
+        hours, unknown = hours_left(spec, root)
+        print(f"left: about {hours:.1f} CPU hours (each run still to complete: the mean wall time of the completed "
+              f"runs most like it)" + (f"; not counted, {sum(unknown.values())} runs with none like them yet ("
+                                      + ", ".join(f"{c}: {n}" for c, n in unknown.items()) + ")" if unknown else ""))
         return 0
     except LtuneError as e:
         print(f"error: {e}", file=sys.stderr)
