@@ -274,7 +274,17 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     assert "| prefix | 0.613 ± 0.018 (n=2) | 0.625 ± 0.025 (n=3) |" in text
     assert "| LT-prefix | 0.887 ± 0.018 (n=2) | 0.625 ± 0.025 (n=3) |" in text
     assert "Scored examples: sst2 40, r8 40." in text
-    assert "| minilm | sst2 | LT-prefix | 0.700 at 5, 0.887 at 10 | +0.188 over the last 5 steps |" in text
+    assert "| minilm | sst2 | LT-prefix | 0.700 at 5, 0.887 at 10 | +0.188 over the last 5 steps | no |" in text
+    assert "| minilm | r8 | prefix | 0.500 at 5, 0.625 at 10 | +0.125 over the last 5 steps | no |" in text
+    assert ("- Budget: the best method had not plateaued at 10 steps in 2 of 2 cells (minilm/sst2, minilm/r8: its "
+            "accuracy moved by more than 0.02 over its last evaluations)") in text
+    monkeypatch.setattr(study_report, "PLATEAU_TOLERANCE", 0.15)
+    study_report.write_results(SPEC, md, csv, figures=False)
+    looser = md.read_text()
+    assert "| minilm | r8 | prefix | 0.500 at 5, 0.625 at 10 | +0.125 over the last 5 steps | yes |" in looser
+    assert "not plateaued at 10 steps in 1 of 2 cells (minilm/sst2: its accuracy moved by more than 0.15" in looser
+    monkeypatch.setattr(study_report, "PLATEAU_TOLERANCE", 0.02)
+    study_report.write_results(SPEC, md, csv, readme=readme)
     assert "| base LMs | cola BERT |" in text and "| LT-prefix | 0.812 | 0.803 | 0.840 |" in text  # the paper's
     assert "| minilm | sst2 | accuracy | +0.275 [" in text and "] * (n=2) |" in text
     assert "| minilm | r8 | accuracy | +0.000 [" in text

@@ -238,10 +238,15 @@ def steps_to_target(spec: dict, final: dict) -> list[dict]:
              "baseline_steps": r["baseline_steps_metric"]} for r in rows]
 
 
-def budget_check(spec: dict, final: dict) -> list[str]:
-    """Has the best method of each cell plateaued within the step budget? Its seed-mean accuracy on
-    the curve's texts at the last three evaluations."""
-    out = []
+#: A best method whose curve accuracy still moves by more than this over its last evaluations has
+#: not plateaued within the budget (200 curve texts: one seed's accuracy there has a std of ~0.025).
+PLATEAU_TOLERANCE = 0.02
+
+
+def plateau_rows(spec: dict, final: dict) -> list[dict]:
+    """Per cell, the best method (mean final score) and its seed-mean accuracy on the curve's texts
+    at its last three evaluations: has it plateaued within the step budget?"""
+    rows = []
     for model, dataset in study.cells(spec):
         metric = study.primary_metric(dataset)
         stats = {m: summarize([r.final.get(metric) for r in final.get((model, dataset, m), [])])
@@ -251,17 +256,25 @@ def budget_check(spec: dict, final: dict) -> list[str]:
             continue
         best = max(means, key=means.get)
         curve = mean_curve([r.curve() for r in final[(model, dataset, best)]], "accuracy")[-3:]
-        if len(curve) < 2:
-            continue
-        points = ", ".join(f"{a:.3f} at {st}" for st, a in curve)
-        out.append(f"| {model} | {dataset} | {METHOD_NAMES[best]} | {points} | {curve[-1][1] - curve[0][1]:+.3f} "
-                   f"over the last {curve[-1][0] - curve[0][0]} steps |")
-    if not out:
+        if len(curve) >= 2:
+            change = curve[-1][1] - curve[0][1]
+            rows.append({"model": model, "dataset": dataset, "method": best, "curve": curve, "change": change,
+                         "span": curve[-1][0] - curve[0][0], "plateaued": abs(change) <= PLATEAU_TOLERANCE})
+    return rows
+
+
+def budget_check(spec: dict, rows: list[dict]) -> list[str]:
+    if not rows:
         return []
-    return ["## Has the best method plateaued?", "",
-            f"Per cell, the method with the best mean final score: its seed-mean accuracy on {_curve_texts(spec)} "
-            "at its last three evaluations.", "",
-            "| model | dataset | best method | accuracy | change |", "|---|---|---|---|---|", *out, ""]
+    out = ["## Has the best method plateaued?", "",
+           f"Per cell, the method with the best mean final score: its seed-mean accuracy on {_curve_texts(spec)} "
+           f"at its last three evaluations; `no`: it moved by more than {PLATEAU_TOLERANCE} over them.", "",
+           "| model | dataset | best method | accuracy | change | plateaued |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        points = ", ".join(f"{a:.3f} at {st}" for st, a in r["curve"])
+        out.append(f"| {r['model']} | {r['dataset']} | {METHOD_NAMES[r['method']]} | {points} | {r['change']:+.3f} "
+                   f"over the last {r['span']} steps | {'yes' if r['plateaued'] else 'no'} |")
+    return out + [""]
 
 
 def _curve_texts(spec: dict) -> str:
@@ -393,7 +406,8 @@ def tuning_note(chosen: dict) -> str | None:
             + (f" {running} more are still being tuned." if running else ""))
 
 
-def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], chosen: dict) -> list[str]:
+def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], chosen: dict,
+            plateau: list[dict] = ()) -> list[str]:
     """Every clause is computed from the tables above."""
     out = ["## Verdict", ""]
     if not diffs:
@@ -432,6 +446,11 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
                    f"in {len(rows) - up - down} of {len(rows)} method x cell comparisons.")
     if note := tuning_note(chosen):
         out.append(note)
+    if moving := [f"{r['model']}/{r['dataset']}" for r in plateau if not r["plateaued"]]:
+        budget = next((o.split("=")[1] for o in spec.get("common", []) if o.startswith("train.max_steps=")), "?")
+        out.append(f"- Budget: the best method had not plateaued at {budget} steps in {len(moving)} of {len(plateau)} "
+                   f"cells ({', '.join(moving)}: its accuracy moved by more than {PLATEAU_TOLERANCE} over its last "
+                   "evaluations); there the scores compare every method at one budget, not at convergence.")
     out += ["- Untested here: the paper's 7B models (Falcon, Bloom, Llama-2) and its base-size encoders with the hub "
             "weights. The same protocol at that scale (conf/study/reproduce_gpu.yaml), on a GPU machine with the hub: "
             f"`{GPU_COMMAND}`.", ""]
@@ -503,14 +522,15 @@ def render(spec: dict, table, final: dict, figures: list[str] | None = None, csv
     steps = steps_to_target(spec, final)
     abl_rows = ablations(spec, final, abl)
     chosen = study.choose(spec, study.root_of(spec), strict=False)
-    verdict_lines = verdict(spec, diffs, steps, abl_rows, chosen)
+    plateau = plateau_rows(spec, final)
+    verdict_lines = verdict(spec, diffs, steps, abl_rows, chosen, plateau)
     out = [f"# Study `{spec['name']}`: does L-Tuning beat prefix and prompt tuning?", "",
            "Generated by `make results` (`python -m ltune_cli.study results`) from the run folders under "
            f"`outputs/study/{spec['name']}` (plan: conf/study/{spec['name']}.yaml); the per-run CSV is "
            f"`{csv or outputs_of(spec)[1]}`. Do not edit by hand.", ""]
     out += verdict_lines
     out += progress(spec, table) + table1(spec, final) + differences_table(diffs) + steps_table(steps, spec)
-    out += budget_check(spec, final)
+    out += budget_check(spec, plateau)
     out += figures_section(spec, figures or []) + ablation_table(abl_rows) + cost_table(spec, table)
     out += chosen_table(spec, table, chosen) + pilot(spec, table)
     return "\n".join(out).rstrip("\n") + "\n", headline(spec, table, final, diffs, verdict_lines, md_link)
