@@ -119,8 +119,7 @@ def test_a_best_scale_at_an_edge_of_the_grid_extends_it_one_scale_at_a_time(tmp_
     assert partial[("minilm", "sst2", "prefix")]["edge"] == "above"  # among the runs completed so far
     assert partial[("minilm", "sst2", "prefix")]["tuning"] == "running"
     from ltune_cli import study_report
-    assert ("- Equal tuning: 0 of 0 tuned choices lie at an edge of the learning-rate scales tried, the grid's "
-            "extensions included (none); the best may lie beyond them. 2 more are still being tuned.") \
+    assert "- Equal tuning: all 2 choices are still being tuned." \
         == study_report.tuning_note(partial)
     with pytest.raises(LtuneError, match="lr8-P10-s0 has not completed"):
         study.choose(EXTEND, root)
@@ -130,6 +129,10 @@ def test_a_best_scale_at_an_edge_of_the_grid_extends_it_one_scale_at_a_time(tmp_
     _finish(study.tune_jobs(EXTEND, root)[5], root, 0.95)  # the best again at the top, and the list is used up
     assert len(added()) == 3
     chosen = study.choose(EXTEND, root)
+    inside = {**chosen, ("minilm", "sst2", "prefix"): {**chosen[("minilm", "sst2", "prefix")], "edge": None}}
+    assert study_report.tuning_note(inside) == (
+        "- Equal tuning: none of the 2 tuned choices lies at an edge of the learning-rate scales tried (the grid's "
+        "extensions included): each is a best with a worse scale on either side.")
     assert chosen[("minilm", "sst2", "prefix")] | {"score": 0} == {
         "lr_scale": 32.0, "num_virtual_tokens": 10, "score": 0, "held_out_val_loss": None, "edge": "above"}
     assert chosen[("minilm", "sst2", "lt_prefix")]["lr_scale"] == 0.5

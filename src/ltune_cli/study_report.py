@@ -401,9 +401,13 @@ def tuning_note(chosen: dict) -> str | None:
     edges = sorted("/".join(k) for k, v in tuned.items() if at_grid_edge(v))
     if not (tuned or running):
         return None
-    return (f"- Equal tuning: {len(edges)} of {len(tuned)} tuned choices lie at an edge of the learning-rate scales "
-            f"tried, the grid's extensions included ({', '.join(edges) or 'none'}); the best may lie beyond them."
-            + (f" {running} more are still being tuned." if running else ""))
+    text = (f"{len(edges)} of {len(tuned)} tuned choices lie at an edge of the learning-rate scales tried, the grid's "
+            f"extensions included ({', '.join(edges)}); the best may lie beyond them." if edges else
+            f"none of the {len(tuned)} tuned choices lies at an edge of the learning-rate scales tried (the grid's "
+            "extensions included): each is a best with a worse scale on either side.")
+    if not tuned:
+        return f"- Equal tuning: all {running} choices are still being tuned."
+    return f"- Equal tuning: {text}" + (f" {running} more are still being tuned." if running else "")
 
 
 def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], chosen: dict,
