@@ -264,7 +264,12 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     assert "| model | dataset | prefix | LT-prefix | LT-prefix − prefix |" in block  # no LT-prompt in this plan
     assert "| minilm | sst2 | 0.613 ± 0.018 (n=2) | 0.887 ± 0.018 (n=2) | +0.275 [" in block
     assert "| minilm | r8 | 0.625 ± 0.025 (n=3) | 0.625 ± 0.025 (n=3) | +0.000 [" in block
-    assert "- Scores, the paper's +0-2 points" in block  # the verdict's bullets, as in RESULTS.md
+    assert ("- Scores, the paper's +0-2 points over prefix / prompt tuning on BERT-size encoders, on minilm (encoder): "
+            "**partly supported** (1 of 2). L-Tuning ahead with an interval excluding 0 in 1, behind in 0, not "
+            "distinguishable from its baseline in 1 of 2 model x dataset x pair comparisons") in block  # as in RESULTS.md
+    assert [study_report._judgement(*a) for a in ((2, 0, 2), (0, 2, 2), (1, 1, 3), (0, 1, 2), (0, 0, 2))] == [
+        "**supported**", "**contradicted**", "**mixed**", "**partly contradicted** (1 of 2)",
+        "**not supported**, no difference resolved"]
     for line in block.splitlines():
         if line.startswith("- "):
             assert line in text.splitlines()

@@ -410,6 +410,21 @@ def tuning_note(chosen: dict) -> str | None:
     return f"- Equal tuning: {text}" + (f" {running} more are still being tuned." if running else "")
 
 
+def _judgement(up: int, down: int, n: int) -> str:
+    """A claim's verdict from n comparisons: `up` resolved in its favour, `down` against it."""
+    if up == n:
+        return "**supported**"
+    if down == n:
+        return "**contradicted**"
+    if up and down:
+        return "**mixed**"
+    if up:
+        return f"**partly supported** ({up} of {n})"
+    if down:
+        return f"**partly contradicted** ({down} of {n})"
+    return "**not supported**, no difference resolved"
+
+
 def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], chosen: dict,
             plateau: list[dict] = ()) -> list[str]:
     """Every clause is computed from the tables above."""
@@ -424,14 +439,17 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
             continue
         models = ", ".join(sorted({d["model"] for d in mine}))
         mean = sum(d["diff"] for d in mine) / len(mine)
-        out.append(f"- Scores, the paper's {claim}: on {models} ({kind}), {_tally(mine)} model x dataset x pair "
-                   f"comparisons (MCC on CoLA, accuracy elsewhere); mean difference {mean:+.3f}.")
+        better = sum(d["excludes_zero"] and d["better"] for d in mine)
+        worse = sum(d["excludes_zero"] and d["better"] is False for d in mine)
+        out.append(f"- Scores, the paper's {claim}, on {models} ({kind}): {_judgement(better, worse, len(mine))}. "
+                   f"{_tally(mine)} model x dataset x pair comparisons (MCC on CoLA, accuracy elsewhere); mean "
+                   f"difference {mean:+.3f}.")
     if steps:
         lt, base = [s["lt_steps"] for s in steps], [s["baseline_steps"] for s in steps]
         faster = sum(a is not None and (b is None or a < b) for a, b in zip(lt, base, strict=True))
         slower = sum(b is not None and (a is None or a > b) for a, b in zip(lt, base, strict=True))
-        out.append(f"- Faster convergence (the paper's Fig. 2): L-Tuning reaches its baseline's final accuracy "
-                   f"earlier in {faster}, later (or never) in {slower}, at the same step in "
+        out.append(f"- Faster convergence (the paper's Fig. 2): {_judgement(faster, slower, len(steps))}. L-Tuning "
+                   f"reaches its baseline's final accuracy earlier in {faster}, later (or never) in {slower}, at the same step in "
                    f"{len(steps) - faster - slower} of {len(steps)} pairs.")
     for name in ("labels_meaningless", "labels_swapped"):
         rows = [r for r in abl if r["ablation"] == name and r["diff"] is not None]
