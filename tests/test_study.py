@@ -301,7 +301,10 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     assert ("L-Tuning ahead with an interval excluding 0 in 1, behind in 0, not distinguishable from its baseline in 1 "
             "of 2 model x dataset x pair comparisons") in text
     assert "| minilm | r8 | LT-prefix vs prefix | 0.625 | 10 | 10 |" in text
-    assert "earlier in 1, later (or never) in 0, at the same step in 1 of 2 pairs" in text
+    assert ("To the level both reach (the lower of the two final accuracies), L-Tuning gets earlier in 1, later in 0, "
+            "at the same step in 1 of 2 pairs; to its baseline's final accuracy, earlier in 1, later (or never) in 0, "
+            "at the same step in 1.") in text
+    assert "| minilm | sst2 | LT-prefix vs prefix | 0.613 | 10 | 5 | 0.613 | 10 | 5 |" in text
     assert "excluding 0 in 1 of 1 method x cell comparisons." in text
     assert "excluding 0 in 0 of 1 method x cell comparisons; where it is not lower" in text
     assert "![t_curves_minilm.png](results/t_curves_minilm.png)" in text  # beside the CSV, linked relatively
@@ -356,6 +359,12 @@ def test_curves_and_steps_to_target_score_one_set_of_texts():
     (row,) = study_report.steps_to_target(SPEC, final)
     # the target: the baseline's 0.75 on the curve's 4 texts, not its full-dev 0.667
     assert (row["target"], row["lt_steps"], row["baseline_steps"]) == (0.75, 5, 10)
+    # L-Tuning ending lower (0.72 vs 0.75) but above that level from step 5: never at the baseline's
+    # final accuracy, first at the level both reach
+    slow_end = run("lt_prefix", 0.74, 4 / 6, [0, 1, 0, 1, 1, 1], curve=0.72)
+    (row,) = study_report.steps_to_target(SPEC, {**final, ("minilm", "sst2", "lt_prefix"): [slow_end]})
+    assert (row["target"], row["lt_steps"], row["baseline_steps"]) == (0.75, None, 10)
+    assert (row["common_target"], row["lt_steps_common"], row["baseline_steps_common"]) == (0.72, 5, 10)
     curves = {c["method"]: (c["accuracy"], c["val_loss"]) for c in study_report.curve_records(SPEC, final)}
     assert curves == {"prefix": ([0.5, 0.75], [0.75]), "lt_prefix": ([0.75, 1.0], [0.75, 0.25])}
     base.evals[0].pop("eval_examples")  # every point scored all texts: the run as logged
