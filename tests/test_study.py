@@ -365,6 +365,14 @@ def test_curves_and_steps_to_target_score_one_set_of_texts():
     (row,) = study_report.steps_to_target(SPEC, {**final, ("minilm", "sst2", "lt_prefix"): [slow_end]})
     assert (row["target"], row["lt_steps"], row["baseline_steps"]) == (0.75, None, 10)
     assert (row["common_target"], row["lt_steps_common"], row["baseline_steps_common"]) == (0.72, 5, 10)
+    assert row["trivial"] is False
+    # ending at 0.5 on texts half of one label: no better than the majority class, nothing to race to
+    chance = run("lt_prefix", 0.25, 3 / 6, [0, 0, 0, 0, 0, 0], curve=0.5)
+    (row,) = study_report.steps_to_target(SPEC, {**final, ("minilm", "sst2", "lt_prefix"): [chance]})
+    assert (row["common_target"], row["trivial"]) == (0.5, True)
+    assert "not testable here (1 pair left out: neither method ends above always answering the majority class)." \
+        in "\n".join(study_report.verdict(SPEC, [{"model": "minilm", "diff": 0.0, "excludes_zero": False,
+                                                   "better": None}], [row], [], {}))
     curves = {c["method"]: (c["accuracy"], c["val_loss"]) for c in study_report.curve_records(SPEC, final)}
     assert curves == {"prefix": ([0.5, 0.75], [0.75]), "lt_prefix": ([0.75, 1.0], [0.75, 0.25])}
     base.evals[0].pop("eval_examples")  # every point scored all texts: the run as logged
