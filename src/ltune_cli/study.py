@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -278,7 +279,7 @@ def choose(spec: dict, root: Path, strict: bool = True, partial: bool = True,
         top, completed = _best(jobs, root, stale_ok)
         if len(completed) < len(jobs):
             if strict:
-                missing = next(j for j in jobs if _done(j, root, stale_ok) is None)
+                missing = next(j for j in jobs if j not in completed)
                 raise LtuneError(f"tune run {missing.folder(root)} has not completed: run `python -m ltune_cli.study "
                                  f"run tune` first.")
             incomplete.add(key)
@@ -536,14 +537,14 @@ def hours_left(spec: dict, root: Path) -> tuple[float, dict]:
             if res is not None and res.get("wall_time_s"):
                 for key in _alike(job)[0]:
                     times.setdefault(key, []).append(res["wall_time_s"])
-    hours, unknown = 0.0, {}
+    hours, unknown = 0.0, Counter()
     for stage in STAGES:
         for job in planned_jobs(spec, stage, root):
             if _completed(job.folder(root)) is not None:
                 continue
             like = next((times[k] for k in _alike(job)[1] if k in times), None)
             if like is None:
-                unknown[f"{job.model}/{job.dataset}"] = unknown.get(f"{job.model}/{job.dataset}", 0) + 1
+                unknown[f"{job.model}/{job.dataset}"] += 1
             else:
                 hours += sum(like) / len(like) / 3600
     return hours, unknown

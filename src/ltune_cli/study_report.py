@@ -85,7 +85,7 @@ def pilot(spec: dict, table) -> list[str]:
         return []
     out = ["## Pilot: the step budget", "",
            "Held-out accuracy (the tune stage's slice of train, seed 0, default learning rates) along a long run; "
-           f"the study's budget is `{next(o for o in spec['common'] if o.startswith('train.max_steps'))}`.", ""]
+           f"the study's budget is `train.max_steps={_common(spec, 'train.max_steps')}`.", ""]
     for (model, dataset), group in _by_cell(runs).items():
         steps = sorted({int(e["step"]) for rs in group.values() for r in rs for e in r.evals})
         out += [f"{model} / {dataset}:", "", "| method | " + " | ".join(map(str, steps)) + " |",
@@ -234,23 +234,25 @@ def steps_to_target(spec: dict, final: dict) -> list[dict]:
     faster convergence). None: never within the budget. Every point and target on the curve's texts
     (Run.curve); accuracy only (the two losses are not on one scale)."""
     groups, _, columns, pairs = _groups(spec, final)
-    rows = analysis.steps_to_target(groups, pairs, columns, dict.fromkeys(columns, "accuracy"))
     out = []
-    for r, (lt_row, base_row, col) in zip(rows, ((a, b, c) for a, b in pairs for c in columns
-                                                 if groups.get((a, c)) and groups.get((b, c))), strict=True):
-        curves = {who: mean_curve([run.curve() for run in groups[(row, col)]], "accuracy")
-                  for who, row in (("lt", lt_row), ("baseline", base_row))}
-        common = min(c[-1][1] for c in curves.values()) if all(curves.values()) else None
-        # the last point is the final mean itself; a rounding ulp must not hide that it reaches it
-        steps = {who: None if common is None else first_step_reaching(c, common - 1e-12, True)
-                 for who, c in curves.items()}
-        majority = _majority_rate([*groups[(lt_row, col)], *groups[(base_row, col)]])
-        out.append({"model": r["model"], "dataset": r["dataset"], "lt": r["lt"], "baseline": r["baseline"],
-                    "target": r["target_metric"], "lt_steps": r["lt_steps_metric"],
-                    "baseline_steps": r["baseline_steps_metric"], "common_target": common,
-                    "lt_steps_common": steps["lt"], "baseline_steps_common": steps["baseline"],
-                    # neither ends above always answering the most frequent class: no learning to race to
-                    "trivial": common is not None and majority is not None and common <= majority + 1e-12})
+    for lt_row, base_row in pairs:
+        for col in columns:
+            runs = {"lt": groups.get((lt_row, col)), "baseline": groups.get((base_row, col))}
+            if not all(runs.values()):
+                continue
+            (r,) = analysis.steps_to_target(groups, [(lt_row, base_row)], [col], {col: "accuracy"})
+            curves = {who: analysis._curve(rs, "accuracy") for who, rs in runs.items()}
+            common = min(c[-1][1] for c in curves.values()) if all(curves.values()) else None
+            # the last point is the final mean itself; a rounding ulp must not hide that it reaches it
+            steps = {who: None if common is None else first_step_reaching(c, common - 1e-12, True)
+                     for who, c in curves.items()}
+            majority = _majority_rate([*runs["lt"], *runs["baseline"]])
+            out.append({"model": r["model"], "dataset": r["dataset"], "lt": r["lt"], "baseline": r["baseline"],
+                        "target": r["target_metric"], "lt_steps": r["lt_steps_metric"],
+                        "baseline_steps": r["baseline_steps_metric"], "common_target": common,
+                        "lt_steps_common": steps["lt"], "baseline_steps_common": steps["baseline"],
+                        # neither ends above always answering the most frequent class: no learning to race to
+                        "trivial": common is not None and majority is not None and common <= majority + 1e-12})
     return out
 
 
@@ -281,7 +283,7 @@ def plateau_rows(spec: dict, final: dict) -> list[dict]:
         if not means:
             continue
         best = max(means, key=means.get)
-        curve = mean_curve([r.curve() for r in final[(model, dataset, best)]], "accuracy")[-3:]
+        curve = analysis._curve(final[(model, dataset, best)], "accuracy")[-3:]
         if len(curve) >= 2:
             change = curve[-1][1] - curve[0][1]
             rows.append({"model": model, "dataset": dataset, "method": best, "curve": curve, "change": change,
@@ -303,9 +305,14 @@ def budget_check(spec: dict, rows: list[dict]) -> list[str]:
     return out + [""]
 
 
+def _common(spec: dict, key: str) -> str | None:
+    """The value the plan's `common` overrides give `key` (e.g. "train.max_steps"), or None."""
+    return next((o.split("=", 1)[1] for o in spec.get("common", []) if o.split("=", 1)[0] == key), None)
+
+
 def _curve_texts(spec: dict) -> str:
     """Which texts the curves score (the plan's train.curve_eval_limit)."""
-    limit = next((o.split("=")[1] for o in spec.get("common", []) if o.startswith("train.curve_eval_limit")), None)
+    limit = _common(spec, "train.curve_eval_limit")
     return (f"the first {limit} dev texts (at the last step too: runs record those texts' scores beside the "
             "full split's; runs from before that have their accuracy recomputed from predictions.json there, and "
             "no loss)" if limit else "the whole dev split")
@@ -435,12 +442,12 @@ def tuning_note(chosen: dict) -> str | None:
     edges = sorted("/".join(k) for k, v in tuned.items() if at_grid_edge(v))
     if not (tuned or running):
         return None
+    if not tuned:
+        return f"- Equal tuning: all {running} choices are still being tuned."
     text = (f"{len(edges)} of {len(tuned)} tuned choices lie at an edge of the learning-rate scales tried, the grid's "
             f"extensions included ({', '.join(edges)}); the best may lie beyond them." if edges else
             f"none of the {len(tuned)} tuned choices lies at an edge of the learning-rate scales tried (the grid's "
             "extensions included): each is a best with a worse scale on either side.")
-    if not tuned:
-        return f"- Equal tuning: all {running} choices are still being tuned."
     return f"- Equal tuning: {text}" + (f" {running} more are still being tuned." if running else "")
 
 
@@ -514,8 +521,7 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
     if note := tuning_note(chosen):
         out.append(note)
     if moving := [f"{r['model']}/{r['dataset']}" for r in plateau if not r["plateaued"]]:
-        budget = next((o.split("=")[1] for o in spec.get("common", []) if o.startswith("train.max_steps=")), "?")
-        out.append(f"- Budget: the best method had not plateaued at {budget} steps in {len(moving)} of {len(plateau)} "
+        out.append(f"- Budget: the best method had not plateaued at {_common(spec, 'train.max_steps') or '?'} steps in {len(moving)} of {len(plateau)} "
                    f"cells ({', '.join(moving)}: its accuracy moved by more than {PLATEAU_TOLERANCE} over its last "
                    "evaluations); there the scores compare every method at one budget, not at convergence.")
     out += ["- Untested here: the paper's 7B models (Falcon, Bloom, Llama-2) and its base-size encoders with the hub "
