@@ -143,6 +143,19 @@ def test_a_best_scale_at_an_edge_of_the_grid_extends_it_one_scale_at_a_time(tmp_
     assert len(study.planned_jobs(EXTEND, "tune", root)) == 6 + 3
 
 
+@pytest.mark.parametrize("extend", [{"lower": [0.125]}, {"above": [1.0]}, {"above": 8.0}, {"below": ["x"]}])
+def test_a_tune_extension_that_would_extend_nothing_is_an_error(tmp_path, extend, capsys):
+    """A misspelt side, a scale inside the grid or not a list: said, exit 2, not silently ignored."""
+    import yaml
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({**EXTEND, "tune": {**EXTEND["tune"], "extend": extend}}))
+    assert study.main(["run", "tune", "--plan", str(plan), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: study plan t: tune.extend.") and "beyond the grid (0.5, 2)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_running_the_tune_stage_runs_the_extensions_its_runs_call_for(tmp_path, monkeypatch):
     monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path))
     ran = []

@@ -232,7 +232,7 @@ def tune_grid(spec: dict, root: Path | None = None, stale_ok: bool = False) -> d
     list is used up. Every method alike: one more run per step beyond an edge. Borrowing cells have
     none (`tune.borrow`)."""
     t = spec["tune"]
-    extend = t.get("extend") or {}
+    extend = _extension(spec)
     lent = borrowed(spec)
     grid: dict = {}
     for model, dataset in cells(spec):
@@ -252,6 +252,21 @@ def tune_grid(spec: dict, root: Path | None = None, stale_ok: bool = False) -> d
                 jobs.append(_tune_job(spec, model, dataset, method, beyond[0], best[1].values["num_virtual_tokens"]))
             grid[(model, dataset, method)] = jobs
     return grid
+
+
+def _extension(spec: dict) -> dict[str, list[float]]:
+    """`tune.extend`, checked: only `below` / `above`, each a list of scales beyond the grid on its
+    side (a misspelt key or a scale inside the grid would silently extend nothing)."""
+    extend = spec["tune"].get("extend") or {}
+    grid = spec["tune"]["lr_scale"]
+    for side, scales in extend.items():
+        beyond = {"below": lambda x: x < min(grid), "above": lambda x: x > max(grid)}.get(side)
+        if beyond is None or not isinstance(scales, list) or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) and beyond(x) for x in scales):
+            raise LtuneError(f"study plan {spec['name']}: tune.extend.{side}: {scales!r} — give `below` and / or "
+                             f"`above`, each a list of learning-rate scales beyond the grid ({', '.join(map(fmt, grid))}) "
+                             "on that side, e.g. `extend: {below: [0.1], above: [10.0]}`.")
+    return extend
 
 
 def tune_jobs(spec: dict, root: Path | None = None, stale_ok: bool = False) -> list[Job]:
