@@ -287,15 +287,43 @@ def test_vectorised_metrics_match_metrics_module():
 
 def test_steps_to_target_and_params(report):
     steps = {(s["lt"], s["dataset"], s["model"]): s for s in report["json"]["steps_to_target"]}
+    cells = {(c["method"], c["dataset"], c["model"]): c["mean"] for c in report["json"]["tables"][0]["cells"]}
     s = steps[("lt_prefix", "sst2", "minilm")]
-    assert s["target_val_loss"] == pytest.approx(0.5)
-    assert s["baseline_steps_val_loss"] == 400 and s["lt_steps_val_loss"] == 200
-    p = steps[("lt_prompt", "sst2", "minilm")]
-    assert p["target_val_loss"] == pytest.approx(0.65) and p["lt_steps_val_loss"] is None
-    assert "never" in report["files"]["markdown"].read_text()
+    # L-Tuning's pair BCE and the baseline's K-way cross-entropy are not on one scale: no loss target
+    assert s["same_loss"] is False and s["target_val_loss"] is None and s["lt_steps_val_loss"] is None
+    # accuracy curves rise as final x (1/4, 2/4, 3/4, 1): L-Tuning (~0.90) passes the baseline's final
+    # (~0.60) at 3/4; the common target is the lower final, the baseline's, which it reaches at its end
+    base, lt = cells[("prefix", "sst2", "minilm")], cells[("lt_prefix", "sst2", "minilm")]
+    assert s["target_metric"] == pytest.approx(base) and s["target_common"] == pytest.approx(min(base, lt))
+    assert (s["baseline_steps_metric"], s["lt_steps_metric"]) == (400, 300)
+    assert (s["baseline_steps_common"], s["lt_steps_common"]) == (400, 300)
+    md = report["files"]["markdown"].read_text()
+    assert "common target: L-Tuning" in md and "val_loss: target" not in md  # no pair trains one loss
+    assert any("not on one scale" in n for n in report["json"]["notes"])
     params = {(p["label"], p["model"]): p for p in report["json"]["params"]}
     assert params[("lt_prefix", "bert")]["trainable_params_max"] == 2000
     assert params[("prefix", "bert")]["trainable_fraction"] == pytest.approx(1000 / 1_000_000)
+
+
+def test_steps_to_a_loss_target_where_both_train_one_loss_and_the_common_target(tmp_path):
+    """A baseline in the pair framing trains L-Tuning's loss: its final val_loss is a target. The
+    common target is the lower final accuracy: here L-Tuning's, which the baseline passes first."""
+    for seed in range(2):
+        write_run(tmp_path / "runs", "prefix", seed=seed, correct=0.9, losses=(0.69, 0.5, 0.4, 0.3),
+                  config={"method.pair_framing": True})
+        write_run(tmp_path / "runs", "lt_prefix", seed=seed, correct=0.6, losses=(0.69, 0.6, 0.5, 0.45))
+    rep = json.loads(compare([str(tmp_path / "runs")], str(tmp_path / "out"), n_boot=50, seed=0)["json"].read_text())
+    (s,) = rep["steps_to_target"]
+    assert s["same_loss"] is True and s["target_val_loss"] == pytest.approx(0.3)
+    assert (s["baseline_steps_val_loss"], s["lt_steps_val_loss"]) == (400, None)
+    cells = {c["method"]: c["mean"] for c in rep["tables"][0]["cells"]}
+    assert cells["lt_prefix"] < cells["prefix"] and s["target_common"] == pytest.approx(cells["lt_prefix"])
+    assert (s["baseline_steps_common"], s["lt_steps_common"]) == (300, 400)
+    assert (s["baseline_steps_metric"], s["lt_steps_metric"]) == (400, None)
+    assert not any("not on one scale" in n for n in rep["notes"])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "baseline's final val_loss: target" in md and "losses differ" not in md
+
 
 
 # ----------------------------------------------------------------------------- (d) files

@@ -17,7 +17,7 @@ from ltune_cli import runfolder, study
 from ltune_cli.report import analysis
 from ltune_cli.report.analysis import BASELINE_OF, difference
 from ltune_cli.report.load import load_run
-from ltune_cli.report.stats import first_step_reaching, mean_curve, summarize
+from ltune_cli.report.stats import mean_curve, summarize
 
 
 def outputs_of(spec: dict) -> tuple[Path, Path]:
@@ -237,22 +237,16 @@ def steps_to_target(spec: dict, final: dict) -> list[dict]:
     out = []
     for lt_row, base_row in pairs:
         for col in columns:
-            runs = {"lt": groups.get((lt_row, col)), "baseline": groups.get((base_row, col))}
-            if not all(runs.values()):
-                continue
-            (r,) = analysis.steps_to_target(groups, [(lt_row, base_row)], [col], {col: "accuracy"})
-            curves = {who: analysis._curve(rs, "accuracy") for who, rs in runs.items()}
-            common = min(c[-1][1] for c in curves.values()) if all(curves.values()) else None
-            # the last point is the final mean itself; a rounding ulp must not hide that it reaches it
-            steps = {who: None if common is None else first_step_reaching(c, common - 1e-12, True)
-                     for who, c in curves.items()}
-            majority = _majority_rate([*runs["lt"], *runs["baseline"]])
-            out.append({"model": r["model"], "dataset": r["dataset"], "lt": r["lt"], "baseline": r["baseline"],
-                        "target": r["target_metric"], "lt_steps": r["lt_steps_metric"],
-                        "baseline_steps": r["baseline_steps_metric"], "common_target": common,
-                        "lt_steps_common": steps["lt"], "baseline_steps_common": steps["baseline"],
-                        # neither ends above always answering the most frequent class: no learning to race to
-                        "trivial": common is not None and majority is not None and common <= majority + 1e-12})
+            for r in analysis.steps_to_target(groups, [(lt_row, base_row)], [col], {col: "accuracy"}):
+                majority = _majority_rate([*groups[(lt_row, col)], *groups[(base_row, col)]])
+                common = r["target_common"]
+                out.append({"model": r["model"], "dataset": r["dataset"], "lt": r["lt"], "baseline": r["baseline"],
+                            "target": r["target_metric"], "lt_steps": r["lt_steps_metric"],
+                            "baseline_steps": r["baseline_steps_metric"], "common_target": common,
+                            "lt_steps_common": r["lt_steps_common"],
+                            "baseline_steps_common": r["baseline_steps_common"],
+                            # neither ends above always answering the most frequent class: no learning to race to
+                            "trivial": common is not None and majority is not None and common <= majority + 1e-12})
     return out
 
 

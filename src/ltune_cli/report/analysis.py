@@ -299,29 +299,53 @@ def _curve(runs: list[Run], key: str) -> list[tuple[int, float]]:
     return mean_curve([r.curve() for r in runs], key)
 
 
-def steps_to_target(groups, pairs, columns, metric: dict[Col, str]) -> list[dict]:
-    """First eval step (seed-mean curves) where each method reaches the baseline's final value.
+def loss_kind(run: Run) -> str:
+    """What a run's val_loss measures: binary cross-entropy over (text, label) pairs (L-Tuning, and a
+    baseline with method.pair_framing) or cross-entropy over a K-way head: not on one scale."""
+    pairs = run.method in BASELINE_OF or str(run.config.get("method.pair_framing", False)).lower() == "true"
+    return "pair BCE" if pairs else "K-way CE"
 
-    Targets are the baseline's seed-mean final val_loss (reach: <=) and final primary
-    metric (reach: >= when higher is better), on the texts its curve scores (Run.curve_final);
-    None means never reached.
+
+#: A seed-mean curve's last point is the final mean itself, summed in another order: a rounding ulp
+#: must not hide that a method reaches its own (or an equal) final value.
+_ULP = 1e-12
+
+
+def steps_to_target(groups, pairs, columns, metric: dict[Col, str]) -> list[dict]:
+    """First eval step of each method's seed-mean curve that reaches a target (None: never within
+    the budget), every point and target on the texts its curve scores (Run.curve):
+
+    - `val_loss`: the baseline's final val_loss (reach: <=), only where both train the same loss
+      (`same_loss`; else None: a pair BCE against a K-way cross-entropy compares two scales);
+    - `metric`: the baseline's final primary metric (L-Tuning must also end as high);
+    - `common`: the worse of the two methods' final metric, which both reach by their last step: who
+      gets there first, whatever level each ends at (the paper's faster convergence).
     """
     out = []
     for lt_row, base_row in pairs:
         for col in columns:
-            lt, base = groups.get((lt_row, col)), groups.get((base_row, col))
-            if not lt or not base:
+            runs = {"lt": groups.get((lt_row, col)), "baseline": groups.get((base_row, col))}
+            if not all(runs.values()):
                 continue
             m = metric[col]
+            same = loss_kind(runs["lt"][0]) == loss_kind(runs["baseline"][0])
             rec: dict[str, Any] = {"lt": row_label(lt_row), "baseline": row_label(base_row),
-                                   "dataset": col[0], "model": col[1], "metric": m}
-            for name, key, higher in (("val_loss", "val_loss", False), ("metric", m, higher_is_better(m))):
-                target, _, n = summarize([r.curve_final(key) for r in base])  # on the curve's texts
-                target = target if n else None
+                                   "dataset": col[0], "model": col[1], "metric": m, "same_loss": same}
+            curves = {who: {key: _curve(rs, key) for key in ("val_loss", m)} for who, rs in runs.items()}
+            higher = higher_is_better(m)
+            for name, key, up in (("val_loss", "val_loss", False), ("metric", m, higher)):
+                target, _, n = summarize([r.curve_final(key) for r in runs["baseline"]])
+                target = target if n and (same or key != "val_loss") else None
                 rec[f"target_{name}"] = target
-                for who, runs in (("baseline", base), ("lt", lt)):
-                    curve = _curve(runs, key)
-                    rec[f"{who}_steps_{name}"] = None if target is None else first_step_reaching(curve, target, higher)
+                for who in runs:
+                    rec[f"{who}_steps_{name}"] = None if target is None else first_step_reaching(
+                        curves[who][key], target - _ULP if up else target + _ULP, up)
+            ends = [c[m][-1][1] for c in curves.values() if c[m]]
+            common = (min(ends) if higher else max(ends)) if len(ends) == 2 else None
+            rec["target_common"] = common
+            for who in runs:
+                rec[f"{who}_steps_common"] = None if common is None else first_step_reaching(
+                    curves[who][m], common - _ULP if higher else common + _ULP, higher)
             out.append(rec)
     return out
 
@@ -406,6 +430,13 @@ def analyse(runs: list[Run], inputs: list[str], *, metric: str | None, n_boot: i
         "partner run and are left out of the difference (still in the tables)"
         for d in diffs if d["unpaired_seeds"]
     ]
+    kinds: dict[str, set[str]] = {}
+    for r in done:
+        kinds.setdefault(loss_kind(r), set()).add(row_label(r.row))
+    if len(kinds) > 1:
+        notes.append("val_loss is each run's training loss and not on one scale across these rows ("
+                     + "; ".join(f"{k}: {', '.join(sorted(v))}" for k, v in sorted(kinds.items()))
+                     + "): compare their accuracy curves and the steps to the common target, not their losses")
     return Report(
         inputs=[str(p) for p in inputs],
         settings={"metric": metric, "n_boot": n_boot, "seed": seed, "bootstrap": BOOTSTRAP_DOC,

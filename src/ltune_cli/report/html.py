@@ -17,6 +17,7 @@ from ltune_cli.report.analysis import Report, Table
 from ltune_cli.report.tables import (
     N_SUFFIX,
     NO_PAIRS,
+    STEPS_CAPTION,
     differences_frame,
     failed_frame,
     main_frame,
@@ -89,7 +90,7 @@ def to_html(rep: Report, curves: dict[str, Path] | None = None) -> str:
                  f'<p class="caption">{rep.settings["n_boot"]} replicates, seed {rep.settings["seed"]}. '
                  f'{escape(rep.settings["bootstrap"])} Green: the 95% interval excludes 0.</p>'
                  + html_differences(rep.differences))
-    parts.append("<h2>Steps to reach the baseline's final value</h2>"
+    parts.append(f'<h2>Steps to target</h2><p class="caption">{escape(STEPS_CAPTION)}</p>'
                  + html_frame(steps_frame(rep.steps_to_target), "steps", NO_PAIRS))
     parts.append("<h2>Trainable parameters</h2>" + html_frame(params_frame(rep.params), "params", "no completed runs"))
     png = (curves or {}).get("png")

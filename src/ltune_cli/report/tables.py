@@ -116,15 +116,27 @@ def differences_frame(diffs: list[dict]) -> pd.DataFrame:
 
 
 def steps_frame(steps: list[dict]) -> pd.DataFrame:
-    """Steps each method needs to reach the baseline's final val_loss and metric."""
-    rows = [[f"{s['lt']} vs {s['baseline']}", s["dataset"], s["model"], fmt_value(s["target_val_loss"], "val_loss"),
-             fmt_steps(s["baseline_steps_val_loss"]), fmt_steps(s["lt_steps_val_loss"]),
-             f"{s['metric']} {fmt_value(s['target_metric'], s['metric'])}",
-             fmt_steps(s["baseline_steps_metric"]), fmt_steps(s["lt_steps_metric"])] for s in steps]
+    """Steps each method needs to reach the baseline's final val_loss (where both train one loss; the
+    columns are left out when no pair does) and metric, and the common target (the worse of the two
+    final metrics)."""
+    def reached(s: dict, name: str, who: str) -> str:
+        return fmt_steps(s[f"{who}_steps_{name}"]) if s[f"target_{name}"] is not None else "–"
+
+    def target(s: dict, name: str) -> str:
+        if name == "val_loss":
+            return fmt_value(s["target_val_loss"], "val_loss") if s["same_loss"] else "losses differ"
+        value = s[f"target_{name}"]
+        return "–" if value is None else f"{s['metric']} {fmt_value(value, s['metric'])}"
+
+    names = {"val_loss": "baseline's final val_loss", "metric": "baseline's final metric", "common": "common target"}
+    if not any(s["same_loss"] for s in steps):
+        del names["val_loss"]
+    rows = [[f"{s['lt']} vs {s['baseline']}", s["dataset"], s["model"]]
+            + [cell for name in names for cell in (target(s, name), reached(s, name, "baseline"), reached(s, name, "lt"))]
+            for s in steps]
     columns = pd.MultiIndex.from_tuples(
-        [("", "comparison"), ("", "dataset"), ("", "model"), ("val_loss", "target"), ("val_loss", "baseline steps"),
-         ("val_loss", "L-Tuning steps"), ("metric", "target"), ("metric", "baseline steps"),
-         ("metric", "L-Tuning steps")])
+        [("", "comparison"), ("", "dataset"), ("", "model")]
+        + [(group, c) for group in names.values() for c in ("target", "steps: baseline", "steps: L-Tuning")])
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -195,9 +207,17 @@ def markdown_differences(diffs: list[dict]) -> str:
     return markdown(frame, NO_PAIRS, right=("seeds", "mean diff", "95% CI"))
 
 
+STEPS_CAPTION = (
+    "First eval step of each method's seed-mean curve that reaches the target (baseline, L-Tuning); never: not "
+    "within the run. Targets: the baseline's final val_loss (only where both train one loss, and shown only "
+    "then: L-Tuning's binary cross-entropy over (text, label) pairs and a K-way head's cross-entropy are not on "
+    "one scale), the baseline's final metric (L-Tuning must also end as high), and the common target, the worse "
+    "of the two final metrics, which both reach: who gets there first, whatever level each ends at.")
+
+
 def markdown_steps(steps: list[dict]) -> str:
     frame = steps_frame(steps)
-    frame.columns = [f"{a} {b}" if a else b for a, b in frame.columns]
+    frame.columns = [f"{a}: {b.removeprefix('steps: ')}" if a else b for a, b in frame.columns]
     return markdown(frame, NO_PAIRS, right=tuple(frame.columns[3:]))
 
 
@@ -216,9 +236,8 @@ def to_markdown(rep: Report, curves: dict[str, str] | None = None) -> str:
         f"Differences in the table's units; {rep.settings['n_boot']} bootstrap replicates, seed "
         f"{rep.settings['seed']}. Method: {rep.settings['bootstrap']}",
         markdown_differences(rep.differences),
-        "## Steps to reach the baseline's final value",
-        "First eval step of the seed-mean curve with val_loss <= the baseline's final val_loss, and with the "
-        "metric reaching the baseline's final value; `never` if not reached.",
+        "## Steps to target",
+        STEPS_CAPTION,
         markdown_steps(rep.steps_to_target),
         "## Trainable parameters",
         markdown(params, "no completed runs", right=tuple(params.columns[1:])),
