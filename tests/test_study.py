@@ -392,6 +392,47 @@ def test_curves_and_steps_to_target_score_one_set_of_texts():
     assert base.curve() is base.evals and base.curve_final("accuracy") == 4 / 6
 
 
+@pytest.mark.parametrize("paper_warm, paper_cold, reading", [
+    (20, 20, "**capacity**: below per-token without either warm start, and its warm start does not lower it"),
+    (20, 34, "**its warm start**: without one it is not below per-token, and the warm start lowers it"),
+    (20, 28, "**both**: below per-token without either warm start, and its warm start lowers it further"),
+    (34, 34, "**not resolved** by these runs")])
+def test_the_a5_contrasts_tell_capacity_from_warm_start(tmp_path, monkeypatch, paper_warm, paper_cold, reading):
+    """RESULTS.md's A.5 section and verdict: A.5 without its warm start against per_token without one
+    (capacity), A.5 with its warm start against without (the start); the reading follows the runs.
+    Right of 40: per_token with its warm start 36, without 34; A.5 with `paper_warm`, without `paper_cold`."""
+    from ltune_cli import study_report
+
+    monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path / "out"))
+    spec = {**SPEC, "cells": {"minilm": ["sst2"]},
+            "ablate": {"cells": ["minilm/sst2"], "seeds": 2,
+                       "variants": {"variant_paper": ["lt_prefix"], "warm_start_off": ["lt_prefix"],
+                                    "variant_paper_warm_start_off": ["lt_prefix"]}}}
+    root = study.root_of(spec)
+    for j in study.tune_jobs(spec):
+        _finish(j, root, 0.6)
+    right = {None: 36, "warm_start_off": 34, "variant_paper": paper_warm, "variant_paper_warm_start_off": paper_cold}
+    chosen = study.choose(spec, root)
+    for j in [*study.final_jobs(spec, chosen), *study.ablate_jobs(spec, chosen)]:
+        seed = int(j.tag.rsplit("s", 1)[1])
+        n = right[j.values.get("ablation")] if j.method == "lt_prefix" else 30
+        _finish(j, root, n / 40, seed=seed, preds=[g if i < n else 1 - g for i, g in enumerate(GOLD)])
+    cold = study.ablate_jobs(spec, chosen)[-1]
+    assert cold.values["ablation"] == "variant_paper_warm_start_off"
+    assert {"method.variant=paper", "method.init_from_label=false"} <= set(cold.overrides)
+    md = tmp_path / "RESULTS.md"
+    study_report.write_results(spec, md, tmp_path / "runs.csv", figures=False)
+    text = md.read_text()
+    assert "### The A.5 variant: capacity or warm start?" in text
+    gap = f"{(paper_cold - 34) / 40:+.3f}"
+    assert (f"| minilm | sst2 | capacity | A.5 pooling variant, warm start off: {paper_cold / 40:.3f} ± 0.000 (n=2) | "
+            f"warm start off (init_from_label=false) | 0.850 ± 0.000 (n=2) | {gap} [") in text
+    bullet = next(line for line in text.splitlines() if line.startswith("- The A.5 pooling variant"))
+    assert bullet.startswith("- The A.5 pooling variant, weak by capacity or by its warm start? below per-token, "
+                             "both warm-started, with an interval excluding 0 in ")
+    assert reading in bullet
+
+
 def test_ties_on_the_held_out_score_go_to_the_lower_validation_loss(tmp_path):
     """CoLA on MiniLM: every tune run at MCC 0 (the majority class); the lower held-out loss decides."""
     root = tmp_path / "study"
@@ -506,7 +547,7 @@ def test_the_gpu_plan_expands_to_valid_runs():
     spec = study.load_spec("reproduce_gpu")
     assert len(study.tune_jobs(spec)) == 5 * 3 * (6 + 6 + 3 + 3)
     assert len(study.planned_jobs(spec, "final")) == 5 * 4 * (3 + 3 + 5)
-    assert len(study.planned_jobs(spec, "ablate")) == 3 * 9 * 3
+    assert len(study.planned_jobs(spec, "ablate")) == 3 * 10 * 3
     for model in spec["cells"]:
         job = next(j for j in study.tune_jobs(spec) if j.model == model and j.method == "lt_prefix")
         cfg = compose(job.overrides)

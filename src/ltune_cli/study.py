@@ -15,9 +15,9 @@ Stages, in order (each later stage reads the earlier ones' run folders):
   a method's best scale is the lowest / highest tried, the grid goes one scale further
   (`tune.extend`), in rounds, until the best lies inside or the extension list ends.
 - `final`: every method with its chosen values, several seeds, scored on the full dev split.
-- `ablate`: label texts made meaningless or swapped between classes, lt_prefix's A.5 variant,
-  the warm start off, the baselines in the pair framing; each with the chosen values of the
-  method it varies.
+- `ablate`: label texts made meaningless or swapped between classes, lt_prefix's A.5 variant
+  (with and without its warm start: capacity or warm start?), the warm start off, the baselines
+  in the pair framing; each with the chosen values of the method it varies.
 
 The run folders' small files (config, metrics, results, predictions) are committed; weights and
 checkpoints are not (.gitignore), so a run cut by the end of a sitting is rerun from its start on
@@ -352,10 +352,12 @@ def _ablation(name: str, dataset: str) -> list[str]:
         return ["method.variant=paper"]
     if name == "warm_start_off":
         return ["method.init_from_label=false"]
+    if name == "variant_paper_warm_start_off":  # A.5 without its warm start: weak by capacity or by its start?
+        return _ablation("variant_paper", dataset) + _ablation("warm_start_off", dataset)
     if name == "pair_framing":  # a baseline scoring (text, label) pairs with random per-label tokens
         return ["method.pair_framing=true"]
     raise LtuneError(f"study plan: unknown ablation '{name}' (known: labels_meaningless, labels_swapped, "
-                     f"variant_paper, warm_start_off, pair_framing).")
+                     f"variant_paper, warm_start_off, variant_paper_warm_start_off, pair_framing).")
 
 
 def ablate_jobs(spec: dict, chosen: dict) -> list[Job]:

@@ -405,7 +405,75 @@ ABLATION_TEXT = {"labels_meaningless": "label texts \"label zero\", \"label one\
                  "labels_swapped": "label texts rotated between classes",
                  "variant_paper": "A.5 pooling variant (variant=paper)",
                  "warm_start_off": "warm start off (init_from_label=false)",
+                 "variant_paper_warm_start_off": "A.5 pooling variant, warm start off",
                  "pair_framing": "pair framing: P random tokens per label, pair head (vs its K-way head)"}
+
+#: Is LT-prefix's A.5 variant weak by capacity or by its warm start? Two contrasts between ablations
+#: (the first minus the second, same cell and seeds): with neither warm-started, A.5 against per_token
+#: (its capacity); A.5 with its label warm start against A.5 without (what that start does).
+A5_CONTRASTS = {"capacity": ("variant_paper_warm_start_off", "warm_start_off"),
+                "warm start": ("variant_paper", "variant_paper_warm_start_off")}
+
+
+def a5_contrasts(abl: dict) -> list[dict]:
+    """Per cell with both ablations of a contrast done, its difference (paired bootstrap interval)."""
+    out = []
+    for model, dataset in dict.fromkeys((m, d) for m, d, method, _ in abl if method == "lt_prefix"):
+        metric = study.primary_metric(dataset)
+        for what, (a, b) in A5_CONTRASTS.items():
+            runs_a, runs_b = abl.get((model, dataset, "lt_prefix", a)), abl.get((model, dataset, "lt_prefix", b))
+            if not runs_a or not runs_b:
+                continue
+            rec = difference(runs_a, runs_b, metric, N_BOOT, BOOT_SEED, f"{model}|{dataset}|lt_prefix|{a}|{b}|{metric}")
+            out.append({"model": model, "dataset": dataset, "contrast": what, "a": a, "b": b,
+                        "score_a": _mean_std(r.final.get(metric) for r in runs_a),
+                        "score_b": _mean_std(r.final.get(metric) for r in runs_b), **rec})
+    return out
+
+
+def a5_table(contrasts: list[dict]) -> list[str]:
+    if not contrasts:
+        return []
+    out = ["### The A.5 variant: capacity or warm start?", "",
+           "LT-prefix's A.5 pooling variant (method.variant=paper) against the per-token default, both without a "
+           "warm start (capacity), and with its label warm start against without (warm start); difference with a "
+           "95% paired bootstrap interval, `*`: excludes 0.", "",
+           "| model | dataset | contrast | score | against | score | difference |", "|---|---|---|---|---|---|---|"]
+    for c in contrasts:
+        out.append(f"| {c['model']} | {c['dataset']} | {c['contrast']} | {ABLATION_TEXT[c['a']]}: {c['score_a']} | "
+                   f"{ABLATION_TEXT[c['b']]} | {c['score_b']} | {'' if c['diff'] is None else _interval(c)} |")
+    return out + [""]
+
+
+def _signs(rows: list[dict]) -> tuple[int, int, int]:
+    """(below, above, n): differences whose interval excludes 0 on either side, of n."""
+    rows = [r for r in rows if r["diff"] is not None]
+    return (sum(r["excludes_zero"] and r["diff"] < 0 for r in rows),
+            sum(r["excludes_zero"] and r["diff"] > 0 for r in rows), len(rows))
+
+
+def a5_note(abl_rows: list[dict], contrasts: list[dict]) -> str | None:
+    """The verdict's bullet on the A.5 variant: below per_token? By capacity or by its warm start?"""
+    warm = _signs([r for r in abl_rows if r["ablation"] == "variant_paper"])
+    cap = _signs([c for c in contrasts if c["contrast"] == "capacity"])
+    start = _signs([c for c in contrasts if c["contrast"] == "warm start"])
+    if not (warm[2] or cap[2] or start[2]):
+        return None
+    parts = ([f"below per-token, both warm-started, with an interval excluding 0 in {warm[0]} of {warm[2]} cells"]
+             if warm[2] else [])
+    parts += [f"below it with neither warm-started in {cap[0]} of {cap[2]}"] if cap[2] else []
+    parts += [f"its own warm start raises it in {start[1]}, lowers it in {start[0]} of {start[2]}"] if start[2] else []
+    if not (cap[2] and start[2]):
+        reading = "the contrasts that tell capacity from warm start are still running"
+    elif cap[0] == cap[2] and start[0] == start[2]:
+        reading = "**both**: below per-token without either warm start, and its warm start lowers it further"
+    elif cap[0] == cap[2] and not start[0]:
+        reading = "**capacity**: below per-token without either warm start, and its warm start does not lower it"
+    elif not cap[0] and start[0] == start[2]:
+        reading = "**its warm start**: without one it is not below per-token, and the warm start lowers it"
+    else:
+        reading = "**not resolved** by these runs (no difference resolved, or the cells disagree)"
+    return f"- The A.5 pooling variant, weak by capacity or by its warm start? {'; '.join(parts)}: {reading}."
 
 
 def ablation_table(rows: list[dict]) -> list[str]:
@@ -461,7 +529,7 @@ def _judgement(up: int, down: int, n: int) -> str:
 
 
 def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], chosen: dict,
-            plateau: list[dict] = ()) -> list[str]:
+            plateau: list[dict] = (), contrasts: list[dict] = ()) -> list[str]:
     """Every clause is computed from the tables above."""
     out = ["## Verdict", ""]
     if not diffs:
@@ -505,6 +573,8 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
                        f"excluding 0 in {lower} of {len(rows)} method x cell comparisons"
                        + ("; where it is not lower, the label's meaning is not what helps there." if lower < len(rows)
                           else "."))
+    if note := a5_note(abl, contrasts):
+        out.append(note)
     rows = [r for r in abl if r["ablation"] == "pair_framing" and r["diff"] is not None]
     if rows:
         up = sum(r["excludes_zero"] and r["diff"] > 0 for r in rows)
@@ -588,9 +658,10 @@ def render(spec: dict, table, final: dict, figures: list[str] | None = None, csv
     diffs = differences(spec, final)
     steps = steps_to_target(spec, final)
     abl_rows = ablations(spec, final, abl)
+    contrasts = a5_contrasts(abl)
     chosen = study.choose(spec, study.root_of(spec), strict=False)
     plateau = plateau_rows(spec, final)
-    verdict_lines = verdict(spec, diffs, steps, abl_rows, chosen, plateau)
+    verdict_lines = verdict(spec, diffs, steps, abl_rows, chosen, plateau, contrasts)
     out = [f"# Study `{spec['name']}`: does L-Tuning beat prefix and prompt tuning?", "",
            "Generated by `make results` (`python -m ltune_cli.study results`) from the run folders under "
            f"`outputs/study/{spec['name']}` (plan: conf/study/{spec['name']}.yaml); the per-run CSV is "
@@ -598,7 +669,7 @@ def render(spec: dict, table, final: dict, figures: list[str] | None = None, csv
     out += verdict_lines
     out += progress(spec, table) + table1(spec, final) + differences_table(diffs) + steps_table(steps, spec)
     out += budget_check(spec, plateau)
-    out += figures_section(spec, figures or []) + ablation_table(abl_rows) + cost_table(spec, table)
+    out += figures_section(spec, figures or []) + ablation_table(abl_rows) + a5_table(contrasts) + cost_table(spec, table)
     out += chosen_table(spec, table, chosen) + pilot(spec, table)
     return "\n".join(out).rstrip("\n") + "\n", headline(spec, table, final, diffs, verdict_lines, md_link)
 
