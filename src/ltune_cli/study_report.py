@@ -10,6 +10,7 @@ whose every clause is computed from those numbers. Sections whose runs have not 
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -250,14 +251,30 @@ def steps_to_target(spec: dict, final: dict) -> list[dict]:
     return out
 
 
-def _majority_rate(runs: list) -> float | None:
-    """The accuracy of always answering the most frequent gold label of the curve's texts."""
+def _majority_rate(runs: list, curve: bool = True) -> float | None:
+    """The accuracy of always answering the most frequent gold label of the curve's texts (or, with
+    curve=False, of the whole eval split)."""
+    gold = _gold(runs, curve)
+    return max(Counter(gold).values()) / len(gold) if gold else None
+
+
+def _gold(runs: list, curve: bool = True) -> list | None:
+    """The gold labels of the curve's texts (curve=False: all), from the first run with predictions."""
     for run in runs:
         gold = (run.predictions or {}).get("gold")
         if gold:
-            first = gold[:run.curve()[-1].get("eval_examples") or len(gold)]
-            return max(Counter(first).values()) / len(first)
+            return gold[:run.curve()[-1].get("eval_examples") or len(gold)] if curve else gold
     return None
+
+
+def above_majority(runs: list) -> tuple[float, float, bool] | None:
+    """(seed-mean dev accuracy, majority-class rate m, learnt): learnt when the accuracy exceeds m by
+    more than 2 standard errors of an accuracy on the split's n texts, 2·sqrt(m(1-m)/n)."""
+    gold, (acc, _, n) = _gold(runs, curve=False), summarize([r.final.get("accuracy") for r in runs])
+    if not gold or not n:
+        return None
+    m = max(Counter(gold).values()) / len(gold)
+    return acc, m, acc > m + 2 * math.sqrt(m * (1 - m) / len(gold))
 
 
 #: A best method whose curve accuracy still moves by more than this over its last evaluations has
@@ -280,22 +297,30 @@ def plateau_rows(spec: dict, final: dict) -> list[dict]:
         curve = analysis._curve(final[(model, dataset, best)], "accuracy")[-3:]
         if len(curve) >= 2:
             change = curve[-1][1] - curve[0][1]
+            acc, majority, learnt = above_majority(final[(model, dataset, best)]) or (None, None, None)
             rows.append({"model": model, "dataset": dataset, "method": best, "curve": curve, "change": change,
-                         "span": curve[-1][0] - curve[0][0], "plateaued": abs(change) <= PLATEAU_TOLERANCE})
+                         "span": curve[-1][0] - curve[0][0], "plateaued": abs(change) <= PLATEAU_TOLERANCE,
+                         "accuracy": acc, "majority": majority, "learnt": learnt})
     return rows
 
 
 def budget_check(spec: dict, rows: list[dict]) -> list[str]:
     if not rows:
         return []
-    out = ["## Has the best method plateaued?", "",
-           f"Per cell, the method with the best mean final score: its seed-mean accuracy on {_curve_texts(spec)} "
-           f"at its last three evaluations; `no`: it moved by more than {PLATEAU_TOLERANCE} over them.", "",
-           "| model | dataset | best method | accuracy | change | plateaued |", "|---|---|---|---|---|---|"]
+    out = ["## Has the best method learnt, and plateaued?", "",
+           "Per cell, the method with the best mean final score. `learnt`: its seed-mean accuracy on the whole dev "
+           "split exceeds always answering the most frequent label (majority class, rate m) by more than 2 standard "
+           "errors of an accuracy on that split's n texts, 2·sqrt(m(1−m)/n); `no`: every method is at chance there. "
+           f"`plateaued`: its seed-mean accuracy on {_curve_texts(spec)} at its last three evaluations; `no`: it moved "
+           f"by more than {PLATEAU_TOLERANCE} over them.", "",
+           "| model | dataset | best method | dev accuracy | majority class | learnt | accuracy (curve) | change "
+           "| plateaued |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         points = ", ".join(f"{a:.3f} at {st}" for st, a in r["curve"])
-        out.append(f"| {r['model']} | {r['dataset']} | {METHOD_NAMES[r['method']]} | {points} | {r['change']:+.3f} "
-                   f"over the last {r['span']} steps | {'yes' if r['plateaued'] else 'no'} |")
+        learnt = ["", "", ""] if r["learnt"] is None else [
+            f"{r['accuracy']:.3f}", f"{r['majority']:.3f}", "yes" if r["learnt"] else "no"]
+        out.append(f"| {r['model']} | {r['dataset']} | {METHOD_NAMES[r['method']]} | {' | '.join(learnt)} | {points} | "
+                   f"{r['change']:+.3f} over the last {r['span']} steps | {'yes' if r['plateaued'] else 'no'} |")
     return out + [""]
 
 
@@ -535,18 +560,32 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
     if not diffs:
         return out + ["Not yet: no final runs of an L-Tuning / baseline pair have completed.", ""]
     kinds = {m: study.model_kind(m) for m in spec["cells"]}
+    chance = [(r["model"], r["dataset"]) for r in plateau if r["learnt"] is False]
     for kind, claim in (("encoder", "+0-2 points over prefix / prompt tuning on BERT-size encoders"),
                         ("decoder", "+2-6 points on 7B decoders")):
-        mine = [d for d in diffs if kinds[d["model"]] == kind]
+        every = [d for d in diffs if kinds[d["model"]] == kind]
+        mine = [d for d in every if (d["model"], d["dataset"]) not in chance]
+        left = len(every) - len(mine)
+        note = (f"; {left} more, in cell{'s' * (left != 1)} where every method is at chance, left out: see "
+                "Learning" if left else "")
         if not mine:
+            if every:
+                out.append(f"- Scores, the paper's {claim}, on {', '.join(sorted({d['model'] for d in every}))} "
+                           f"({kind}): **not testable here**: every comparison is in a cell where every method is "
+                           "at chance (see Learning).")
             continue
         models = ", ".join(sorted({d["model"] for d in mine}))
         mean = sum(d["diff"] for d in mine) / len(mine)
         better = sum(d["excludes_zero"] and d["better"] for d in mine)
         worse = sum(d["excludes_zero"] and d["better"] is False for d in mine)
         out.append(f"- Scores, the paper's {claim}, on {models} ({kind}): {_judgement(better, worse, len(mine))}. "
-                   f"{_tally(mine)} model x dataset x pair comparisons (MCC on CoLA, accuracy elsewhere); mean "
+                   f"{_tally(mine)} model x dataset x pair comparisons (MCC on CoLA, accuracy elsewhere{note}); mean "
                    f"difference {mean:+.3f}.")
+    if chance:
+        out.append(f"- Learning: in {len(chance)} of {len(plateau)} cells ({', '.join('/'.join(c) for c in chance)}) "
+                   "not even the best method ends above always answering the majority class (dev accuracy, by more "
+                   "than 2 standard errors): every method is at chance there at this budget, so their comparisons "
+                   "test nothing for or against L-Tuning and the score judgements leave them out.")
     if steps:
         def race(rows, lt_key, base_key):
             lt, base = [s[lt_key] for s in rows], [s[base_key] for s in rows]
