@@ -265,6 +265,7 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
         seed = int(j.tag.rsplit("-s", 1)[1])
         right = 24 + seed - (12 if j.values["ablation"] == "labels_meaningless" else 0)
         _finish(j, root, right / 40, seed=seed, preds=preds(right))
+    _finish(study.pilot_jobs(SPEC)[0], root, 0.6, preds=preds(24), curve=[(5, 0.5)])  # the pilot: one of two
     md, csv = tmp_path / "RESULTS.md", tmp_path / "results" / "runs.csv"
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\nkept above\n{study_report.README_BEGIN}\nold numbers\n{study_report.README_END}\nkept below\n")
@@ -294,7 +295,9 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     for line in block.splitlines():
         if line.startswith("- "):
             assert line in text.splitlines()
-    assert "| tune | 12 / 12 | 0.0 |" in text and "| final | 10 / 10 |" in text and "| pilot | 0 / 2 |" in text
+    assert "| tune | 12 / 12 | 0.0 |" in text and "| final | 10 / 10 |" in text and "| pilot | 1 / 2 |" in text
+    assert ("minilm / sst2 (40 held-out texts; always answering the majority class: 0.500):\n\n| method | 5 | 10 |\n"
+            "|---|---|---|\n| prefix | 0.500 | 0.600 |\n") in text
     assert "| ablate | 3 / 3 |" in text
     assert "| minilm | sst2 | prefix | 2 (edge) | 10 | 0.800 |  | 4 / 4 |" in text
     assert ("- Equal tuning: 4 of 4 tuned choices lie at an edge of the learning-rate scales tried, the grid's "
@@ -339,7 +342,7 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     assert md.read_text() == text and {p.name: p.read_bytes() for p in (tmp_path / "results").glob("t_curves_*")} == figures
     rows = csv.read_text().splitlines()
     assert "not distinguishable in 1 of 1 method x cell comparisons" in text  # pair framing = K-way here
-    assert len(rows) == 1 + 12 + 10 + 3 and "tune/minilm-sst2/prefix/" in rows[1] and str(tmp_path) not in csv.read_text()
+    assert len(rows) == 1 + 1 + 12 + 10 + 3 and "pilot/minilm-sst2/prefix/s0" in rows[1] and "tune/minilm-sst2/prefix/" in rows[2] and str(tmp_path) not in csv.read_text()
 
 
 def test_a_readme_without_its_markers_stops_results_before_anything_is_written(tmp_path, monkeypatch):

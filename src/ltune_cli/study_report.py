@@ -85,14 +85,17 @@ def pilot(spec: dict, table) -> list[str]:
     if not runs:
         return []
     out = ["## Pilot: the step budget", "",
-           "Held-out accuracy (the tune stage's slice of train, seed 0, default learning rates) along a long run; "
-           f"the study's budget is `train.max_steps={_common(spec, 'train.max_steps')}`.", ""]
+           "Held-out accuracy (the tune stage's slice of train, seed 0, default learning rates) along a long run, "
+           "every point on one set of held-out texts (Run.curve); the study's budget is "
+           f"`train.max_steps={_common(spec, 'train.max_steps')}`.", ""]
     for (model, dataset), group in _by_cell(runs).items():
-        steps = sorted({int(e["step"]) for rs in group.values() for r in rs for e in r.evals})
-        out += [f"{model} / {dataset}:", "", "| method | " + " | ".join(map(str, steps)) + " |",
-                "|---" * (len(steps) + 1) + "|"]
+        steps = sorted({int(e["step"]) for rs in group.values() for r in rs for e in r.curve()})
+        gold = _gold([r for rs in group.values() for r in rs])
+        out += [f"{model} / {dataset}" + ("" if not gold else f" ({len(gold)} held-out texts; always answering the "
+                                          f"majority class: {max(Counter(gold).values()) / len(gold):.3f})") + ":", "",
+                "| method | " + " | ".join(map(str, steps)) + " |", "|---" * (len(steps) + 1) + "|"]
         for method, rs in group.items():
-            curve = dict(mean_curve([r.evals for r in rs], "accuracy"))
+            curve = dict(mean_curve([r.curve() for r in rs], "accuracy"))
             out.append(f"| {method} | " + " | ".join(f"{curve[s]:.3f}" if s in curve else "" for s in steps) + " |")
         out.append("")
     return out
