@@ -65,6 +65,8 @@ def test_jobs_cover_the_grid_with_explicit_values(tmp_path, monkeypatch):
     pilot = study.pilot_jobs(SPEC)
     assert len(pilot) == 2 and all("train.max_steps=30" in j.overrides for j in pilot)
     assert all(sum(o.startswith("train.max_steps=") for o in j.overrides) == 1 for j in pilot)  # last wins
+    longer = study.pilot_jobs({**SPEC, "pilot": {**SPEC["pilot"], "cell_overrides": {"minilm/sst2": ["train.max_steps=90"]}}})
+    assert all("train.max_steps=90" in j.overrides and "train.max_steps=30" not in j.overrides for j in longer)
 
 
 def test_selection_reads_held_out_scores_and_drives_final_and_ablations(tmp_path):
@@ -296,7 +298,8 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
         if line.startswith("- "):
             assert line in text.splitlines()
     assert "| tune | 12 / 12 | 0.0 |" in text and "| final | 10 / 10 |" in text and "| pilot | 1 / 2 |" in text
-    assert ("minilm / sst2 (40 held-out texts; always answering the majority class: 0.500):\n\n| method | 5 | 10 |\n"
+    assert ("minilm / sst2, accuracy (40 held-out texts; always answering the majority class: accuracy 0.500, MCC 0):"
+            "\n\n| method | 5 | 10 |\n"
             "|---|---|---|\n| prefix | 0.500 | 0.600 |\n") in text
     assert "| ablate | 3 / 3 |" in text
     assert "| minilm | sst2 | prefix | 2 (edge) | 10 | 0.800 |  | 4 / 4 |" in text

@@ -165,6 +165,7 @@ def pilot_jobs(spec: dict) -> list[Job]:
         model, dataset = cell.split("/")
         for method in spec["methods"]:
             ov = [*_base(spec, model, dataset, method), *p.get("overrides", []),
+                  *(p.get("cell_overrides") or {}).get(cell, []),
                   f"dataset.holdout={spec['tune']['holdout'][dataset]}", "seed=0"]
             jobs.append(Job("pilot", model, dataset, method, "s0", ov, {}))
     return jobs

@@ -85,17 +85,21 @@ def pilot(spec: dict, table) -> list[str]:
     if not runs:
         return []
     out = ["## Pilot: the step budget", "",
-           "Held-out accuracy (the tune stage's slice of train, seed 0, default learning rates) along a long run, "
-           "every point on one set of held-out texts (Run.curve); the study's budget is "
-           f"`train.max_steps={_common(spec, 'train.max_steps')}`.", ""]
+           "Held-out score (the tune stage's slice of train, seed 0, default learning rates; the dataset's primary "
+           "metric) along a long run, every point on one set of held-out texts (Run.curve); the study's budget is "
+           f"`train.max_steps={_common(spec, 'train.max_steps')}`"
+           + "".join(f", {d}: `{o}`" for d, ovs in spec.get("datasets", {}).items() for o in ovs
+                     if o.startswith("train.max_steps=")) + ".", ""]
     for (model, dataset), group in _by_cell(runs).items():
+        metric = study.primary_metric(dataset)
         steps = sorted({int(e["step"]) for rs in group.values() for r in rs for e in r.curve()})
         gold = _gold([r for rs in group.values() for r in rs])
-        out += [f"{model} / {dataset}" + ("" if not gold else f" ({len(gold)} held-out texts; always answering the "
-                                          f"majority class: {max(Counter(gold).values()) / len(gold):.3f})") + ":", "",
-                "| method | " + " | ".join(map(str, steps)) + " |", "|---" * (len(steps) + 1) + "|"]
+        out += [f"{model} / {dataset}, {metric}" + ("" if not gold else f" ({len(gold)} held-out texts; always "
+                                                    "answering the majority class: accuracy "
+                                                    f"{max(Counter(gold).values()) / len(gold):.3f}, MCC 0)") + ":",
+                "", "| method | " + " | ".join(map(str, steps)) + " |", "|---" * (len(steps) + 1) + "|"]
         for method, rs in group.items():
-            curve = dict(mean_curve([r.curve() for r in rs], "accuracy"))
+            curve = dict(mean_curve([r.curve() for r in rs], metric))
             out.append(f"| {method} | " + " | ".join(f"{curve[s]:.3f}" if s in curve else "" for s in steps) + " |")
         out.append("")
     return out
