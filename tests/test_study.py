@@ -313,13 +313,13 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
             "steps | no |") in text
     assert ("| minilm | r8 | prefix | 0.625 | 0.500 | no | 0.500 at 5, 0.625 at 10 | +0.125 over the last 5 steps "
             "| no |") in text
-    assert ("- Budget: the best method had not plateaued at 10 steps in 2 of 2 cells (minilm/sst2, minilm/r8: its "
-            "accuracy moved by more than 0.02 over its last evaluations)") in text
+    assert ("- Budget: the best method had not plateaued within its step budget in 2 of 2 cells (minilm/sst2 at 10, "
+            "minilm/r8 at 10 steps: its accuracy moved by more than 0.02 over its last evaluations)") in text
     monkeypatch.setattr(study_report, "PLATEAU_TOLERANCE", 0.15)
     study_report.write_results(SPEC, md, csv, figures=False)
     looser = md.read_text()
     assert "| no | 0.500 at 5, 0.625 at 10 | +0.125 over the last 5 steps | yes |" in looser
-    assert "not plateaued at 10 steps in 1 of 2 cells (minilm/sst2: its accuracy moved by more than 0.15" in looser
+    assert "in 1 of 2 cells (minilm/sst2 at 10 steps: its accuracy moved by more than 0.15" in looser
     monkeypatch.setattr(study_report, "PLATEAU_TOLERANCE", 0.02)
     study_report.write_results(SPEC, md, csv, readme=readme)
     assert "| base LMs | cola BERT |" in text and "| LT-prefix | 0.812 | 0.803 | 0.840 |" in text  # the paper's

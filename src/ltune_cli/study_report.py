@@ -630,10 +630,11 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
                    f"in {len(rows) - up - down} of {len(rows)} method x cell comparisons.")
     if note := tuning_note(chosen):
         out.append(note)
-    if moving := [f"{r['model']}/{r['dataset']}" for r in plateau if not r["plateaued"]]:
-        out.append(f"- Budget: the best method had not plateaued at {_common(spec, 'train.max_steps') or '?'} steps in {len(moving)} of {len(plateau)} "
-                   f"cells ({', '.join(moving)}: its accuracy moved by more than {PLATEAU_TOLERANCE} over its last "
-                   "evaluations); there the scores compare every method at one budget, not at convergence.")
+    if moving := [f"{r['model']}/{r['dataset']} at {r['curve'][-1][0]}" for r in plateau if not r["plateaued"]]:
+        out.append(f"- Budget: the best method had not plateaued within its step budget in {len(moving)} of "
+                   f"{len(plateau)} cells ({', '.join(moving)} steps: its accuracy moved by more than "
+                   f"{PLATEAU_TOLERANCE} over its last evaluations); there the scores compare every method at one "
+                   "budget, not at convergence.")
     out += ["- Untested here: the paper's 7B models (Falcon, Bloom, Llama-2) and its base-size encoders with the hub "
             "weights. The same protocol at that scale (conf/study/reproduce_gpu.yaml), on a GPU machine with the hub: "
             f"`{GPU_COMMAND}`.", ""]
