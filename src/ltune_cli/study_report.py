@@ -96,7 +96,7 @@ def pilot(spec: dict, table) -> list[str]:
         gold = _gold([r for rs in group.values() for r in rs])
         out += [f"{model} / {dataset}, {metric}" + ("" if not gold else f" ({len(gold)} held-out texts; always "
                                                     "answering the majority class: accuracy "
-                                                    f"{max(Counter(gold).values()) / len(gold):.3f}, MCC 0)") + ":",
+                                                    f"{_rate(gold):.3f}, MCC 0)") + ":",
                 "", "| method | " + " | ".join(map(str, steps)) + " |", "|---" * (len(steps) + 1) + "|"]
         for method, rs in group.items():
             curve = dict(mean_curve([r.curve() for r in rs], metric))
@@ -258,11 +258,15 @@ def steps_to_target(spec: dict, final: dict) -> list[dict]:
     return out
 
 
-def _majority_rate(runs: list, curve: bool = True) -> float | None:
-    """The accuracy of always answering the most frequent gold label of the curve's texts (or, with
-    curve=False, of the whole eval split)."""
-    gold = _gold(runs, curve)
-    return max(Counter(gold).values()) / len(gold) if gold else None
+def _majority_rate(runs: list) -> float | None:
+    """The accuracy of always answering the most frequent gold label of the curve's texts."""
+    gold = _gold(runs)
+    return _rate(gold) if gold else None
+
+
+def _rate(gold: list) -> float:
+    """The share of the most frequent label: the accuracy of always answering it."""
+    return max(Counter(gold).values()) / len(gold)
 
 
 def _gold(runs: list, curve: bool = True) -> list | None:
@@ -280,7 +284,7 @@ def above_majority(runs: list) -> tuple[float, float, bool] | None:
     gold, (acc, _, n) = _gold(runs, curve=False), summarize([r.final.get("accuracy") for r in runs])
     if not gold or not n:
         return None
-    m = max(Counter(gold).values()) / len(gold)
+    m = _rate(gold)
     return acc, m, acc > m + 2 * math.sqrt(m * (1 - m) / len(gold))
 
 
