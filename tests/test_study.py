@@ -343,6 +343,9 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     study_report.write_results(SPEC, md, csv, readme=readme)  # regenerated: the same bytes, figures included
     assert readme.read_text() == before
     assert md.read_text() == text and {p.name: p.read_bytes() for p in (tmp_path / "results").glob("t_curves_*")} == figures
+    # a model whose final runs have all left the study (a changed budget): its old figure goes too
+    assert study_report.write_figures(SPEC, {}, tmp_path / "results") == []
+    assert not list((tmp_path / "results").glob("t_curves_*"))
     rows = csv.read_text().splitlines()
     assert "not distinguishable in 1 of 1 method x cell comparisons" in text  # pair framing = K-way here
     assert len(rows) == 1 + 1 + 12 + 10 + 3 and "pilot/minilm-sst2/prefix/s0" in rows[1] and "tune/minilm-sst2/prefix/" in rows[2] and str(tmp_path) not in csv.read_text()

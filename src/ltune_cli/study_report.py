@@ -399,17 +399,22 @@ def curve_records(spec: dict, final: dict) -> list[dict]:
 
 
 def write_figures(spec: dict, final: dict, folder: Path) -> list[Path]:
-    """One convergence figure per model (report.plots: loss above accuracy per dataset)."""
+    """One convergence figure per model (report.plots: loss above accuracy per dataset). A model's
+    figure from an earlier write whose runs have left the study (a changed budget) is removed, so no
+    stale figure sits beside the report."""
     from ltune_cli.report.plots import plot_curves
 
     names = []
     records = curve_records(spec, final)
     for model in spec["cells"]:
         mine = [c for c in records if c["model"] == model]
+        png = folder / f"{spec['name']}_curves_{model}.png"
         if mine:
-            png = folder / f"{spec['name']}_curves_{model}.png"
             plot_curves(mine, png, png.with_suffix(".svg"))
             names.append(png)
+        else:
+            for stale in (png, png.with_suffix(".svg")):
+                stale.unlink(missing_ok=True)
     return names
 
 
