@@ -301,7 +301,7 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     assert ("minilm / sst2, accuracy (40 held-out texts; always answering the majority class: accuracy 0.500, MCC 0):"
             "\n\n| method | 5 | 10 |\n"
             "|---|---|---|\n| prefix | 0.500 | 0.600 |\n") in text
-    assert "| ablate | 3 / 3 |" in text
+    assert "| ablate | 3 / 3 |" in text and "| superseded |" not in text
     assert "| minilm | sst2 | prefix | 2 (edge) | 10 | 0.800 |  | 4 / 4 |" in text
     assert ("- Equal tuning: 4 of 4 tuned choices lie at an edge of the learning-rate scales tried, the grid's "
             "extensions included (minilm/r8/lt_prefix, minilm/r8/prefix, minilm/sst2/lt_prefix, minilm/sst2/prefix)") in text
@@ -349,6 +349,13 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     rows = csv.read_text().splitlines()
     assert "not distinguishable in 1 of 1 method x cell comparisons" in text  # pair framing = K-way here
     assert len(rows) == 1 + 1 + 12 + 10 + 3 and "pilot/minilm-sst2/prefix/s0" in rows[1] and "tune/minilm-sst2/prefix/" in rows[2] and str(tmp_path) not in csv.read_text()
+    # runs a budget change took out of the study, moved under superseded/: counted in the CPU total only
+    old = study.final_jobs(SPEC, study.choose(SPEC, root))[0]
+    (root / "superseded" / "budget-10" / "final").mkdir(parents=True)
+    old.folder(root).rename(root / "superseded" / "budget-10" / "final" / old.folder(root).name)
+    study_report.write_results(SPEC, md, csv, figures=False)
+    assert "| final | 9 / 10 |" in md.read_text() and "| superseded | 1 | 0.0 |" in md.read_text()
+    assert study_report.superseded(SPEC) == (1, pytest.approx(2.0 / 3600))
 
 
 def test_a_readme_without_its_markers_stops_results_before_anything_is_written(tmp_path, monkeypatch):

@@ -19,6 +19,9 @@ Stages, in order (each later stage reads the earlier ones' run folders):
   (with and without its warm start: capacity or warm start?), the warm start off, the baselines
   in the pair framing; each with the chosen values of the method it varies.
 
+A plan change that takes completed runs out of the study (a cell's new step budget) moves them to
+`outputs/study/<plan>/superseded/<change>/`: kept, and counted in the CPU total of RESULTS.md.
+
 The run folders' small files (config, metrics, results, predictions) are committed; weights and
 checkpoints are not (.gitignore), so a run cut by the end of a sitting is rerun from its start on
 a fresh checkout.

@@ -75,9 +75,27 @@ def progress(spec: dict, table) -> list[str]:
         hours = float(done["wall_time_s"].sum()) / 3600
         total += hours
         out.append(f"| {stage} | {len(done)} / {n} | {hours:.1f} |")
+    n_old, old_hours = superseded(spec)
+    if n_old:
+        total += old_hours
+        out.append(f"| superseded | {n_old} | {old_hours:.1f} |")
     return out + [f"| all | | {total:.1f} |", "",
                   "CPU hours: the wall time of one-thread runs, two at a time on a 2-core machine, an upper bound "
-                  "on their CPU time.", ""]
+                  "on their CPU time." + (f" Superseded: runs a plan change took out of the study (a cell's new "
+                                          f"step budget), kept under outputs/study/{spec['name']}/superseded/ "
+                                          "(one folder per change), counted in the total, in no other table."
+                                          if n_old else ""), ""]
+
+
+def superseded(spec: dict) -> tuple[int, float]:
+    """(runs, CPU hours) of the completed runs under <root>/superseded/: what the study spent on runs
+    a plan change took out of it."""
+    n, seconds = 0, 0.0
+    for path in sorted((study.root_of(spec) / "superseded").rglob("results.json")):
+        res = runfolder.read_results(path.parent)
+        if res.get("status") == "completed":
+            n, seconds = n + 1, seconds + float(res.get("wall_time_s") or 0.0)
+    return n, seconds / 3600
 
 
 def pilot(spec: dict, table) -> list[str]:
