@@ -639,22 +639,19 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
                    + (f" ({left_out} pair{'s' * (left_out != 1)} left out: neither method ends above always "
                       "answering the majority class)." if left_out else "."))
     for name in ("labels_meaningless", "labels_swapped"):
-        rows = [r for r in abl if r["ablation"] == name and r["diff"] is not None]
-        if rows:
-            lower = sum(r["excludes_zero"] and r["diff"] < 0 for r in rows)
+        lower, _, n = _signs([r for r in abl if r["ablation"] == name])
+        if n:
             out.append(f"- Label semantics ({ABLATION_TEXT[name]}): lower than the real label texts with an interval "
-                       f"excluding 0 in {lower} of {len(rows)} method x cell comparisons"
-                       + ("; where it is not lower, the label's meaning is not what helps there." if lower < len(rows)
+                       f"excluding 0 in {lower} of {n} method x cell comparisons"
+                       + ("; where it is not lower, the label's meaning is not what helps there." if lower < n
                           else "."))
     if note := a5_note(abl, contrasts):
         out.append(note)
-    rows = [r for r in abl if r["ablation"] == "pair_framing" and r["diff"] is not None]
-    if rows:
-        up = sum(r["excludes_zero"] and r["diff"] > 0 for r in rows)
-        down = sum(r["excludes_zero"] and r["diff"] < 0 for r in rows)
+    down, up, n = _signs([r for r in abl if r["ablation"] == "pair_framing"])
+    if n:
         out.append(f"- The framing alone (a baseline scoring (text, label) pairs with random per-label tokens instead of "
                    f"its K-way head): higher with an interval excluding 0 in {up}, lower in {down}, not distinguishable "
-                   f"in {len(rows) - up - down} of {len(rows)} method x cell comparisons.")
+                   f"in {n - up - down} of {n} method x cell comparisons.")
     if note := tuning_note(chosen):
         out.append(note)
     if moving := [f"{r['model']}/{r['dataset']} at {r['curve'][-1][0]}" for r in plateau if not r["plateaued"]]:
