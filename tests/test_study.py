@@ -298,6 +298,9 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
         if line.startswith("- "):
             assert line in text.splitlines()
     assert "| tune | 12 / 12 | 0.0 |" in text and "| final | 10 / 10 |" in text and "| pilot | 1 / 2 |" in text
+    assert "the study's step budget per cell: minilm/sst2 10, minilm/r8 10." in text
+    longer = {**SPEC, "models": {"minilm": ["train.max_steps=20"]}, "cell_overrides": {"minilm/r8": ["train.max_steps=30"]}}
+    assert study_report._budget_text(longer) == "minilm/sst2 20, minilm/r8 30"
     assert ("minilm / sst2, accuracy (40 held-out texts; always answering the majority class: accuracy 0.500, MCC 0):"
             "\n\n| method | 5 | 10 |\n"
             "|---|---|---|\n| prefix | 0.500 | 0.600 |\n") in text

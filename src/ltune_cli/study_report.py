@@ -104,10 +104,8 @@ def pilot(spec: dict, table) -> list[str]:
         return []
     out = ["## Pilot: the step budget", "",
            "Held-out score (the tune stage's slice of train, seed 0, default learning rates; the dataset's primary "
-           "metric) along a long run, every point on one set of held-out texts (Run.curve); the study's budget is "
-           f"`train.max_steps={_common(spec, 'train.max_steps')}`"
-           + "".join(f", {d}: `{o}`" for d, ovs in spec.get("datasets", {}).items() for o in ovs
-                     if o.startswith("train.max_steps=")) + ".", ""]
+           "metric) along a long run, every point on one set of held-out texts (Run.curve); the study's step "
+           f"budget per cell: {_budget_text(spec)}.", ""]
     for (model, dataset), group in _by_cell(runs).items():
         metric = study.primary_metric(dataset)
         steps = sorted({int(e["step"]) for rs in group.values() for r in rs for e in r.curve()})
@@ -121,6 +119,17 @@ def pilot(spec: dict, table) -> list[str]:
             out.append(f"| {method} | " + " | ".join(f"{curve[s]:.3f}" if s in curve else "" for s in steps) + " |")
         out.append("")
     return out
+
+
+def _budget_text(spec: dict) -> str:
+    """Each cell's train.max_steps as its runs get it (the last of the plan's common, dataset, model and
+    cell overrides): "minilm/sst2 600, minilm/cola 3000, ..."."""
+    def steps(model: str, dataset: str) -> str:
+        given = [o.split("=", 1)[1] for o in study._base(spec, model, dataset, spec["methods"][0])
+                 if o.startswith("train.max_steps=")]
+        return given[-1] if given else "?"
+
+    return ", ".join(f"{m}/{d} {steps(m, d)}" for m, d in study.cells(spec))
 
 
 def _by_cell(runs: dict) -> dict:
