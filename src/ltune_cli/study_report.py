@@ -17,7 +17,7 @@ from pathlib import Path
 from ltune_cli import runfolder, study
 from ltune_cli.report import analysis
 from ltune_cli.report.analysis import BASELINE_OF, difference
-from ltune_cli.report.load import load_run
+from ltune_cli.report.load import load_run, row_label
 from ltune_cli.report.stats import mean_curve, summarize
 
 
@@ -269,19 +269,18 @@ def steps_to_target(spec: dict, final: dict) -> list[dict]:
     faster convergence). None: never within the budget. Every point and target on the curve's texts
     (Run.curve); accuracy only (the two losses are not on one scale)."""
     groups, _, columns, pairs = _groups(spec, final)
+    runs = {(row_label(row), col): rs for (row, col), rs in groups.items()}
     out = []
-    for lt_row, base_row in pairs:
-        for col in columns:
-            for r in analysis.steps_to_target(groups, [(lt_row, base_row)], [col], {col: "accuracy"}):
-                majority = _majority_rate([*groups[(lt_row, col)], *groups[(base_row, col)]])
-                common = r["target_common"]
-                out.append({"model": r["model"], "dataset": r["dataset"], "lt": r["lt"], "baseline": r["baseline"],
-                            "target": r["target_metric"], "lt_steps": r["lt_steps_metric"],
-                            "baseline_steps": r["baseline_steps_metric"], "common_target": common,
-                            "lt_steps_common": r["lt_steps_common"],
-                            "baseline_steps_common": r["baseline_steps_common"],
-                            # neither ends above always answering the most frequent class: no learning to race to
-                            "trivial": common is not None and majority is not None and common <= majority + 1e-12})
+    for r in analysis.steps_to_target(groups, pairs, columns, {col: "accuracy" for col in columns}):
+        col = (r["dataset"], r["model"])
+        majority = _majority_rate([*runs[(r["lt"], col)], *runs[(r["baseline"], col)]])
+        common = r["target_common"]
+        out.append({"model": r["model"], "dataset": r["dataset"], "lt": r["lt"], "baseline": r["baseline"],
+                    "target": r["target_metric"], "lt_steps": r["lt_steps_metric"],
+                    "baseline_steps": r["baseline_steps_metric"], "common_target": common,
+                    "lt_steps_common": r["lt_steps_common"], "baseline_steps_common": r["baseline_steps_common"],
+                    # neither ends above always answering the most frequent class: no learning to race to
+                    "trivial": common is not None and majority is not None and common <= majority + 1e-12})
     return out
 
 
