@@ -318,9 +318,16 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
             "| no |") in text
     assert ("- Budget: the best method had not plateaued within its step budget in 2 of 2 cells (minilm/sst2 at 10, "
             "minilm/r8 at 10 steps: its accuracy moved by more than 0.02 over its last evaluations)") in text
+    # the other methods still moving at the budget's end: named below the table and in the verdict
+    moving = ("minilm/sst2 prefix (0.500 → 0.613, +0.113 over the last 5 steps); minilm/r8 LT-prefix (0.500 → 0.625, "
+              "+0.125 over the last 5 steps)")
+    assert f"Other methods whose seed-mean accuracy there moved by more than 0.02 over their last three evaluations: {moving}." in text
+    assert f"- Budget, the other methods: 2 method x cells still moved by more than 0.02 over the last evaluations ({moving})" in block
+    assert 0.1 - 0.08 > 0.02 and not study_report._moved(0.1 - 0.08) and study_report._moved(0.0201)  # equal, not "more"
     monkeypatch.setattr(study_report, "PLATEAU_TOLERANCE", 0.15)
     study_report.write_results(SPEC, md, csv, figures=False)
     looser = md.read_text()
+    assert "Other methods whose" not in looser and "Budget, the other methods" not in looser
     assert "| no | 0.500 at 5, 0.625 at 10 | +0.125 over the last 5 steps | yes |" in looser
     assert "in 1 of 2 cells (minilm/sst2 at 10 steps: its accuracy moved by more than 0.15" in looser
     monkeypatch.setattr(study_report, "PLATEAU_TOLERANCE", 0.02)
