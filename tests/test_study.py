@@ -287,6 +287,20 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
             "baseline in 0 of 1 model x dataset x pair comparisons (MCC on CoLA, accuracy elsewhere; 1 more, in cell "
             "where every method is at chance, left out: see Learning)") in block  # as in RESULTS.md
     assert "- Learning: in 1 of 2 cells (minilm/r8) not even the best method ends above always answering" in block
+    assert "score judgements leave them out; minilm/r8 had no pilot at a longer budget." in block
+    # a pilot (longer budget) that learnt, or did not, where the final runs are at chance: 0.6 on 40
+    # held-out texts is within 2 standard errors of the majority's 0.5
+    assert study_report.pilot_learning(SPEC, study.runs_table(SPEC)) == {("minilm", "sst2"): {
+        "steps": 10, "texts": 40, "majority": 0.5, "best": "prefix", "accuracy": 0.6, "learnt": [], "methods": 1}}
+    pilot = {"steps": 30, "texts": 40, "majority": 0.5, "best": "lt_prefix", "accuracy": 0.9, "methods": 2}
+    r8_rows = [{"model": "minilm", "dataset": "r8", "learnt": False, "plateaued": True, "pilot": {**pilot, **p}}
+               for p in ({"learnt": ["lt_prefix"]}, {"learnt": [], "accuracy": 0.6})]
+    r8_diff = [{"model": "minilm", "dataset": "r8", "diff": 0.0, "excludes_zero": False, "better": None}]
+    said = ["\n".join(study_report.verdict(SPEC, r8_diff, [], [], {}, [row])) for row in r8_rows]
+    assert ("leave them out; but in minilm/r8's pilot LT-prefix learns (best: LT-prefix 0.900 vs 0.500 on 40 "
+            "held-out train texts at 30 steps, default learning rates): its budget may be what holds it at chance.") in said[0]
+    assert ("leave them out; in minilm/r8's pilot no method learns either (best of 2 run: LT-prefix 0.600 vs "
+            "0.500 on 40 held-out train texts at 30 steps, default learning rates): a longer budget did not lift it.") in said[1]
     at_chance = [{"model": "minilm", "dataset": "r8", "learnt": False, "plateaued": True}]
     only_r8 = [{"model": "minilm", "dataset": "r8", "diff": 0.0, "excludes_zero": False, "better": None}]
     assert ("on minilm (encoder): **not testable here**: every comparison is in a cell where every method is at "
@@ -332,6 +346,12 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     assert "in 1 of 2 cells (minilm/sst2 at 10 steps: its accuracy moved by more than 0.15" in looser
     monkeypatch.setattr(study_report, "PLATEAU_TOLERANCE", 0.02)
     study_report.write_results(SPEC, md, csv, readme=readme)
+    # r8 gets a pilot run: the report reads it
+    with_r8 = {**SPEC, "pilot": {**SPEC["pilot"], "cells": ["minilm/sst2", "minilm/r8"]}}
+    _finish(next(j for j in study.pilot_jobs(with_r8) if j.dataset == "r8"), root, 0.6, preds=preds(24))
+    study_report.write_results(with_r8, md, csv, figures=False)
+    assert ("leave them out; in minilm/r8's pilot no method learns either (best of 1 run: prefix 0.600 vs 0.500 on 40 "
+            "held-out train texts at 10 steps, default learning rates)") in md.read_text()
     assert "| base LMs | cola BERT |" in text and "| LT-prefix | 0.812 | 0.803 | 0.840 |" in text  # the paper's
     assert "| minilm | sst2 | accuracy | +0.275 [" in text and "] * (n=2) |" in text
     assert "| minilm | r8 | accuracy | +0.000 [" in text
