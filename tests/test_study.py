@@ -383,8 +383,11 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     old = study.final_jobs(SPEC, study.choose(SPEC, root))[0]
     (root / "superseded" / "budget-10" / "final").mkdir(parents=True)
     old.folder(root).rename(root / "superseded" / "budget-10" / "final" / old.folder(root).name)
-    study_report.write_results(SPEC, md, csv, figures=False)
+    assert "10 of 10 final runs completed so far, 0.0 CPU hours in all stages." in readme.read_text()
+    study_report.write_results(SPEC, md, csv, figures=False, readme=readme)
     assert "| final | 9 / 10 |" in md.read_text() and "| superseded | 1 | 0.0 |" in md.read_text()
+    # the README's total counts them too (2 s each here)
+    assert "9 of 10 final runs completed so far, 0.0 CPU hours in all (0.0 of them on 1 run a plan change superseded)." in readme.read_text()
     assert study_report.superseded(SPEC) == (1, pytest.approx(2.0 / 3600))
 
 

@@ -746,8 +746,11 @@ def headline(spec: dict, table, final: dict, diffs: list[dict], verdict_lines: l
     primary metric and both differences, and the verdict's bullets (RESULTS.md's numbers)."""
     done = (table["stage"] == "final").sum()
     hours = float(table["wall_time_s"].sum()) / 3600
+    n_old, old_hours = superseded(spec)
+    spent = (f"{hours + old_hours:.1f} CPU hours in all ({old_hours:.1f} of them on {n_old} run{'s' * (n_old != 1)} "
+             "a plan change superseded)" if n_old else f"{hours:.1f} CPU hours in all stages")
     out = [f"Study `{spec['name']}` ([{md}]({md}), `make results`): {done} of {len(study.planned_jobs(spec, 'final'))} "
-           f"final runs completed so far, {hours:.1f} CPU hours in all stages. Dev-split score (CoLA: MCC; else "
+           f"final runs completed so far, {spent}. Dev-split score (CoLA: MCC; else "
            "accuracy), mean ± std over seeds (n); L-Tuning minus its baseline with a 95% paired bootstrap interval "
            "(`*`: excludes 0).", ""]
     if not final:
