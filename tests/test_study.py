@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 
 import pytest
@@ -286,21 +287,22 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
             "**supported**. L-Tuning ahead with an interval excluding 0 in 1, behind in 0, not distinguishable from its "
             "baseline in 0 of 1 model x dataset x pair comparisons (MCC on CoLA, accuracy elsewhere; 1 more, in cell "
             "where every method is at chance, left out: see Learning)") in block  # as in RESULTS.md
-    assert "- Learning: in 1 of 2 cells (minilm/r8) not even the best method ends above always answering" in block
+    assert "- Learning: in 1 of 2 cells (minilm/r8) not even the best method ends above chance (dev split, primary metric" in block
     assert "score judgements leave them out; minilm/r8 had no pilot at a longer budget." in block
     # a pilot (longer budget) that learnt, or did not, where the final runs are at chance: 0.6 on 40
     # held-out texts is within 2 standard errors of the majority's 0.5
     assert study_report.pilot_learning(SPEC, study.runs_table(SPEC)) == {("minilm", "sst2"): {
-        "steps": 10, "texts": 40, "majority": 0.5, "best": "prefix", "accuracy": 0.6, "learnt": [], "methods": 1}}
-    pilot = {"steps": 30, "texts": 40, "majority": 0.5, "best": "lt_prefix", "accuracy": 0.9, "methods": 2}
+        "steps": 10, "texts": 40, "metric": "accuracy", "chance": 0.5, "best": "prefix", "score": 0.6, "learnt": [],
+        "methods": 1}}
+    pilot = {"steps": 30, "texts": 40, "metric": "accuracy", "chance": 0.5, "best": "lt_prefix", "score": 0.9, "methods": 2}
     r8_rows = [{"model": "minilm", "dataset": "r8", "learnt": False, "plateaued": True, "pilot": {**pilot, **p}}
-               for p in ({"learnt": ["lt_prefix"]}, {"learnt": [], "accuracy": 0.6})]
+               for p in ({"learnt": ["lt_prefix"]}, {"learnt": [], "score": 0.6})]
     r8_diff = [{"model": "minilm", "dataset": "r8", "diff": 0.0, "excludes_zero": False, "better": None}]
     said = ["\n".join(study_report.verdict(SPEC, r8_diff, [], [], {}, [row])) for row in r8_rows]
-    assert ("leave them out; but in minilm/r8's pilot LT-prefix learns (best: LT-prefix 0.900 vs 0.500 on 40 "
+    assert ("leave them out; but in minilm/r8's pilot LT-prefix learns (best: LT-prefix accuracy 0.900 vs chance 0.500 on 40 "
             "held-out train texts at 30 steps, default learning rates): its budget may be what holds it at chance.") in said[0]
-    assert ("leave them out; in minilm/r8's pilot no method learns either (best of 2 run: LT-prefix 0.600 vs "
-            "0.500 on 40 held-out train texts at 30 steps, default learning rates): a longer budget did not lift it.") in said[1]
+    assert ("leave them out; in minilm/r8's pilot no method learns either (best of 2 run: LT-prefix accuracy 0.600 vs "
+            "chance 0.500 on 40 held-out train texts at 30 steps, default learning rates): a longer budget did not lift it.") in said[1]
     at_chance = [{"model": "minilm", "dataset": "r8", "learnt": False, "plateaued": True}]
     only_r8 = [{"model": "minilm", "dataset": "r8", "diff": 0.0, "excludes_zero": False, "better": None}]
     assert ("on minilm (encoder): **not testable here**: every comparison is in a cell where every method is at "
@@ -326,9 +328,9 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     assert "| prefix | 0.613 ± 0.018 (n=2) | 0.625 ± 0.025 (n=3) |" in text
     assert "| LT-prefix | 0.887 ± 0.018 (n=2) | 0.625 ± 0.025 (n=3) |" in text
     assert "Scored examples: sst2 40, r8 40." in text
-    assert ("| minilm | sst2 | LT-prefix | 0.887 | 0.500 | yes | 0.700 at 5, 0.887 at 10 | +0.188 over the last 5 "
+    assert ("| minilm | sst2 | LT-prefix | accuracy 0.887 | 0.500 | yes (threshold 0.658) | 0.700 at 5, 0.887 at 10 | +0.188 over the last 5 "
             "steps | no |") in text
-    assert ("| minilm | r8 | prefix | 0.625 | 0.500 | no | 0.500 at 5, 0.625 at 10 | +0.125 over the last 5 steps "
+    assert ("| minilm | r8 | prefix | accuracy 0.625 | 0.500 | no (threshold 0.658) | 0.500 at 5, 0.625 at 10 | +0.125 over the last 5 steps "
             "| no |") in text
     assert ("- Budget: the best method had not plateaued within its step budget in 2 of 2 cells (minilm/sst2 at 10, "
             "minilm/r8 at 10 steps: its accuracy moved by more than 0.02 over its last evaluations)") in text
@@ -342,7 +344,7 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     study_report.write_results(SPEC, md, csv, figures=False)
     looser = md.read_text()
     assert "Other methods whose" not in looser and "Budget, the other methods" not in looser
-    assert "| no | 0.500 at 5, 0.625 at 10 | +0.125 over the last 5 steps | yes |" in looser
+    assert "| no (threshold 0.658) | 0.500 at 5, 0.625 at 10 | +0.125 over the last 5 steps | yes |" in looser
     assert "in 1 of 2 cells (minilm/sst2 at 10 steps: its accuracy moved by more than 0.15" in looser
     monkeypatch.setattr(study_report, "PLATEAU_TOLERANCE", 0.02)
     study_report.write_results(SPEC, md, csv, readme=readme)
@@ -350,20 +352,20 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     with_r8 = {**SPEC, "pilot": {**SPEC["pilot"], "cells": ["minilm/sst2", "minilm/r8"]}}
     _finish(next(j for j in study.pilot_jobs(with_r8) if j.dataset == "r8"), root, 0.6, preds=preds(24))
     study_report.write_results(with_r8, md, csv, figures=False)
-    assert ("leave them out; in minilm/r8's pilot no method learns either (best of 1 run: prefix 0.600 vs 0.500 on 40 "
+    assert ("leave them out; in minilm/r8's pilot no method learns either (best of 1 run: prefix accuracy 0.600 vs chance 0.500 on 40 "
             "held-out train texts at 10 steps, default learning rates)") in md.read_text()
     assert "| base LMs | cola BERT |" in text and "| LT-prefix | 0.812 | 0.803 | 0.840 |" in text  # the paper's
     assert "| minilm | sst2 | accuracy | +0.275 [" in text and "] * (n=2) |" in text
     assert "| minilm | r8 | accuracy | +0.000 [" in text
-    assert "| minilm | sst2 | LT-prefix vs prefix | 0.613 | 10 | 5 |" in text
+    assert "| minilm | sst2 | accuracy | LT-prefix vs prefix | 0.613 | 10 | 5 |" in text
     assert "| minilm | r8 | LT-prefix | label texts \"label zero\", \"label one\", ... | 0.300 (n=1) | 0.625 ± 0.025 (n=3) | -0.300 [" in text
     assert ("L-Tuning ahead with an interval excluding 0 in 1, behind in 0, not distinguishable from its baseline in 0 "
             "of 1 model x dataset x pair comparisons") in text
-    assert "| minilm | r8 | LT-prefix vs prefix | 0.625 | 10 | 10 |" in text
-    assert ("To the level both reach (the lower of the two final accuracies), L-Tuning gets earlier in 1, later in 0, "
-            "at the same step in 1 of 2 pairs; to its baseline's final accuracy, earlier in 1, later (or never) in 0, "
+    assert "| minilm | r8 | accuracy | LT-prefix vs prefix | 0.625 | 10 | 10 |" in text
+    assert ("To the level both reach (the lower of the two final scores), L-Tuning gets earlier in 1, later in 0, "
+            "at the same step in 1 of 2 pairs; to its baseline's final score, earlier in 1, later (or never) in 0, "
             "at the same step in 1.") in text
-    assert "| minilm | sst2 | LT-prefix vs prefix | 0.613 | 10 | 5 | 0.613 | 10 | 5 |" in text
+    assert "| minilm | sst2 | accuracy | LT-prefix vs prefix | 0.613 | 10 | 5 | 0.613 | 10 | 5 |" in text
     assert "excluding 0 in 1 of 1 method x cell comparisons." in text
     assert "excluding 0 in 0 of 1 method x cell comparisons; where it is not lower" in text
     assert "![t_curves_minilm.png](results/t_curves_minilm.png)" in text  # beside the CSV, linked relatively
@@ -442,13 +444,56 @@ def test_curves_and_steps_to_target_score_one_set_of_texts():
     chance = run("lt_prefix", 0.25, 3 / 6, [0, 0, 0, 0, 0, 0], curve=0.5)
     (row,) = study_report.steps_to_target(SPEC, {**final, ("minilm", "sst2", "lt_prefix"): [chance]})
     assert (row["common_target"], row["trivial"]) == (0.5, True)
-    assert "not testable here (1 pair left out: neither method ends above always answering the majority class)." \
+    assert "not testable here (1 pair left out: neither method ends above chance)." \
         in "\n".join(study_report.verdict(SPEC, [{"model": "minilm", "dataset": "sst2", "diff": 0.0, "excludes_zero": False,
                                                    "better": None}], [row], [], {}))
     curves = {c["method"]: (c["accuracy"], c["val_loss"]) for c in study_report.curve_records(SPEC, final)}
     assert curves == {"prefix": ([0.5, 0.75], [0.75]), "lt_prefix": ([0.75, 1.0], [0.75, 0.25])}
     base.evals[0].pop("eval_examples")  # every point scored all texts: the run as logged
     assert base.curve() is base.evals and base.curve_final("accuracy") == 4 / 6
+
+
+def test_learning_and_the_race_are_judged_on_the_primary_metric(monkeypatch):
+    """CoLA (primary metric MCC, 69% one label): MCC 0.23 on its 1043 dev texts is learning (chance 0,
+    margin 2/sqrt(1043) = 0.062) though its accuracy is only 0.005 above always answering the
+    majority class; the steps to target race on MCC, and a pair ending at MCC 0 has nothing to race to."""
+    from pathlib import Path
+
+    from ltune_cli import study_report
+    from ltune_cli.report.load import Run
+
+    gold = [1] * 721 + [0] * 322  # CoLA dev's shares
+
+    def run(method, final, curve=()):
+        return Run(path=Path(method), name=method, method=method, variant="", model="minilm", dataset="cola", seed=0,
+                   status="completed", error=None, primary_metric="mcc", final=final, eval_examples=len(gold),
+                   trainable_params=1, total_params=2, created="",
+                   evals=[*({"step": st, "mcc": v, "accuracy": 0.69} for st, v in curve), {"step": 30, **final}],
+                   predictions={"gold": gold, "pred": gold})
+
+    learnt = run("prefix", {"mcc": 0.23, "accuracy": 0.696}, curve=[(10, 0.0), (20, 0.2)])
+    mcc, acc = study_report.chance_check([learnt], "mcc"), study_report.chance_check([learnt], "accuracy")
+    assert mcc == {"metric": "mcc", "score": 0.23, "chance": 0.0, "margin": pytest.approx(2 / math.sqrt(1043)),
+                   "learnt": True}
+    assert acc["chance"] == pytest.approx(721 / 1043) and acc["learnt"] is False  # accuracy would call it chance
+    assert study_report.chance_check([run("prefix", {"mcc": 0.05, "accuracy": 0.69})], "mcc")["learnt"] is False
+    cola = {**SPEC, "cells": {"minilm": ["cola"]}}
+    lt = run("lt_prefix", {"mcc": 0.18, "accuracy": 0.70}, curve=[(10, 0.0), (20, 0.19)])
+    final = {("minilm", "cola", "prefix"): [learnt], ("minilm", "cola", "lt_prefix"): [lt]}
+    (row,) = study_report.steps_to_target(cola, final)
+    assert (row["metric"], row["common_target"], row["lt_steps_common"], row["baseline_steps_common"]) == (
+        "mcc", 0.18, 20, 20) and row["trivial"] is False
+    (plateau,) = study_report.plateau_rows(cola, final)
+    assert (plateau["method"], plateau["metric"], plateau["learnt"]) == ("prefix", "mcc", True)
+    flat = run("lt_prefix", {"mcc": 0.0, "accuracy": 0.691}, curve=[(10, 0.0), (20, 0.0)])
+    (row,) = study_report.steps_to_target(cola, {**final, ("minilm", "cola", "lt_prefix"): [flat]})
+    assert (row["common_target"], row["trivial"]) == (0.0, True)
+    # the pilot's judgement too (its held-out texts, here the same shares)
+    monkeypatch.setattr(study_report, "load_stage_runs", lambda spec, table, stage: {
+        ("minilm", "cola", "prefix"): [learnt], ("minilm", "cola", "lt_prefix"): [flat]})
+    assert study_report.pilot_learning(cola, None)[("minilm", "cola")] == {
+        "steps": 30, "texts": 1043, "metric": "mcc", "chance": 0.0, "best": "prefix", "score": 0.23,
+        "learnt": ["prefix"], "methods": 2}
 
 
 @pytest.mark.parametrize("paper_warm, paper_cold, reading", [

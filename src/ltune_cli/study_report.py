@@ -123,20 +123,21 @@ def pilot(spec: dict, table) -> list[str]:
 
 def pilot_learning(spec: dict, table) -> dict[tuple[str, str], dict]:
     """(model, dataset) -> did any pilot run (a longer budget, held-out train, default lrs) end above
-    the majority class of its held-out texts (above_majority)? {"steps", "texts", "majority", "best",
-    "accuracy", "learnt": [methods], "methods": how many ran}: tells a cell at chance at its budget from
-    one at chance at a longer budget too."""
+    chance on its held-out texts (chance_check, the dataset's primary metric)? {"steps", "texts",
+    "metric", "chance", "best", "score", "learnt": [methods], "methods": how many ran}: tells a cell at
+    chance at its budget from one at chance at a longer budget too."""
     out = {}
     for (model, dataset), group in _by_cell(load_stage_runs(spec, table, "pilot")).items():
-        checks = {m: (above_majority(rs), rs) for m, rs in group.items()}
+        metric = study.primary_metric(dataset)
+        checks = {m: (chance_check(rs, metric), rs) for m, rs in group.items()}
         checks = {m: (c, rs) for m, (c, rs) in checks.items() if c is not None}
         if not checks:
             continue
-        best = max(checks, key=lambda m: checks[m][0][0])
-        (acc, majority, _), rs = checks[best]
+        best = max(checks, key=lambda m: checks[m][0]["score"])
+        c, rs = checks[best]
         out[(model, dataset)] = {"steps": max(int(r.curve()[-1]["step"]) for r in rs), "texts": len(_gold(rs, False)),
-                                 "majority": majority, "best": best, "accuracy": acc,
-                                 "learnt": [m for m, (c, _) in checks.items() if c[2]], "methods": len(checks)}
+                                 "metric": metric, "chance": c["chance"], "best": best, "score": c["score"],
+                                 "learnt": [m for m, (c, _) in checks.items() if c["learnt"]], "methods": len(checks)}
     return out
 
 
@@ -281,25 +282,27 @@ def differences_table(diffs: list[dict]) -> list[str]:
 
 
 def steps_to_target(spec: dict, final: dict) -> list[dict]:
-    """Per pair, the first evaluated step at which each method's seed-mean accuracy curve reaches
-    (a) the baseline's seed-mean final accuracy (report.analysis's target: L-Tuning must also end
-    as high), and (b) the common target, the lower of the two methods' final accuracies, which both
-    reach by the last step: who gets there first, whatever the level each ends at (the paper's
-    faster convergence). None: never within the budget. Every point and target on the curve's texts
-    (Run.curve); accuracy only (the two losses are not on one scale)."""
+    """Per pair, the first evaluated step at which each method's seed-mean curve of the dataset's
+    primary metric (CoLA: MCC; else accuracy) reaches (a) the baseline's seed-mean final value
+    (report.analysis's target: L-Tuning must also end as high), and (b) the common target, the lower
+    of the two methods' final values, which both reach by the last step: who gets there first,
+    whatever the level each ends at (the paper's faster convergence). None: never within the budget.
+    Every point and target on the curve's texts (Run.curve); not the loss (two losses, two scales)."""
     groups, _, columns, pairs = _groups(spec, final)
     runs = {(row_label(row), col): rs for (row, col), rs in groups.items()}
+    metric = {col: study.primary_metric(col[0]) for col in columns}
     out = []
-    for r in analysis.steps_to_target(groups, pairs, columns, {col: "accuracy" for col in columns}):
+    for r in analysis.steps_to_target(groups, pairs, columns, metric):
         col = (r["dataset"], r["model"])
-        majority = _majority_rate([*runs[(r["lt"], col)], *runs[(r["baseline"], col)]])
+        # chance on the curve's texts: the majority class's accuracy; MCC 0
+        chance = 0.0 if r["metric"] == "mcc" else _majority_rate([*runs[(r["lt"], col)], *runs[(r["baseline"], col)]])
         common = r["target_common"]
-        out.append({"model": r["model"], "dataset": r["dataset"], "lt": r["lt"], "baseline": r["baseline"],
-                    "target": r["target_metric"], "lt_steps": r["lt_steps_metric"],
+        out.append({"model": r["model"], "dataset": r["dataset"], "metric": r["metric"], "lt": r["lt"],
+                    "baseline": r["baseline"], "target": r["target_metric"], "lt_steps": r["lt_steps_metric"],
                     "baseline_steps": r["baseline_steps_metric"], "common_target": common,
                     "lt_steps_common": r["lt_steps_common"], "baseline_steps_common": r["baseline_steps_common"],
-                    # neither ends above always answering the most frequent class: no learning to race to
-                    "trivial": common is not None and majority is not None and common <= majority + 1e-12})
+                    # neither ends above answering without learning: nothing to race to
+                    "trivial": common is not None and chance is not None and common <= chance + 1e-12})
     return out
 
 
@@ -323,14 +326,22 @@ def _gold(runs: list, curve: bool = True) -> list | None:
     return None
 
 
-def above_majority(runs: list) -> tuple[float, float, bool] | None:
-    """(seed-mean dev accuracy, majority-class rate m, learnt): learnt when the accuracy exceeds m by
-    more than 2 standard errors of an accuracy on the split's n texts, 2·sqrt(m(1-m)/n)."""
-    gold, (acc, _, n) = _gold(runs, curve=False), summarize([r.final.get("accuracy") for r in runs])
+def chance_check(runs: list, metric: str) -> dict | None:
+    """Did the runs learn? Their seed-mean final `metric` (the dataset's primary one) against what an
+    answer that ignores the text scores, by more than 2 standard errors on the split's n texts:
+    accuracy: always answering the most frequent label, rate m (margin 2·sqrt(m(1-m)/n)); MCC: 0 (margin
+    2/sqrt(n): n·MCC² is the 2x2 table's chi-square, 1 degree of freedom, under independence). MCC is
+    the test on an imbalanced set: CoLA's prefix runs, MCC 0.23 on 1043 texts, are 0.005 above the
+    majority class's accuracy. {"metric", "score", "chance", "margin", "learnt"}; None: unknown."""
+    gold, (score, _, n) = _gold(runs, curve=False), summarize([r.final.get(metric) for r in runs])
     if not gold or not n:
         return None
-    m = _rate(gold)
-    return acc, m, acc > m + 2 * math.sqrt(m * (1 - m) / len(gold))
+    if metric == "mcc":
+        chance, margin = 0.0, 2 / math.sqrt(len(gold))
+    else:
+        chance = _rate(gold)
+        margin = 2 * math.sqrt(chance * (1 - chance) / len(gold))
+    return {"metric": metric, "score": score, "chance": chance, "margin": margin, "learnt": score > chance + margin}
 
 
 #: A best method whose curve accuracy still moves by more than this over its last evaluations has
@@ -360,14 +371,14 @@ def plateau_rows(spec: dict, final: dict) -> list[dict]:
         curve = last[best]
         if len(curve) >= 2:
             change = curve[-1][1] - curve[0][1]
-            acc, majority, learnt = above_majority(final[(model, dataset, best)]) or (None, None, None)
+            check = chance_check(final[(model, dataset, best)], metric) or {"learnt": None}
             # the other methods still moving at the budget's end: their differences are at this budget
             others = [{"method": m, "curve": c, "change": c[-1][1] - c[0][1], "span": c[-1][0] - c[0][0]}
                       for m, c in last.items() if m != best and len(c) >= 2
                       and _moved(c[-1][1] - c[0][1])]
             rows.append({"model": model, "dataset": dataset, "method": best, "curve": curve, "change": change,
                          "span": curve[-1][0] - curve[0][0], "plateaued": not _moved(change),
-                         "accuracy": acc, "majority": majority, "learnt": learnt, "others_moving": others})
+                         **check, "others_moving": others})
     return rows
 
 
@@ -381,17 +392,19 @@ def budget_check(spec: dict, rows: list[dict]) -> list[str]:
     if not rows:
         return []
     out = ["## Has the best method learnt, and plateaued?", "",
-           "Per cell, the method with the best mean final score. `learnt`: its seed-mean accuracy on the whole dev "
-           "split exceeds always answering the most frequent label (majority class, rate m) by more than 2 standard "
-           "errors of an accuracy on that split's n texts, 2·sqrt(m(1−m)/n); `no`: every method is at chance there. "
+           "Per cell, the method with the best mean final score. `learnt`: its seed-mean dev score in the dataset's "
+           "primary metric beats chance, what an answer that ignores the text scores, by more than 2 standard errors "
+           "on the split's n texts (the threshold shown): accuracy, always answering the most frequent label (rate "
+           "m; 2·sqrt(m(1−m)/n)); MCC (CoLA), 0 (2/sqrt(n)); `no`: every method is at chance there. "
            f"`plateaued`: its seed-mean accuracy on {_curve_texts(spec)} at its last three evaluations; `no`: it moved "
            f"by more than {PLATEAU_TOLERANCE} over them.", "",
-           "| model | dataset | best method | dev accuracy | majority class | learnt | accuracy (curve) | change "
+           "| model | dataset | best method | dev score | chance | learnt | accuracy (curve) | change "
            "| plateaued |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         points = ", ".join(f"{a:.3f} at {st}" for st, a in r["curve"])
         learnt = ["", "", ""] if r["learnt"] is None else [
-            f"{r['accuracy']:.3f}", f"{r['majority']:.3f}", "yes" if r["learnt"] else "no"]
+            f"{_metric_name(r['metric'])} {r['score']:.3f}", f"{r['chance']:.3f}",
+            f"{'yes' if r['learnt'] else 'no'} (threshold {r['chance'] + r['margin']:.3f})"]
         out.append(f"| {r['model']} | {r['dataset']} | {METHOD_NAMES[r['method']]} | {' | '.join(learnt)} | {points} | "
                    f"{r['change']:+.3f} over the last {r['span']} steps | {'yes' if r['plateaued'] else 'no'} |")
     if moving := [_moving_text(r, o) for r in rows for o in r.get("others_moving", [])]:
@@ -421,19 +434,21 @@ def steps_table(rows: list[dict], spec: dict) -> list[str]:
     if not rows:
         return []
     out = ["## Steps to target", "",
-           "First evaluated step at which the seed-mean accuracy reaches a target (− : not within the budget), every "
-           f"point and target on {_curve_texts(spec)}. Two targets: the baseline's final accuracy (L-Tuning must also "
-           "end as high), and the common target, the lower of the two methods' final accuracies, which both reach by "
-           "the last step: who gets there first, whatever the level each ends at (the paper's faster convergence); "
-           "`majority class`: no higher than always answering the most frequent label of those texts, so no learning "
-           "to race to (left out of the verdict's count).", "",
-           "| model | dataset | pair | baseline's final | baseline steps | L-Tuning steps | common target | "
-           "baseline steps | L-Tuning steps |", "|---|---|---|---|---|---|---|---|---|"]
+           "First evaluated step at which the seed-mean primary metric (CoLA: MCC; else accuracy) reaches a target "
+           f"(− : not within the budget), every point and target on {_curve_texts(spec)}. Two targets: the baseline's "
+           "final value (L-Tuning must also end as high), and the common target, the lower of the two methods' final "
+           "values, which both reach by the last step: who gets there first, whatever the level each ends at (the "
+           "paper's faster convergence); `chance`: no higher than an answer that ignores the text scores on those "
+           "texts (accuracy: always the most frequent label; MCC: 0), so no learning to race to (left out of the "
+           "verdict's count).", "",
+           "| model | dataset | metric | pair | baseline's final | baseline steps | L-Tuning steps | common target | "
+           "baseline steps | L-Tuning steps |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         target = "" if r["target"] is None else f"{r['target']:.3f}"
         common = "" if r["common_target"] is None else f"{r['common_target']:.3f}"
-        common += " (majority class)" if r["trivial"] else ""
-        out.append(f"| {r['model']} | {r['dataset']} | {METHOD_NAMES[r['lt']]} vs {r['baseline']} | {target} "
+        common += " (chance)" if r["trivial"] else ""
+        out.append(f"| {r['model']} | {r['dataset']} | {_metric_name(r['metric'])} | {METHOD_NAMES[r['lt']]} vs "
+                   f"{r['baseline']} | {target} "
                    f"| {_step(r['baseline_steps'])} | {_step(r['lt_steps'])} | {common} "
                    f"| {_step(r['baseline_steps_common'])} | {_step(r['lt_steps_common'])} |")
     return out + [""]
@@ -664,8 +679,9 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
                    f"difference {mean:+.3f}.")
     if chance:
         out.append(f"- Learning: in {len(chance)} of {len(plateau)} cells ({', '.join('/'.join(c) for c in chance)}) "
-                   "not even the best method ends above always answering the majority class (dev accuracy, by more "
-                   "than 2 standard errors): every method is at chance there at this budget, so their comparisons "
+                   "not even the best method ends above chance (dev split, primary metric: accuracy against always "
+                   "answering the majority class, MCC against 0, by more than 2 standard errors): every method is at "
+                   "chance there at this budget, so their comparisons "
                    "test nothing for or against L-Tuning and the score judgements leave them out"
                    + "".join(_pilot_clause(r) for r in plateau if r["learnt"] is False) + ".")
     if steps:
@@ -681,11 +697,11 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
         left_out = len(steps) - len(real)
         out.append("- Faster convergence (the paper's Fig. 2): "
                    + (f"{_judgement(faster, slower, len(real))}. To the level both reach (the lower of the two final "
-                      f"accuracies), L-Tuning gets earlier in {faster}, later in {slower}, at the same step in {same} of "
-                      f"{len(real)} pairs; to its baseline's final accuracy, earlier in {f2}, later (or never) in {s2}, "
+                      f"scores), L-Tuning gets earlier in {faster}, later in {slower}, at the same step in {same} of "
+                      f"{len(real)} pairs; to its baseline's final score, earlier in {f2}, later (or never) in {s2}, "
                       f"at the same step in {same2}" if real else "not testable here")
-                   + (f" ({left_out} pair{'s' * (left_out != 1)} left out: neither method ends above always "
-                      "answering the majority class)." if left_out else "."))
+                   + (f" ({left_out} pair{'s' * (left_out != 1)} left out: neither method ends above chance)."
+                      if left_out else "."))
     for name in ("labels_meaningless", "labels_swapped"):
         lower, _, n = _signs([r for r in abl if r["ablation"] == name])
         if n:
@@ -722,13 +738,17 @@ def _pilot_clause(row: dict) -> str:
     cell, p = f"{row['model']}/{row['dataset']}", row.get("pilot")
     if not p:
         return f"; {cell} had no pilot at a longer budget"
-    level = (f"{METHOD_NAMES[p['best']]} {p['accuracy']:.3f} vs {p['majority']:.3f} on {p['texts']} held-out train "
-             f"texts at {p['steps']} steps, default learning rates")
+    level = (f"{METHOD_NAMES[p['best']]} {_metric_name(p['metric'])} {p['score']:.3f} vs chance {p['chance']:.3f} on "
+             f"{p['texts']} held-out train texts at {p['steps']} steps, default learning rates")
     if not p["learnt"]:
         return (f"; in {cell}'s pilot no method learns either (best of {p['methods']} run: {level}): a longer budget "
                 "did not lift it")
     return (f"; but in {cell}'s pilot {', '.join(METHOD_NAMES[m] for m in p['learnt'])} "
             f"learn{'s' * (len(p['learnt']) == 1)} (best: {level}): its budget may be what holds it at chance")
+
+
+def _metric_name(metric: str) -> str:
+    return "MCC" if metric == "mcc" else metric
 
 
 def _with_columns(table):
