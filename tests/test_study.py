@@ -488,6 +488,22 @@ def test_learning_and_the_race_are_judged_on_the_primary_metric(monkeypatch):
     flat = run("lt_prefix", {"mcc": 0.0, "accuracy": 0.691}, curve=[(10, 0.0), (20, 0.0)])
     (row,) = study_report.steps_to_target(cola, {**final, ("minilm", "cola", "lt_prefix"): [flat]})
     assert (row["common_target"], row["trivial"]) == (0.0, True)
+    # a comparison where neither method of the pair beats chance tests nothing: left out of the scores
+    both_flat = {("minilm", "cola", "prefix"): [run("prefix", {"mcc": 0.05, "accuracy": 0.69})],
+                 ("minilm", "cola", "lt_prefix"): [flat]}
+    assert [d["at_chance"] for d in study_report.differences(cola, final)] == [False]
+    one_learns = {**final, ("minilm", "cola", "lt_prefix"): [flat]}  # the baseline learns: that is evidence
+    assert [d["at_chance"] for d in study_report.differences(cola, one_learns)] == [False]
+    (d,) = study_report.differences(cola, both_flat)
+    assert d["at_chance"] is True
+    plateau_rows = [{**plateau, "learnt": True}]  # the cell learns (another method, say)
+    said = "\n".join(study_report.verdict(cola, [{**d, "at_chance": False, "diff": 0.1, "excludes_zero": True,
+                                                   "better": True}, d], [], [], {}, plateau_rows))
+    assert ("**supported**. L-Tuning ahead with an interval excluding 0 in 1, behind in 0, not distinguishable from its "
+            "baseline in 0 of 1 model x dataset x pair comparisons (MCC on CoLA, accuracy elsewhere; 1 more, where "
+            "neither method of the pair beats chance, left out: see Learning)") in said
+    assert ("- Learning, per pair: in 1 comparison in cells where a method learns, neither method of the pair beats "
+            "chance (minilm/cola LT-prefix vs prefix); the score judgements leave it out too.") in said
     # the pilot's judgement too (its held-out texts, here the same shares)
     monkeypatch.setattr(study_report, "load_stage_runs", lambda spec, table, stage: {
         ("minilm", "cola", "prefix"): [learnt], ("minilm", "cola", "lt_prefix"): [flat]})

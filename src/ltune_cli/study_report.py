@@ -260,7 +260,12 @@ def differences(spec: dict, final: dict) -> list[dict]:
     dev example (report.analysis.differences: the compare report's bootstrap)."""
     groups, _, columns, pairs = _groups(spec, final)
     metric = {col: study.primary_metric(col[0]) for col in columns}
-    return analysis.differences(groups, pairs, columns, metric, N_BOOT, BOOT_SEED)
+    out = analysis.differences(groups, pairs, columns, metric, N_BOOT, BOOT_SEED)
+    for d in out:  # neither method of the pair beats chance: the comparison tests nothing
+        checks = [chance_check(final.get((d["model"], d["dataset"], m), []), metric[(d["dataset"], d["model"])])
+                  for m in (d["lt"], d["baseline"])]
+        d["at_chance"] = all(c is not None and c["learnt"] is False for c in checks)
+    return out
 
 
 def differences_table(diffs: list[dict]) -> list[str]:
@@ -660,15 +665,14 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
     for kind, claim in (("encoder", "+0-2 points over prefix / prompt tuning on BERT-size encoders"),
                         ("decoder", "+2-6 points on 7B decoders")):
         every = [d for d in diffs if kinds[d["model"]] == kind]
-        mine = [d for d in every if (d["model"], d["dataset"]) not in chance]
+        mine = [d for d in every if (d["model"], d["dataset"]) not in chance and not d.get("at_chance")]
         left = len(every) - len(mine)
-        note = (f"; {left} more, in cell{'s' * (left != 1)} where every method is at chance, left out: see "
-                "Learning" if left else "")
+        note = f"; {left} more, where neither method of the pair beats chance, left out: see Learning" if left else ""
         if not mine:
             if every:
                 out.append(f"- Scores, the paper's {claim}, on {', '.join(sorted({d['model'] for d in every}))} "
-                           f"({kind}): **not testable here**: every comparison is in a cell where every method is "
-                           "at chance (see Learning).")
+                           f"({kind}): **not testable here**: in every comparison neither method beats chance (see "
+                           "Learning).")
             continue
         models = ", ".join(sorted({d["model"] for d in mine}))
         mean = sum(d["diff"] for d in mine) / len(mine)
@@ -684,6 +688,11 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
                    "chance there at this budget, so their comparisons "
                    "test nothing for or against L-Tuning and the score judgements leave them out"
                    + "".join(_pilot_clause(r) for r in plateau if r["learnt"] is False) + ".")
+    if pairs := [d for d in diffs if d.get("at_chance") and (d["model"], d["dataset"]) not in chance]:
+        named = ", ".join(f"{d['model']}/{d['dataset']} {METHOD_NAMES[d['lt']]} vs {d['baseline']}" for d in pairs)
+        out.append(f"- Learning, per pair: in {len(pairs)} comparison{'s' * (len(pairs) != 1)} in cells where a method "
+                   f"learns, neither method of the pair beats chance ({named}); the score judgements leave "
+                   f"{'them' if len(pairs) != 1 else 'it'} out too.")
     if steps:
         def race(rows, lt_key, base_key):
             lt, base = [s[lt_key] for s in rows], [s[base_key] for s in rows]
