@@ -285,8 +285,8 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     # class's 0.5: every method at chance there, so its comparison is left out of the judgement
     assert ("- Scores, the paper's +0-2 points over prefix / prompt tuning on BERT-size encoders, on minilm (encoder): "
             "**supported**. L-Tuning ahead with an interval excluding 0 in 1, behind in 0, not distinguishable from its "
-            "baseline in 0 of 1 model x dataset x pair comparisons (MCC on CoLA, accuracy elsewhere; 1 more, in cell "
-            "where every method is at chance, left out: see Learning)") in block  # as in RESULTS.md
+            "baseline in 0 of 1 model x dataset x pair comparisons (MCC on CoLA, accuracy elsewhere; 1 more, where "
+            "neither method of the pair beats chance, left out: see Learning)") in block  # as in RESULTS.md
     assert "- Learning: in 1 of 2 cells (minilm/r8) not even the best method ends above chance (dev split, primary metric" in block
     assert "score judgements leave them out; minilm/r8 had no pilot at a longer budget." in block
     # a pilot (longer budget) that learnt, or did not, where the final runs are at chance: 0.6 on 40
@@ -305,8 +305,8 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
             "chance 0.500 on 40 held-out train texts at 30 steps, default learning rates): a longer budget did not lift it.") in said[1]
     at_chance = [{"model": "minilm", "dataset": "r8", "learnt": False, "plateaued": True}]
     only_r8 = [{"model": "minilm", "dataset": "r8", "diff": 0.0, "excludes_zero": False, "better": None}]
-    assert ("on minilm (encoder): **not testable here**: every comparison is in a cell where every method is at "
-            "chance") in "\n".join(study_report.verdict(SPEC, only_r8, [], [], {}, at_chance))
+    assert ("on minilm (encoder): **not testable here**: in every comparison neither method beats chance (see "
+            "Learning).") in "\n".join(study_report.verdict(SPEC, only_r8, [], [], {}, at_chance))
     assert [study_report._judgement(*a) for a in ((2, 0, 2), (0, 2, 2), (1, 1, 3), (0, 1, 2), (0, 0, 2))] == [
         "**supported**", "**contradicted**", "**mixed**", "**partly contradicted** (1 of 2)",
         "**not supported**, no difference resolved"]
