@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 
 import pytest
@@ -267,7 +268,11 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     for j in study.ablate_jobs(SPEC, study.choose(SPEC, root)):
         seed = int(j.tag.rsplit("-s", 1)[1])
         right = 24 + seed - (12 if j.values["ablation"] == "labels_meaningless" else 0)
-        _finish(j, root, right / 40, seed=seed, preds=preds(right))
+        if j.values["ablation"] == "labels_swapped":  # 2 fewer right, on other texts: a wide interval over 0
+            right -= 2
+            _finish(j, root, right / 40, seed=seed, preds=[g if i >= 40 - right else 1 - g for i, g in enumerate(GOLD)])
+        else:
+            _finish(j, root, right / 40, seed=seed, preds=preds(right))
     _finish(study.pilot_jobs(SPEC)[0], root, 0.6, preds=preds(24), curve=[(5, 0.5)])  # the pilot: one of two
     md, csv = tmp_path / "RESULTS.md", tmp_path / "results" / "runs.csv"
     readme = tmp_path / "README.md"
@@ -366,8 +371,26 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
             "at the same step in 1 of 2 pairs; to its baseline's final score, earlier in 1, later (or never) in 0, "
             "at the same step in 1.") in text
     assert "| minilm | sst2 | accuracy | LT-prefix vs prefix | 0.613 | 10 | 5 | 0.613 | 10 | 5 |" in text
-    assert "excluding 0 in 1 of 1 method x cell comparisons." in text
-    assert "excluding 0 in 0 of 1 method x cell comparisons; where it is not lower" in text
+    # the label-text ablations name what they resolve and bound what they do not: meaningless labels
+    # cost 0.3 on r8; rotated ones nothing, and their interval's lower end bounds the gain not ruled out
+    assert ("- Label semantics (label texts \"label zero\", \"label one\", ...): lower than with the real label texts "
+            "with an interval excluding 0 in 1 (minilm/r8 LT-prefix -0.300 [") in text
+    assert ("] *), higher in 0, not distinguishable in 0 of 1 method x cell comparisons; where lower, the real label's "
+            "meaning is what helps.\n") in text
+    swapped = re.search(r"\| label texts rotated between classes \| .* \| -0\.050 \[-(0\.\d+), \+0\.\d+\] \|", text)
+    assert ("- Label semantics (label texts rotated between classes): lower than with the real label texts with an "
+            "interval excluding 0 in 0, higher in 0, not distinguishable in 1 of 1 method x cell comparisons; where not "
+            f"distinguishable, no gain from the label's meaning shows, though gains up to {swapped[1]} are not ruled "
+            "out by the intervals.\n") in text
+    assert ("- The framing alone (a baseline scoring (text, label) pairs with random per-label tokens instead of its "
+            "K-way head): lower with an interval excluding 0 in 0, higher in 0, not distinguishable in 1 of 1 method x "
+            "cell comparisons.\n") in text
+    point = {"model": "minilm", "dataset": "r8", "method": "lt_prefix", "diff": 0.0, "lo": 0.0, "hi": 0.0,
+             "excludes_zero": False}
+    assert study_report.label_semantics_note("labels_swapped", [point]).endswith(
+        "where not distinguishable, no gain from the label's meaning shows (the intervals rule out any).")
+    wide = [{**point, "lo": -0.02, "hi": 0.03}, {**point, "method": "lt_prompt", "lo": -0.07, "hi": 0.01}]
+    assert study_report.label_semantics_note("labels_swapped", wide).endswith("gains up to 0.070 are not ruled out by the intervals.")
     assert "![t_curves_minilm.png](results/t_curves_minilm.png)" in text  # beside the CSV, linked relatively
     assert (tmp_path / "results" / "t_curves_minilm.png").stat().st_size > 10_000
     figures = {p.name: p.read_bytes() for p in (tmp_path / "results").glob("t_curves_*")}

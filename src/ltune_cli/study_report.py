@@ -578,6 +578,37 @@ def _signs(rows: list[dict]) -> tuple[int, int, int]:
             sum(r["excludes_zero"] and r["diff"] > 0 for r in rows), len(rows))
 
 
+def _sign_text(rows: list[dict], below: str, above: str) -> str:
+    """'<below> in a (named), <above> in b (named), not distinguishable in c of n method x cell comparisons'."""
+    def named(rs: list[dict]) -> str:
+        items = (f"{r['model']}/{r['dataset']} {METHOD_NAMES[r['method']]} {_interval(r)}" for r in rs)
+        return f" ({'; '.join(items)})" if rs else ""
+
+    lo = [r for r in rows if r["excludes_zero"] and r["diff"] < 0]
+    hi = [r for r in rows if r["excludes_zero"] and r["diff"] > 0]
+    return (f"{below} with an interval excluding 0 in {len(lo)}{named(lo)}, {above} in {len(hi)}{named(hi)}, not "
+            f"distinguishable in {len(rows) - len(lo) - len(hi)} of {len(rows)} method x cell comparisons")
+
+
+def label_semantics_note(name: str, rows: list[dict]) -> str | None:
+    """The verdict's bullet on one label-text ablation: where is the label's meaning what helps, where does no
+    gain from it show, and how large a gain the intervals still allow there."""
+    rows = [r for r in rows if r["diff"] is not None]
+    if not rows:
+        return None
+    said = [f"- Label semantics ({ABLATION_TEXT[name]}): {_sign_text(rows, 'lower than with the real label texts', 'higher')}"]
+    if any(r["excludes_zero"] and r["diff"] < 0 for r in rows):
+        said.append("where lower, the real label's meaning is what helps")
+    if any(r["excludes_zero"] and r["diff"] > 0 for r in rows):
+        said.append("where higher, the real label texts do worse than these")
+    if unresolved := [r for r in rows if not r["excludes_zero"]]:
+        bound = max(-r["lo"] for r in unresolved)  # the largest gain (real minus ablated) the intervals allow
+        said.append("where not distinguishable, no gain from the label's meaning shows"
+                    + (f", though gains up to {bound:.3f} are not ruled out by the intervals" if bound > 0
+                       else " (the intervals rule out any)"))
+    return "; ".join(said) + "."
+
+
 def a5_note(abl_rows: list[dict], contrasts: list[dict]) -> str | None:
     """The verdict's bullet on the A.5 variant: below per_token? By capacity or by its warm start?"""
     warm = _signs([r for r in abl_rows if r["ablation"] == "variant_paper"])
@@ -712,19 +743,13 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
                    + (f" ({left_out} pair{'s' * (left_out != 1)} left out: neither method ends above chance)."
                       if left_out else "."))
     for name in ("labels_meaningless", "labels_swapped"):
-        lower, _, n = _signs([r for r in abl if r["ablation"] == name])
-        if n:
-            out.append(f"- Label semantics ({ABLATION_TEXT[name]}): lower than the real label texts with an interval "
-                       f"excluding 0 in {lower} of {n} method x cell comparisons"
-                       + ("; where it is not lower, the label's meaning is not what helps there." if lower < n
-                          else "."))
+        if note := label_semantics_note(name, [r for r in abl if r["ablation"] == name]):
+            out.append(note)
     if note := a5_note(abl, contrasts):
         out.append(note)
-    down, up, n = _signs([r for r in abl if r["ablation"] == "pair_framing"])
-    if n:
-        out.append(f"- The framing alone (a baseline scoring (text, label) pairs with random per-label tokens instead of "
-                   f"its K-way head): higher with an interval excluding 0 in {up}, lower in {down}, not distinguishable "
-                   f"in {n - up - down} of {n} method x cell comparisons.")
+    if framing := [r for r in abl if r["ablation"] == "pair_framing" and r["diff"] is not None]:
+        out.append("- The framing alone (a baseline scoring (text, label) pairs with random per-label tokens instead of "
+                   f"its K-way head): {_sign_text(framing, 'lower', 'higher')}.")
     if note := tuning_note(chosen):
         out.append(note)
     if moving := [f"{r['model']}/{r['dataset']} at {r['curve'][-1][0]}" for r in plateau if not r["plateaued"]]:
