@@ -375,6 +375,27 @@ def test_curves_colour_per_method_style_per_model(report, tmp_path):
     assert min(min(line.get_ydata()) for line in loss.lines) == pytest.approx(LOSSES["lt_prefix"][-1])
 
 
+def test_curves_each_dataset_on_its_own_step_axis(tmp_path):
+    """Datasets with different budgets in one figure (a study: 600, 3000 steps): each dataset's two
+    panels share one step axis, no other dataset's, and every accuracy panel labels its steps."""
+    from ltune_cli.report.plots import plot_curves
+
+    budgets = {"cola": 3000, "r8": 600, "rte": 600, "sst2": 600}
+    curves = [{"dataset": d, "model": "minilm", "label": m, "steps": list(range(100, n + 1, 100)),
+               "val_loss": [0.7] * (n // 100), "accuracy_steps": list(range(100, n + 1, 100)),
+               "accuracy": [0.5 + k / 100 for k in range(n // 100)]}
+              for d, n in budgets.items() for m in ("prefix", "LT-prefix")]
+    fig = plot_curves(curves, tmp_path / "c.png", tmp_path / "c.svg")
+    fig.canvas.draw()
+    panels = {tuple(ax.get_label().split(":")): ax for ax in fig.axes}
+    for d, n in budgets.items():
+        loss, acc = panels[(d, "val_loss")], panels[(d, "accuracy")]
+        assert acc.get_xlim() == loss.get_xlim() and n <= acc.get_xlim()[1] < 1.2 * n, (d, acc.get_xlim())
+        shown = [t.get_text() for t in acc.get_xticklabels() if t.get_visible() and t.get_text()]
+        assert shown and acc.xaxis.get_tick_params()["labelbottom"], d
+        assert not loss.xaxis.get_tick_params()["labelbottom"]
+
+
 def _section(md: str, title: str) -> str:
     return md.split(f"## {title}\n")[1].split("\n## ")[0]
 

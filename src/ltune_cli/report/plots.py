@@ -38,9 +38,13 @@ def plot_curves(curves: list[dict], png: str | Path, svg: str | Path, pdf: str |
     blocks = math.ceil(len(datasets) / ncols)
     fig = Figure(figsize=(4.2 * ncols + 2.2, 5.4 * blocks), layout="constrained")
     FigureCanvasAgg(fig)
-    grid = fig.subplots(2 * blocks, ncols, squeeze=False, sharex="col")
+    grid = fig.subplots(2 * blocks, ncols, squeeze=False)
     for i, dataset in enumerate(datasets):
         pair = [grid[2 * (i // ncols) + p][i % ncols] for p in range(2)]
+        # One step axis per dataset, shared by its two panels only: datasets run different budgets,
+        # and each accuracy panel carries its own step labels.
+        pair[1].sharex(pair[0])
+        pair[0].tick_params(labelbottom=False)
         for ax, (step_key, key, name) in zip(pair, PANELS):
             for c in (c for c in curves if c["dataset"] == dataset and c.get(key)):
                 line, marker = style[c["model"]]
