@@ -124,7 +124,7 @@ def test_a_best_scale_at_an_edge_of_the_grid_extends_it_one_scale_at_a_time(tmp_
     assert partial[("minilm", "sst2", "prefix")]["tuning"] == "running"
     from ltune_cli import study_report
     assert "- Equal tuning: all 2 choices are still being tuned." \
-        == study_report.tuning_note(partial)
+        == study_report.tuning_note(partial, EXTEND)
     with pytest.raises(LtuneError, match="lr8-P10-s0 has not completed"):
         study.choose(EXTEND, root)
     _finish(more[4], root, 0.9)  # better again, at the top: one more above
@@ -134,16 +134,20 @@ def test_a_best_scale_at_an_edge_of_the_grid_extends_it_one_scale_at_a_time(tmp_
     assert len(added()) == 3
     chosen = study.choose(EXTEND, root)
     inside = {**chosen, ("minilm", "sst2", "prefix"): {**chosen[("minilm", "sst2", "prefix")], "edge": None}}
-    assert study_report.tuning_note(inside) == (
+    assert study_report.tuning_note(inside, EXTEND) == (
         "- Equal tuning: none of the 2 tuned choices lies at an edge of the learning-rate scales tried (the grid's "
         "extensions included): each is a best with a worse scale on either side.")
     assert chosen[("minilm", "sst2", "prefix")] | {"score": 0} == {
         "lr_scale": 32.0, "num_virtual_tokens": 10, "score": 0, "held_out_val_loss": None, "edge": "above"}
     assert chosen[("minilm", "sst2", "lt_prefix")]["lr_scale"] == 0.5
     assert chosen[("minilm", "sst2", "lt_prefix")]["edge"] is None and "tuning" not in chosen[("minilm", "sst2", "lt_prefix")]
-    assert ("- Equal tuning: 1 of 2 tuned choices lie at an edge of the learning-rate scales tried, the grid's "
+    assert ("- Equal tuning: 1 of 2 tuned choices lies at an edge of the learning-rate scales tried, the grid's "
             "extensions included (minilm/sst2/prefix); the best may lie beyond them.") \
-        == study_report.tuning_note(chosen)
+        == study_report.tuning_note(chosen, EXTEND)
+    # choices not made yet count as still being tuned, whether or not any of their runs has completed
+    only = {k: v for k, v in chosen.items() if k[2] == "lt_prefix"}
+    assert study_report.tuning_note(only, EXTEND).endswith("on either side. 1 more is still being tuned.")
+    assert study_report.tuning_note({}, EXTEND) == "- Equal tuning: all 2 choices are still being tuned."
     assert len(study.planned_jobs(EXTEND, "tune", root)) == 6 + 3
 
 
@@ -306,7 +310,7 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     said = ["\n".join(study_report.verdict(SPEC, r8_diff, [], [], {}, [row])) for row in r8_rows]
     assert ("leave them out; but in minilm/r8's pilot LT-prefix learns (best: LT-prefix accuracy 0.900 vs chance 0.500 on 40 "
             "held-out train texts at 30 steps, default learning rates): its budget may be what holds it at chance.") in said[0]
-    assert ("leave them out; in minilm/r8's pilot no method learns either (best of 2 run: LT-prefix accuracy 0.600 vs "
+    assert ("leave them out; in minilm/r8's pilot no method learns either (best of 2 runs: LT-prefix accuracy 0.600 vs "
             "chance 0.500 on 40 held-out train texts at 30 steps, default learning rates): a longer budget did not lift it.") in said[1]
     at_chance = [{"model": "minilm", "dataset": "r8", "learnt": False, "plateaued": True}]
     only_r8 = [{"model": "minilm", "dataset": "r8", "diff": 0.0, "excludes_zero": False, "better": None}]

@@ -654,20 +654,25 @@ def _tally(diffs: list[dict]) -> str:
             f"not distinguishable from its baseline in {len(diffs) - better - worse} of {len(diffs)}")
 
 
-def tuning_note(chosen: dict) -> str | None:
-    """The verdict's bullet on equal tuning: how many tuned choices sit at an edge of the scales tried."""
+def tuning_note(chosen: dict, spec: dict) -> str | None:
+    """The verdict's bullet on equal tuning: how many tuned choices sit at an edge of the scales tried,
+    and how many of the plan's own (not borrowed) choices are still to be made."""
     tuned = {k: v for k, v in chosen.items() if "tuned_on" not in v and "tuning" not in v}
-    running = sum("tuned_on" not in v and "tuning" in v for v in chosen.values())
-    edges = sorted("/".join(k) for k, v in tuned.items() if at_grid_edge(v))
+    lent = study.borrowed(spec)
+    own = {(*cell, method) for cell in study.cells(spec) if cell not in lent for method in spec["methods"]}
+    running = len(own - set(tuned))
     if not (tuned or running):
         return None
     if not tuned:
         return f"- Equal tuning: all {running} choices are still being tuned."
-    text = (f"{len(edges)} of {len(tuned)} tuned choices lie at an edge of the learning-rate scales tried, the grid's "
-            f"extensions included ({', '.join(edges)}); the best may lie beyond them." if edges else
+    edges = sorted("/".join(k) for k, v in tuned.items() if at_grid_edge(v))
+    text = (f"{len(edges)} of {len(tuned)} tuned choices {'lies' if len(edges) == 1 else 'lie'} at an edge of the "
+            f"learning-rate scales tried, the grid's extensions included ({', '.join(edges)}); the best may lie beyond "
+            "them." if edges else
             f"none of the {len(tuned)} tuned choices lies at an edge of the learning-rate scales tried (the grid's "
             "extensions included): each is a best with a worse scale on either side.")
-    return f"- Equal tuning: {text}" + (f" {running} more are still being tuned." if running else "")
+    return f"- Equal tuning: {text}" + (f" {running} more {'is' if running == 1 else 'are'} still being tuned."
+                                        if running else "")
 
 
 def _judgement(up: int, down: int, n: int) -> str:
@@ -750,7 +755,7 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
     if framing := [r for r in abl if r["ablation"] == "pair_framing" and r["diff"] is not None]:
         out.append("- The framing alone (a baseline scoring (text, label) pairs with random per-label tokens instead of "
                    f"its K-way head): {_sign_text(framing, 'lower', 'higher')}.")
-    if note := tuning_note(chosen):
+    if note := tuning_note(chosen, spec):
         out.append(note)
     if moving := [f"{r['model']}/{r['dataset']} at {r['curve'][-1][0]}" for r in plateau if not r["plateaued"]]:
         out.append(f"- Budget: the best method had not plateaued within its step budget in {len(moving)} of "
@@ -775,8 +780,8 @@ def _pilot_clause(row: dict) -> str:
     level = (f"{METHOD_NAMES[p['best']]} {_metric_name(p['metric'])} {p['score']:.3f} vs chance {p['chance']:.3f} on "
              f"{p['texts']} held-out train texts at {p['steps']} steps, default learning rates")
     if not p["learnt"]:
-        return (f"; in {cell}'s pilot no method learns either (best of {p['methods']} run: {level}): a longer budget "
-                "did not lift it")
+        runs = f"{p['methods']} run{'s' * (p['methods'] != 1)}"
+        return f"; in {cell}'s pilot no method learns either (best of {runs}: {level}): a longer budget did not lift it"
     return (f"; but in {cell}'s pilot {', '.join(METHOD_NAMES[m] for m in p['learnt'])} "
             f"learn{'s' * (len(p['learnt']) == 1)} (best: {level}): its budget may be what holds it at chance")
 
