@@ -394,6 +394,26 @@ def test_curves_each_dataset_on_its_own_step_axis(tmp_path):
         shown = [t.get_text() for t in acc.get_xticklabels() if t.get_visible() and t.get_text()]
         assert shown and acc.xaxis.get_tick_params()["labelbottom"], d
         assert not loss.xaxis.get_tick_params()["labelbottom"]
+    assert fig._suptitle.get_text().startswith("Validation loss and accuracy (minilm),")
+
+
+def test_curves_show_a_records_score_other_than_accuracy_in_its_lower_panel(tmp_path):
+    """A study's CoLA records carry their primary metric (score_key "mcc"): its lower panel plots
+    that curve, named MCC, and the title says so; other datasets keep accuracy."""
+    from ltune_cli.report.plots import plot_curves
+
+    def record(dataset, label, **extra):
+        return {"dataset": dataset, "model": "minilm", "label": label, "steps": [100, 200], "val_loss": [0.7, 0.6],
+                "accuracy_steps": [100, 200], "accuracy": [0.69, 0.70], **extra}
+
+    curves = [record("cola", m, score_key="mcc", score_steps=[100, 200], score=[0.0, 0.2 + k / 10])
+              for k, m in enumerate(("prefix", "LT-prefix"))] + [record("sst2", "prefix")]
+    fig = plot_curves(curves, tmp_path / "c.png", tmp_path / "c.svg")
+    panels = {tuple(ax.get_label().split(":")): ax for ax in fig.axes}
+    assert set(panels) == {("cola", "val_loss"), ("cola", "mcc"), ("sst2", "val_loss"), ("sst2", "accuracy")}
+    assert panels[("cola", "mcc")].get_ylabel() == "MCC" and panels[("sst2", "accuracy")].get_ylabel() == "accuracy"
+    assert sorted(float(line.get_ydata()[-1]) for line in panels[("cola", "mcc")].lines) == pytest.approx([0.2, 0.3])
+    assert fig._suptitle.get_text() == "Validation loss and accuracy (minilm; cola: MCC), mean over seeds"
 
 
 def _section(md: str, title: str) -> str:

@@ -512,6 +512,10 @@ def test_learning_and_the_race_are_judged_on_the_primary_metric(monkeypatch):
         "mcc", 0.18, 20, 20) and row["trivial"] is False
     (plateau,) = study_report.plateau_rows(cola, final)
     assert (plateau["method"], plateau["metric"], plateau["learnt"]) == ("prefix", "mcc", True)
+    # the convergence figure's lower panel: CoLA's MCC curve (accuracy stays in the record)
+    curves = {c["method"]: c for c in study_report.curve_records(cola, final)}
+    assert curves["prefix"]["score_key"] == "mcc" and curves["prefix"]["score"] == [0.0, 0.2, 0.23]
+    assert curves["lt_prefix"]["score_steps"] == [10, 20, 30] and curves["prefix"]["accuracy"][-1] == 0.696
     flat = run("lt_prefix", {"mcc": 0.0, "accuracy": 0.691}, curve=[(10, 0.0), (20, 0.0)])
     (row,) = study_report.steps_to_target(cola, {**final, ("minilm", "cola", "lt_prefix"): [flat]})
     assert (row["common_target"], row["trivial"]) == (0.0, True)

@@ -479,8 +479,9 @@ def curve_records(spec: dict, final: dict) -> list[dict]:
     """report.analysis's seed-mean curves (on the curve's texts throughout: Run.curve), labelled with
     the paper's method names."""
     groups, rows, columns, _ = _groups(spec, final)
+    scores = {dataset: study.primary_metric(dataset) for _, dataset in study.cells(spec)}
     return [{**c, "label": METHOD_NAMES.get(c["method"], c["method"])}
-            for c in analysis.curve_records(groups, rows, columns)]
+            for c in analysis.curve_records(groups, rows, columns, scores)]
 
 
 def write_figures(spec: dict, final: dict, folder: Path) -> list[Path]:
@@ -508,9 +509,10 @@ def figures_section(spec: dict, figures: list[str]) -> list[str]:
     if not figures:
         return []
     out = ["## Convergence (the paper's Fig. 2)", "",
-           "Seed-mean validation loss (above) and accuracy (below) against the step, accuracy on "
+           "Seed-mean validation loss (above) and the primary metric (below: MCC on CoLA, accuracy elsewhere) against "
+           "the step, the metric on "
            f"{_curve_texts(spec)}. The losses are not on one scale (L-Tuning: binary cross-entropy over text x label "
-           "pairs; baselines: K-way cross-entropy), so compare the accuracy curves and the steps to target.", ""]
+           "pairs; baselines: K-way cross-entropy), so compare the lower curves and the steps to target.", ""]
     return out + [f"![{Path(f).name}]({f})" for f in figures] + [""]
 
 

@@ -378,10 +378,11 @@ def params_records(runs: list[Run], rows: list[Row]) -> list[dict]:
 CURVE_KEYS = ("val_loss", "accuracy")  # the two panels of the convergence figure
 
 
-def curve_records(groups, rows: list[Row], columns: list[Col]) -> list[dict]:
+def curve_records(groups, rows: list[Row], columns: list[Col], scores: dict[str, str] | None = None) -> list[dict]:
     """Seed-mean validation-loss and accuracy curves per (method row, dataset, model), for Fig. 2
     and report.json: `steps`/`val_loss` and `accuracy_steps`/`accuracy` (a run may log one without
-    the other at a step)."""
+    the other at a step). scores: dataset -> the metric the figure's lower panel shows there where
+    it is not accuracy (the study: CoLA's MCC), as `score_key` and `score_steps`/`score`."""
     out = []
     for row in rows:
         for col in columns:
@@ -395,6 +396,9 @@ def curve_records(groups, rows: list[Row], columns: list[Col]) -> list[dict]:
                             "model": col[1], "n": len(runs), "steps": [s for s, _ in loss],
                             "val_loss": [v for _, v in loss], "accuracy_steps": [s for s, _ in acc],
                             "accuracy": [v for _, v in acc]})
+                if (key := (scores or {}).get(col[0], "accuracy")) != "accuracy":
+                    score = _curve(runs, key)
+                    out[-1] |= {"score_key": key, "score_steps": [s for s, _ in score], "score": [v for _, v in score]}
     return out
 
 

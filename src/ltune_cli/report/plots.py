@@ -18,6 +18,7 @@ from pathlib import Path
 
 # (report key of the steps, of the values, axis label) per panel, top to bottom.
 PANELS = (("steps", "val_loss", "validation loss"), ("accuracy_steps", "accuracy", "accuracy"))
+SCORE_NAMES = {"mcc": "MCC", "macro_f1": "macro F1"}  # a lower panel's metric other than accuracy
 MODEL_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"))
 EDITABLE_TEXT = {"svg.fonttype": "none", "pdf.fonttype": 42}
 
@@ -39,18 +40,26 @@ def plot_curves(curves: list[dict], png: str | Path, svg: str | Path, pdf: str |
     fig = Figure(figsize=(4.2 * ncols + 2.2, 5.4 * blocks), layout="constrained")
     FigureCanvasAgg(fig)
     grid = fig.subplots(2 * blocks, ncols, squeeze=False)
+    others = {}  # dataset -> the lower panel's metric where it is not accuracy
     for i, dataset in enumerate(datasets):
         pair = [grid[2 * (i // ncols) + p][i % ncols] for p in range(2)]
         # One step axis per dataset, shared by its two panels only: datasets run different budgets,
         # and each accuracy panel carries its own step labels.
         pair[1].sharex(pair[0])
         pair[0].tick_params(labelbottom=False)
-        for ax, (step_key, key, name) in zip(pair, PANELS):
-            for c in (c for c in curves if c["dataset"] == dataset and c.get(key)):
+        mine = [c for c in curves if c["dataset"] == dataset]
+        score = next((c["score_key"] for c in mine if c.get("score_key")), None)  # not accuracy: CoLA's MCC
+        panels = PANELS
+        if score:
+            others[dataset] = SCORE_NAMES.get(score, score)
+            panels = (PANELS[0], ("score_steps", "score", others[dataset]))
+        for ax, (step_key, key, name) in zip(pair, panels):
+            for c in (c for c in mine if c.get(key)):
                 line, marker = style[c["model"]]
                 ax.plot(c[step_key], c[key], color=colour[c["label"]], linestyle=line, marker=marker,
                         markersize=3.5, markevery=max(1, len(c[key]) // 8), linewidth=1.6)
             ax.set_ylabel(name)
+            key = score if key == "score" else key
             ax.set_label(f"{dataset}:{key}")  # an Artist label, not drawn: says which panel this is
             ax.grid(alpha=0.3)
             if not ax.lines:
@@ -66,7 +75,8 @@ def plot_curves(curves: list[dict], png: str | Path, svg: str | Path, pdf: str |
         handles += [Line2D([], [], color="0.3", linestyle=style[m][0], marker=style[m][1], label=m) for m in models]
     fig.legend(handles=handles, title="method", loc="outside right upper", fontsize=9, title_fontsize=9,
                frameon=False, handlelength=2.6)
-    one = f" ({models[0]})" if len(models) == 1 else ""
+    notes = ([models[0]] if len(models) == 1 else []) + [f"{d}: {name}" for d, name in others.items()]
+    one = f" ({'; '.join(notes)})" if notes else ""
     # One column of panels is narrower than the title: two lines, clear of the legend beside them.
     fig.suptitle(f"Validation loss and accuracy{one},{' ' if ncols > 1 else chr(10)}mean over seeds", fontsize=11)
     # No creation dates and a fixed SVG id salt: the same curves give the same bytes (figures in git).
