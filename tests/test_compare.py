@@ -348,7 +348,7 @@ def test_curves_svg_has_both_panels_and_editable_text(report):
     """svg.fonttype none: labels are <text> elements a person can edit, not glyph paths."""
     svg = report["files"]["curves_svg"].read_text()
     texts = {t.strip() for t in re.findall(r"<text\b[^>]*>([^<]*)</text>", svg)}
-    assert {"validation loss", "accuracy", "step", "cola", "sst2", "method", "model", "minilm", "bert",
+    assert {"validation loss", "accuracy", "MCC", "step", "cola", "sst2", "method", "model", "minilm", "bert",
             "lt_prefix (paper)"} <= texts
     assert len(re.findall(r'<g id="axes_\d+"', svg)) == 4  # (validation loss, accuracy) x 2 datasets
     html = report["files"]["html"].read_text()
@@ -362,7 +362,10 @@ def test_curves_colour_per_method_style_per_model(report, tmp_path):
     curves = report["json"]["curves"]
     fig = plot_curves(curves, tmp_path / "c.png", tmp_path / "c.svg")
     panels = {tuple(ax.get_label().split(":")): ax for ax in fig.axes}
-    assert set(panels) == {(d, y) for d in ("cola", "sst2") for y in ("val_loss", "accuracy")}
+    # CoLA is judged by MCC: its lower panel shows that curve (report.json's records carry it)
+    assert set(panels) == {("cola", "val_loss"), ("cola", "mcc"), ("sst2", "val_loss"), ("sst2", "accuracy")}
+    assert {c["dataset"] for c in curves if c.get("score_key") == "mcc"} == {"cola"}
+    assert panels[("cola", "mcc")].get_ylabel() == "MCC"
     for (dataset, _), ax in panels.items():
         mine = [c for c in curves if c["dataset"] == dataset]
         assert len(ax.lines) == len(mine)

@@ -382,7 +382,7 @@ def curve_records(groups, rows: list[Row], columns: list[Col], scores: dict[str,
     """Seed-mean validation-loss and accuracy curves per (method row, dataset, model), for Fig. 2
     and report.json: `steps`/`val_loss` and `accuracy_steps`/`accuracy` (a run may log one without
     the other at a step). scores: dataset -> the metric the figure's lower panel shows there where
-    it is not accuracy (the study: CoLA's MCC), as `score_key` and `score_steps`/`score`."""
+    it is not accuracy (CoLA's MCC) and the runs log it, as `score_key` and `score_steps`/`score`."""
     out = []
     for row in rows:
         for col in columns:
@@ -396,8 +396,7 @@ def curve_records(groups, rows: list[Row], columns: list[Col], scores: dict[str,
                             "model": col[1], "n": len(runs), "steps": [s for s, _ in loss],
                             "val_loss": [v for _, v in loss], "accuracy_steps": [s for s, _ in acc],
                             "accuracy": [v for _, v in acc]})
-                if (key := (scores or {}).get(col[0], "accuracy")) != "accuracy":
-                    score = _curve(runs, key)
+                if (key := (scores or {}).get(col[0], "accuracy")) != "accuracy" and (score := _curve(runs, key)):
                     out[-1] |= {"score_key": key, "score_steps": [s for s, _ in score], "score": [v for _, v in score]}
     return out
 
@@ -451,7 +450,9 @@ def analyse(runs: list[Run], inputs: list[str], *, metric: str | None, n_boot: i
         differences=diffs,
         steps_to_target=steps_to_target(groups, pairs, columns, col_metric),
         params=params_records(runs, rows),
-        curves=curve_records(groups, rows, columns),
+        # the lower panel: a dataset judged by a score other than accuracy (CoLA's MCC) shows that score
+        curves=curve_records(groups, rows, columns,
+                             {d: m for d, m in primary.items() if m not in ("accuracy", "val_loss")}),
         failed=failed_records(runs),
         notes=notes,
     )

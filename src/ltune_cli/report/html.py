@@ -99,7 +99,8 @@ def to_html(rep: Report, curves: dict[str, Path] | None = None) -> str:
         links = [f'<a href="{escape(Path(p).name)}">{k.upper()}</a>' for k in ("svg", "pdf")
                  if (p := curves.get(k)) is not None and Path(p).is_file()]
         parts.append("<h2>Convergence (validation loss and accuracy)</h2>"
-                     '<p class="caption">Seed-mean validation loss (top) and accuracy (bottom) per eval step; one '
+                     '<p class="caption">Seed-mean validation loss (top) and accuracy (bottom; a dataset judged by '
+                     "another metric, such as CoLA's MCC, shows that one, named on its axis) per eval step; one "
                      "colour per method, one line style per model."
                      + (f" Also as {' and '.join(links)} (editable text)." if links else "") + "</p>"
                      f'<img alt="validation loss and accuracy vs step" src="data:image/png;base64,{data}">')

@@ -245,7 +245,8 @@ def to_markdown(rep: Report, curves: dict[str, str] | None = None) -> str:
     if curves:
         others = ", ".join(f"[{k.upper()}]({curves[k]})" for k in ("svg", "pdf") if k in curves)
         parts += ["## Convergence (validation loss and accuracy)",
-                  "Seed-mean val_loss (top) and accuracy (bottom) per eval step; one colour per method, one line "
+                  "Seed-mean val_loss (top) and accuracy (bottom; a dataset judged by another metric, such as "
+                  "CoLA's MCC, shows that one, named on its axis) per eval step; one colour per method, one line "
                   f"style per model.{f' Also as {others} (editable text).' if others else ''}",
                   f"![convergence curves]({curves['png']})"]
     parts += ["## Runs", "One line per completed run folder (results.csv has every score of each).",
