@@ -295,7 +295,8 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     assert ("- Scores, the paper's +0-2 points over prefix / prompt tuning on BERT-size encoders, on minilm (encoder): "
             "**supported**. L-Tuning ahead with an interval excluding 0 in 1, behind in 0, not distinguishable from its "
             "baseline in 0 of 1 model x dataset x pair comparisons (MCC on CoLA, accuracy elsewhere; 1 more, where "
-            "neither method of the pair beats chance, left out: see Learning)") in block  # as in RESULTS.md
+            "neither method of the pair beats chance, left out: see Learning); mean difference, per metric: accuracy "
+            "+0.275 over 1.") in block  # as in RESULTS.md
     assert "- Learning: in 1 of 2 cells (minilm/r8) not even the best method ends above chance (dev split, primary metric" in block
     assert "score judgements leave them out; minilm/r8 had no pilot at a longer budget." in block
     # a pilot (longer budget) that learnt, or did not, where the final runs are at chance: 0.6 on 40
@@ -533,6 +534,12 @@ def test_learning_and_the_race_are_judged_on_the_primary_metric(monkeypatch):
     assert ("**supported**. L-Tuning ahead with an interval excluding 0 in 1, behind in 0, not distinguishable from its "
             "baseline in 0 of 1 model x dataset x pair comparisons (MCC on CoLA, accuracy elsewhere; 1 more, where "
             "neither method of the pair beats chance, left out: see Learning)") in said
+    assert "MCC on CoLA, accuracy elsewhere; 1 more, where neither method of the pair beats chance, left out: see " \
+        "Learning); mean difference, per metric: MCC +0.100 over 1." in said
+    sst2 = [{**d, "dataset": "sst2", "diff": -0.02, "excludes_zero": False, "better": None, "at_chance": False}]
+    two = "\n".join(study_report.verdict(cola, [{**d, "at_chance": False, "diff": 0.1, "excludes_zero": True,
+                                                 "better": True}, *sst2], [], [], {}, plateau_rows))
+    assert "mean difference, per metric: accuracy -0.020 over 1; MCC +0.100 over 1." in two  # never one mean of both
     assert ("- Learning, per pair: in 1 comparison in cells where a method learns, neither method of the pair beats "
             "chance (minilm/cola LT-prefix vs prefix); the score judgements leave it out too.") in said
     # the pilot's judgement too (its held-out texts, here the same shares)

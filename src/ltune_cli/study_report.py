@@ -713,12 +713,15 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
                            "Learning).")
             continue
         models = ", ".join(sorted({d["model"] for d in mine}))
-        mean = sum(d["diff"] for d in mine) / len(mine)
+        by_metric: dict[str, list[float]] = {}  # a mean over MCC and accuracy differences would mix scales
+        for d in mine:
+            by_metric.setdefault(study.primary_metric(d["dataset"]), []).append(d["diff"])
+        mean = "; ".join(f"{_metric_name(m)} {sum(v) / len(v):+.3f} over {len(v)}" for m, v in sorted(by_metric.items()))
         better = sum(d["excludes_zero"] and d["better"] for d in mine)
         worse = sum(d["excludes_zero"] and d["better"] is False for d in mine)
         out.append(f"- Scores, the paper's {claim}, on {models} ({kind}): {_judgement(better, worse, len(mine))}. "
                    f"{_tally(mine)} model x dataset x pair comparisons (MCC on CoLA, accuracy elsewhere{note}); mean "
-                   f"difference {mean:+.3f}.")
+                   f"difference, per metric: {mean}.")
     if chance:
         out.append(f"- Learning: in {len(chance)} of {len(plateau)} cells ({', '.join('/'.join(c) for c in chance)}) "
                    "not even the best method ends above chance (dev split, primary metric: accuracy against always "
