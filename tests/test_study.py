@@ -419,6 +419,10 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     # the README's total counts them too (2 s each here)
     assert "9 of 10 final runs completed so far, 0.0 CPU hours in all (0.0 of them on 1 run a plan change superseded)." in readme.read_text()
     assert study_report.superseded(SPEC) == (1, pytest.approx(2.0 / 3600))
+    # the pilot's table names methods as every other table does (the paper's names)
+    _finish(study.pilot_jobs(SPEC)[1], root, 0.7, preds=preds(28), curve=[(5, 0.6)])
+    study_report.write_results(SPEC, md, csv, figures=False)
+    assert "\n| LT-prefix | 0.600 | 0.700 |\n" in md.read_text()
 
 
 def test_a_readme_without_its_markers_stops_results_before_anything_is_written(tmp_path, monkeypatch):

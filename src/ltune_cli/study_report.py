@@ -110,13 +110,14 @@ def pilot(spec: dict, table) -> list[str]:
         metric = study.primary_metric(dataset)
         steps = sorted({int(e["step"]) for rs in group.values() for r in rs for e in r.curve()})
         gold = _gold([r for rs in group.values() for r in rs])
-        out += [f"{model} / {dataset}, {metric}" + ("" if not gold else f" ({len(gold)} held-out texts; always "
+        out += [f"{model} / {dataset}, {_metric_name(metric)}" + ("" if not gold else f" ({len(gold)} held-out texts; always "
                                                     "answering the majority class: accuracy "
                                                     f"{_rate(gold):.3f}, MCC 0)") + ":",
                 "", "| method | " + " | ".join(map(str, steps)) + " |", "|---" * (len(steps) + 1) + "|"]
         for method, rs in group.items():
             curve = dict(mean_curve([r.curve() for r in rs], metric))
-            out.append(f"| {method} | " + " | ".join(f"{curve[s]:.3f}" if s in curve else "" for s in steps) + " |")
+            out.append(f"| {METHOD_NAMES.get(method, method)} | "
+                       + " | ".join(f"{curve[s]:.3f}" if s in curve else "" for s in steps) + " |")
         out.append("")
     return out
 
