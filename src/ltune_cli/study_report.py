@@ -18,6 +18,7 @@ from ltune_cli import runfolder, study
 from ltune_cli.report import analysis
 from ltune_cli.report.analysis import BASELINE_OF, difference
 from ltune_cli.report.load import load_run, row_label
+from ltune_cli.report.plots import METRIC_NAMES
 from ltune_cli.report.stats import mean_curve, summarize
 
 
@@ -574,11 +575,18 @@ def a5_table(contrasts: list[dict]) -> list[str]:
     return out + [""]
 
 
+def _by_sign(rows: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    """(below, above, neither): the differences whose interval excludes 0 below it, above it, and the rest."""
+    rows = [r for r in rows if r["diff"] is not None]
+    below = [r for r in rows if r["excludes_zero"] and r["diff"] < 0]
+    above = [r for r in rows if r["excludes_zero"] and r["diff"] > 0]
+    return below, above, [r for r in rows if r not in below and r not in above]
+
+
 def _signs(rows: list[dict]) -> tuple[int, int, int]:
     """(below, above, n): differences whose interval excludes 0 on either side, of n."""
-    rows = [r for r in rows if r["diff"] is not None]
-    return (sum(r["excludes_zero"] and r["diff"] < 0 for r in rows),
-            sum(r["excludes_zero"] and r["diff"] > 0 for r in rows), len(rows))
+    below, above, neither = _by_sign(rows)
+    return len(below), len(above), len(below) + len(above) + len(neither)
 
 
 def _sign_text(rows: list[dict], below: str, above: str) -> str:
@@ -587,24 +595,23 @@ def _sign_text(rows: list[dict], below: str, above: str) -> str:
         items = (f"{r['model']}/{r['dataset']} {METHOD_NAMES[r['method']]} {_interval(r)}" for r in rs)
         return f" ({'; '.join(items)})" if rs else ""
 
-    lo = [r for r in rows if r["excludes_zero"] and r["diff"] < 0]
-    hi = [r for r in rows if r["excludes_zero"] and r["diff"] > 0]
+    lo, hi, neither = _by_sign(rows)
     return (f"{below} with an interval excluding 0 in {len(lo)}{named(lo)}, {above} in {len(hi)}{named(hi)}, not "
-            f"distinguishable in {len(rows) - len(lo) - len(hi)} of {len(rows)} method x cell comparisons")
+            f"distinguishable in {len(neither)} of {len(lo) + len(hi) + len(neither)} method x cell comparisons")
 
 
 def label_semantics_note(name: str, rows: list[dict]) -> str | None:
     """The verdict's bullet on one label-text ablation: where is the label's meaning what helps, where does no
     gain from it show, and how large a gain the intervals still allow there."""
-    rows = [r for r in rows if r["diff"] is not None]
-    if not rows:
+    lower, higher, unresolved = _by_sign(rows)
+    if not (lower or higher or unresolved):
         return None
     said = [f"- Label semantics ({ABLATION_TEXT[name]}): {_sign_text(rows, 'lower than with the real label texts', 'higher')}"]
-    if any(r["excludes_zero"] and r["diff"] < 0 for r in rows):
+    if lower:
         said.append("where lower, the real label's meaning is what helps")
-    if any(r["excludes_zero"] and r["diff"] > 0 for r in rows):
+    if higher:
         said.append("where higher, the real label texts do worse than these")
-    if unresolved := [r for r in rows if not r["excludes_zero"]]:
+    if unresolved:
         bound = max(-r["lo"] for r in unresolved)  # the largest gain (real minus ablated) the intervals allow
         said.append("where not distinguishable, no gain from the label's meaning shows"
                     + (f", though gains up to {bound:.3f} are not ruled out by the intervals" if bound > 0
@@ -793,7 +800,7 @@ def _pilot_clause(row: dict) -> str:
 
 
 def _metric_name(metric: str) -> str:
-    return "MCC" if metric == "mcc" else metric
+    return METRIC_NAMES.get(metric, metric)
 
 
 def _with_columns(table):

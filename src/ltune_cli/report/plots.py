@@ -18,7 +18,7 @@ from pathlib import Path
 
 # (report key of the steps, of the values, axis label) per panel, top to bottom.
 PANELS = (("steps", "val_loss", "validation loss"), ("accuracy_steps", "accuracy", "accuracy"))
-SCORE_NAMES = {"mcc": "MCC", "macro_f1": "macro F1"}  # a lower panel's metric other than accuracy
+METRIC_NAMES = {"mcc": "MCC", "macro_f1": "macro F1"}  # how a metric other than accuracy is named
 MODEL_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"))
 EDITABLE_TEXT = {"svg.fonttype": "none", "pdf.fonttype": 42}
 
@@ -51,7 +51,7 @@ def plot_curves(curves: list[dict], png: str | Path, svg: str | Path, pdf: str |
         score = next((c["score_key"] for c in mine if c.get("score_key")), None)  # not accuracy: CoLA's MCC
         panels = PANELS
         if score:
-            others[dataset] = SCORE_NAMES.get(score, score)
+            others[dataset] = METRIC_NAMES.get(score, score)
             panels = (PANELS[0], ("score_steps", "score", others[dataset]))
         for ax, (step_key, key, name) in zip(pair, panels):
             for c in (c for c in mine if c.get(key)):
@@ -59,11 +59,11 @@ def plot_curves(curves: list[dict], png: str | Path, svg: str | Path, pdf: str |
                 ax.plot(c[step_key], c[key], color=colour[c["label"]], linestyle=line, marker=marker,
                         markersize=3.5, markevery=max(1, len(c[key]) // 8), linewidth=1.6)
             ax.set_ylabel(name)
-            key = score if key == "score" else key
-            ax.set_label(f"{dataset}:{key}")  # an Artist label, not drawn: says which panel this is
+            shown = score if key == "score" else key  # the metric's own key, not the record's field
+            ax.set_label(f"{dataset}:{shown}")  # an Artist label, not drawn: says which panel this is
             ax.grid(alpha=0.3)
             if not ax.lines:
-                ax.text(0.5, 0.5, f"no {key} in metrics.jsonl", ha="center", va="center", transform=ax.transAxes)
+                ax.text(0.5, 0.5, f"no {shown} in metrics.jsonl", ha="center", va="center", transform=ax.transAxes)
         pair[0].set_title(dataset or "no eval records")
         pair[1].set_xlabel("step")
     for j in range(len(datasets), blocks * ncols):  # empty slots of the last row of panels
