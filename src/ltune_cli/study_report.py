@@ -555,9 +555,22 @@ def a5_contrasts(abl: dict) -> list[dict]:
             if not runs_a or not runs_b:
                 continue
             rec = difference(runs_a, runs_b, metric, N_BOOT, BOOT_SEED, f"{model}|{dataset}|lt_prefix|{a}|{b}|{metric}")
-            out.append({"model": model, "dataset": dataset, "contrast": what, "a": a, "b": b,
+            out.append({"model": model, "dataset": dataset, "contrast": what, "a": a, "b": b, "metric": metric,
                         "score_a": _mean_std(r.final.get(metric) for r in runs_a),
-                        "score_b": _mean_std(r.final.get(metric) for r in runs_b), **rec})
+                        "score_b": _mean_std(r.final.get(metric) for r in runs_b),
+                        "runs_a": len(runs_a), "runs_b": len(runs_b),
+                        "chance_a": _at_chance(runs_a, metric), "chance_b": _at_chance(runs_b, metric), **rec})
+    return out
+
+
+def _at_chance(runs: list, metric: str) -> list[tuple]:
+    """(seed, score) of each run that ends no higher than chance on its own (chance_check of that run alone):
+    a seed that collapsed to the majority class, which a mean over seeds hides."""
+    out = []
+    for r in runs:
+        check = chance_check([r], metric)
+        if check is not None and check["learnt"] is False:
+            out.append((r.seed, check["score"]))
     return out
 
 
@@ -630,17 +643,31 @@ def a5_note(abl_rows: list[dict], contrasts: list[dict]) -> str | None:
              if warm[2] else [])
     parts += [f"below it with neither warm-started in {cap[0]} of {cap[2]}"] if cap[2] else []
     parts += [f"its own warm start raises it in {start[1]}, lowers it in {start[0]} of {start[2]}"] if start[2] else []
+    starts = [c for c in contrasts if c["contrast"] == "warm start" and c["diff"] is not None]
+    open_starts = [c for c in _by_sign(starts)[2] if c["lo"] < 0]  # a fall the intervals still allow
     if not (cap[2] and start[2]):
         reading = "the contrasts that tell capacity from warm start are still running"
     elif cap[0] == cap[2] and start[0] == start[2]:
         reading = "**both**: below per-token without either warm start, and its warm start lowers it further"
     elif cap[0] == cap[2] and not start[0]:
-        reading = "**capacity**: below per-token without either warm start, and its warm start does not lower it"
+        reading = "**capacity**: below per-token without either warm start; " + (
+            "whether its warm start lowers it further is not resolved ("
+            + "; ".join(f"{c['model']}/{c['dataset']} {_interval(c)}" for c in open_starts) + ")"
+            if open_starts else "its warm start does not lower it (the intervals rule that out)")
     elif not cap[0] and start[0] == start[2]:
         reading = "**its warm start**: without one it is not below per-token, and the warm start lowers it"
     else:
         reading = "**not resolved** by these runs (no difference resolved, or the cells disagree)"
-    return f"- The A.5 pooling variant, weak by capacity or by its warm start? {'; '.join(parts)}: {reading}."
+    note = f"- The A.5 pooling variant, weak by capacity or by its warm start? {'; '.join(parts)}: {reading}"
+    if any(c["chance_a"] or c["chance_b"] for c in starts):  # a collapsed seed: what an ill-conditioned start does
+        def arm(key: str, runs: str) -> str:
+            named = [f"{c['model']}/{c['dataset']} seed {seed}: {_metric_name(c['metric'])} {score:.3f}"
+                     for c in starts for seed, score in c[key]]
+            return (f"{len(named)} of {sum(c[runs] for c in starts)}"
+                    + (f" ({'; '.join(named)})" if named else ""))
+        note += (f". Runs of the A.5 variant ending at chance on their own (no better than ignoring the text): "
+                 f"with its warm start {arm('chance_a', 'runs_a')}, without it {arm('chance_b', 'runs_b')}")
+    return note + "."
 
 
 def ablation_table(rows: list[dict]) -> list[str]:
