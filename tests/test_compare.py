@@ -398,6 +398,10 @@ def test_curves_each_dataset_on_its_own_step_axis(tmp_path):
         assert shown and acc.xaxis.get_tick_params()["labelbottom"], d
         assert not loss.xaxis.get_tick_params()["labelbottom"]
     assert fig._suptitle.get_text().startswith("Validation loss and accuracy (minilm),")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["cola", "r8", "rte", "sst2"]  # by name, unless an order is given (a study's tables)
+    fig = plot_curves(curves, tmp_path / "c.png", tmp_path / "c.svg", order=["sst2", "cola", "rte"])
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["sst2", "cola", "rte", "r8"]
 
 
 def test_curves_show_a_records_score_other_than_accuracy_in_its_lower_panel(tmp_path):

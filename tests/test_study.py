@@ -403,6 +403,14 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     study_report.write_results(SPEC, md, csv, readme=readme)  # regenerated: the same bytes, figures included
     assert readme.read_text() == before
     assert md.read_text() == text and {p.name: p.read_bytes() for p in (tmp_path / "results").glob("t_curves_*")} == figures
+    # the figure's panels in the plan's dataset order, as the tables (sst2 before r8), not by name
+    from ltune_cli.report import plots
+    drawn, draw = [], plots.plot_curves
+    monkeypatch.setattr(plots, "plot_curves", lambda *a, **k: drawn.append(draw(*a, **k)))
+    study_report.write_figures(SPEC, study_report.load_stage_runs(SPEC, study_report._with_columns(study.runs_table(SPEC)), "final"),
+                               tmp_path / "results")
+    assert [ax.get_title() for ax in drawn[0].axes if ax.get_title()] == ["sst2", "r8"]
+    monkeypatch.setattr(plots, "plot_curves", draw)
     # a model whose final runs have all left the study (a changed budget): its old figure goes too
     assert study_report.write_figures(SPEC, {}, tmp_path / "results") == []
     assert not list((tmp_path / "results").glob("t_curves_*"))

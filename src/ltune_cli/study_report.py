@@ -498,7 +498,7 @@ def write_figures(spec: dict, final: dict, folder: Path) -> list[Path]:
         mine = [c for c in records if c["model"] == model]
         png = folder / f"{spec['name']}_curves_{model}.png"
         if mine:
-            plot_curves(mine, png, png.with_suffix(".svg"))
+            plot_curves(mine, png, png.with_suffix(".svg"), order=spec["cells"][model])  # as the tables
             names.append(png)
         else:
             for stale in (png, png.with_suffix(".svg")):

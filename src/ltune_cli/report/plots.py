@@ -23,14 +23,17 @@ MODEL_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1,
 EDITABLE_TEXT = {"svg.fonttype": "none", "pdf.fonttype": 42}
 
 
-def plot_curves(curves: list[dict], png: str | Path, svg: str | Path, pdf: str | Path | None = None):
-    """Write the figure; returns it (its axes: two per dataset, loss then accuracy)."""
+def plot_curves(curves: list[dict], png: str | Path, svg: str | Path, pdf: str | Path | None = None,
+                order: list[str] = ()):
+    """Write the figure; returns it (its axes: two per dataset, loss then accuracy). Datasets in
+    `order` come first, in that order (a study's tables), the rest by name."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    datasets = list(dict.fromkeys(sorted(c["dataset"] for c in curves))) or [""]
+    rank = {d: i for i, d in enumerate(order)}
+    datasets = sorted({c["dataset"] for c in curves}, key=lambda d: (rank.get(d, len(rank)), d)) or [""]
     labels = list(dict.fromkeys(c["label"] for c in curves))  # the report's row order
     models = list(dict.fromkeys(c["model"] for c in curves))
     colour = dict(zip(labels, _palette(len(labels))))
