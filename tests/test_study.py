@@ -50,7 +50,7 @@ def _finish(job, root, score, seed=0, val_loss=None, preds=None, curve=()):
         **dict.fromkeys(runfolder.RESULT_KEYS), "schema": runfolder.SCHEMA,
         "run": {"method": job.method, "model": job.model, "dataset": job.dataset},
         "status": "completed", "primary_metric": "accuracy", "seed": seed, "final": final,
-        "steps": 10, "trainable_params": 1, "train_time_s": 1.0, "wall_time_s": 2.0,
+        "steps": 10, "trainable_params": 1, "train_time_s": 1.0, "wall_time_s": 2.0, "train_examples": 300,
         "eval_examples": len(GOLD) if preds is not None else 5}))
 
 
@@ -284,6 +284,13 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     study_report.write_results(SPEC, md, csv, readme=readme)
     text = md.read_text()
     block = readme.read_text()
+    # the setup, read from the run folders (this fixture's config.yaml holds only the plan's overrides)
+    assert "| minilm | sst2 | 300 | 40 | ? | 10 | ? | ? | 2 of 2 |\n| minilm | r8 | 300 | 40 | 64 | 10 | ? | ? | 3 of 3 |" in text
+    final = study_report.load_stage_runs(SPEC, study_report._with_columns(study.runs_table(SPEC)), "final")
+    for r in final[("minilm", "r8", "prefix")]:
+        r.config["dataset.eval_limit"] = "40"  # scored the first 40 of a longer split
+    final[("minilm", "r8", "lt_prefix")].pop()
+    assert "| minilm | r8 | 300 | 40 / 40 (the first) | 64 | 10 | ? | ? | 2-3 of 3 |" in study_report.setup_table(SPEC, final)
     assert block.startswith(f"# x\nkept above\n{study_report.README_BEGIN}\n") and block.endswith(
         f"\n{study_report.README_END}\nkept below\n") and "old numbers" not in block
     assert "10 of 10 final runs completed so far" in block and "(RESULTS.md)" in block

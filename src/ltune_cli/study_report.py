@@ -461,6 +461,56 @@ def steps_table(rows: list[dict], spec: dict) -> list[str]:
     return out + [""]
 
 
+def setup_table(spec: dict, final: dict) -> list[str]:
+    """What the final runs ran on, per cell, read from their folders (results.json and config.yaml),
+    not from the plan: train texts, dev texts scored, token limit, steps, batch, dtype, seeds."""
+    if not final:
+        return []
+    cells: dict[tuple, list] = {}
+    for (model, dataset, _), runs in final.items():
+        cells.setdefault((model, dataset), []).extend(runs)
+
+    def values(runs: list, get) -> str:  # one value per cell, or every value its runs disagree on
+        return " / ".join("?" if v is None else str(v) for v in sorted({get(r) for r in runs}, key=str))
+
+    def counted(r, n, key: str) -> str:  # config.yaml's values are strings ("null": no limit)
+        if not isinstance(n, int):
+            return "?"
+        return f"{n:,}" + (" (the first)" if r.config.get(key) == str(n) else "")
+
+    def train_texts(r) -> str:
+        return counted(r, runfolder.read_results(r.path).get("train_examples"), "dataset.train_limit")
+
+    def dev_texts(r) -> str:
+        return counted(r, r.eval_examples, "dataset.eval_limit")
+
+    out = ["## Setup: what the final runs ran on", "",
+           "Read from the final runs' folders (results.json, config.yaml). Train texts: those the run trained on (`the "
+           "first`: the first N of the train file, dataset.train_limit); dev texts scored: the dev split (R8: its "
+           "test split), all of it unless `the first` N (dataset.eval_limit); tokens: the most per (text, label) "
+           "pair or text (model.max_length; longer ones are cut); batch: texts per step (L-Tuning: each in one pair, "
+           "half with its true label, half with a wrong one); seeds: completed of planned per method; dtype: "
+           "hardware.dtype (bf16: the frozen model in bf16 under autocast; trained parameters and optimizer state in "
+           "fp32). The tune stage holds a slice out of train (tune.holdout: "
+           + ", ".join(f"{d} {n}" for d, n in spec.get("tune", {}).get("holdout", {}).items())
+           + " texts; drawn with a fixed seed, the same for every method and run), trains on the rest with the same "
+           "limits and scores that slice.", "",
+           "| model | dataset | train texts | dev texts scored | tokens | steps | batch | dtype | seeds |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for model, dataset in study.cells(spec):
+        runs = cells.get((model, dataset))
+        if not runs:
+            continue
+        done = sorted({len(final.get((model, dataset, m), [])) for m in spec["methods"]})
+        seeds = f"{'-'.join(str(n) for n in (done[0], done[-1])[:len(done)])} of {len(study._seeds(spec, 'final', dataset))}"
+        out.append(f"| {model} | {dataset} | {values(runs, train_texts)} | {values(runs, dev_texts)} | "
+                   f"{values(runs, lambda r: r.config.get('model.max_length'))} | "
+                   f"{values(runs, lambda r: runfolder.read_results(r.path).get('steps'))} | "
+                   f"{values(runs, lambda r: r.config.get('hardware.batch_size'))} | "
+                   f"{values(runs, lambda r: r.config.get('hardware.dtype'))} | {seeds} |")
+    return out + [""]
+
+
 def cost_table(spec: dict, table) -> list[str]:
     final = table[table["stage"] == "final"]
     if final.empty:
@@ -927,7 +977,7 @@ def render(spec: dict, table, final: dict, figures: list[str] | None = None, csv
            f"`outputs/study/{spec['name']}` (plan: conf/study/{spec['name']}.yaml); the per-run CSV is "
            f"`{csv or outputs_of(spec)[1]}`. Do not edit by hand.", ""]
     out += verdict_lines
-    out += progress(spec, table) + table1(spec, final) + differences_table(diffs) + steps_table(steps, spec)
+    out += progress(spec, table) + setup_table(spec, final) + table1(spec, final) + differences_table(diffs) + steps_table(steps, spec)
     out += budget_check(spec, plateau)
     out += figures_section(spec, figures or []) + ablation_table(abl_rows) + a5_table(contrasts) + cost_table(spec, table)
     out += chosen_table(spec, table, chosen) + pilot(spec, table)
