@@ -324,9 +324,11 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     only_r8 = [{"model": "minilm", "dataset": "r8", "diff": 0.0, "excludes_zero": False, "better": None}]
     assert ("on minilm (encoder): **not testable here**: in every comparison neither method beats chance (see "
             "Learning).") in "\n".join(study_report.verdict(SPEC, only_r8, [], [], {}, at_chance))
-    assert [study_report._judgement(*a) for a in ((2, 0, 2), (0, 2, 2), (1, 1, 3), (0, 1, 2), (0, 0, 2))] == [
-        "**supported**", "**contradicted**", "**mixed**", "**partly contradicted** (1 of 2)",
-        "**not supported**, no difference resolved"]
+    assert [study_report._judgement(*a) for a in ((2, 0, 2), (0, 2, 2), (1, 1, 3), (1, 5, 7), (3, 1, 4), (0, 1, 2),
+                                                  (0, 0, 2))] == [
+        "**supported**", "**contradicted**", "**mixed** (1 for, 1 against, of 3)",
+        "**mixed**, mostly against it (1 for, 5 against, of 7)", "**mixed**, mostly for it (3 for, 1 against, of 4)",
+        "**partly contradicted** (1 of 2)", "**not supported**, no difference resolved"]
     for line in block.splitlines():
         if line.startswith("- "):
             assert line in text.splitlines()

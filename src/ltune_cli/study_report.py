@@ -768,8 +768,9 @@ def _judgement(up: int, down: int, n: int) -> str:
         return "**supported**"
     if down == n:
         return "**contradicted**"
-    if up and down:
-        return "**mixed**"
+    if up and down:  # which way most of them go, and how many each way: "mixed" alone hides 1 for, 5 against
+        lean = "" if up == down else f", mostly {'for' if up > down else 'against'} it"
+        return f"**mixed**{lean} ({up} for, {down} against, of {n})"
     if up:
         return f"**partly supported** ({up} of {n})"
     if down:
