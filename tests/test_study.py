@@ -301,7 +301,7 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     # class's 0.5: every method at chance there, so its comparison is left out of the judgement
     assert ("- Scores, the paper's +0-2 points over prefix / prompt tuning on BERT-size encoders, on minilm (encoder): "
             "**supported**. L-Tuning ahead with an interval excluding 0 in 1, behind in 0, not distinguishable from its "
-            "baseline in 0 of 1 model x dataset x pair comparisons (MCC on CoLA, accuracy elsewhere; 1 more, where "
+            "baseline in 0 of 1 model x dataset x pair comparisons (accuracy; 1 more, where "
             "neither method of the pair beats chance, left out: see Learning); mean difference, per metric: accuracy "
             "+0.275 over 1.") in block  # as in RESULTS.md
     assert "- Learning: in 1 of 2 cells (minilm/r8) not even the best method ends above chance (dev split, primary metric" in block
@@ -553,14 +553,15 @@ def test_learning_and_the_race_are_judged_on_the_primary_metric(monkeypatch):
     said = "\n".join(study_report.verdict(cola, [{**d, "at_chance": False, "diff": 0.1, "excludes_zero": True,
                                                    "better": True}, d], [], [], {}, plateau_rows))
     assert ("**supported**. L-Tuning ahead with an interval excluding 0 in 1, behind in 0, not distinguishable from its "
-            "baseline in 0 of 1 model x dataset x pair comparisons (MCC on CoLA, accuracy elsewhere; 1 more, where "
+            "baseline in 0 of 1 model x dataset x pair comparisons (MCC on cola; 1 more, where "
             "neither method of the pair beats chance, left out: see Learning)") in said
-    assert "MCC on CoLA, accuracy elsewhere; 1 more, where neither method of the pair beats chance, left out: see " \
+    assert "MCC on cola; 1 more, where neither method of the pair beats chance, left out: see " \
         "Learning); mean difference, per metric: MCC +0.100 over 1." in said
     sst2 = [{**d, "dataset": "sst2", "diff": -0.02, "excludes_zero": False, "better": None, "at_chance": False}]
     two = "\n".join(study_report.verdict(cola, [{**d, "at_chance": False, "diff": 0.1, "excludes_zero": True,
                                                  "better": True}, *sst2], [], [], {}, plateau_rows))
     assert "mean difference, per metric: accuracy -0.020 over 1; MCC +0.100 over 1." in two  # never one mean of both
+    assert "1 of 2 model x dataset x pair comparisons (MCC on cola, accuracy elsewhere); mean" in two
     assert ("- Learning, per pair: in 1 comparison in cells where a method learns, neither method of the pair beats "
             "chance (minilm/cola LT-prefix vs prefix); the score judgements leave it out too.") in said
     # the pilot's judgement too (its held-out texts, here the same shares)

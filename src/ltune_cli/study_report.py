@@ -823,8 +823,11 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
         mean = "; ".join(f"{_metric_name(m)} {sum(v) / len(v):+.3f} over {len(v)}" for m, v in sorted(by_metric.items()))
         better = sum(d["excludes_zero"] and d["better"] for d in mine)
         worse = sum(d["excludes_zero"] and d["better"] is False for d in mine)
+        judged = [f"{_metric_name(m)} on {', '.join(dict.fromkeys(d['dataset'] for d in mine if study.primary_metric(d['dataset']) == m))}"
+                  for m in sorted(by_metric) if m != "accuracy"]  # the metric each comparison is judged by
+        judged += (["accuracy elsewhere" if judged else "accuracy"] if "accuracy" in by_metric else [])
         out.append(f"- Scores, the paper's {claim}, on {models} ({kind}): {_judgement(better, worse, len(mine))}. "
-                   f"{_tally(mine)} model x dataset x pair comparisons (MCC on CoLA, accuracy elsewhere{note}); mean "
+                   f"{_tally(mine)} model x dataset x pair comparisons ({', '.join(judged)}{note}); mean "
                    f"difference, per metric: {mean}.")
     if chance:
         out.append(f"- Learning: in {len(chance)} of {len(plateau)} cells ({', '.join('/'.join(c) for c in chance)}) "
