@@ -741,6 +741,11 @@ def test_status_estimates_the_hours_left_from_the_completed_runs_most_alike(tmp_
     assert study.hours_left(spec, root)[0] == pytest.approx(1.0 + (2 + 2 * 3 + 3) * 2.0 / 3600)
     lent = {**spec, "tune": {**spec["tune"], "borrow": {"minilm/r8": "minilm/sst2"}}}
     assert study.hours_left(lent, root)[1] == {"minilm/r8": 2 * 3 + 3}  # no run of r8 at all
+    assert study.left_text(1.25, {}).startswith("left: about 1.2 CPU hours (each run")
+    assert study.left_text(1.25, {"minilm/r8": 9}).endswith("; not counted, 9 runs with none like them yet (minilm/r8: 9)")
+    assert study.left_text(0.0, {"minilm/r8": 9}) == ("left: no estimate yet; 9 runs to complete, with none like them "
+                                                      "completed (minilm/r8: 9)")  # not "about 0.0 hours"
+    assert study.left_text(0.0, {}) == "left: nothing; every planned run has completed"
 
 
 def test_borrowed_cells_take_the_source_cells_choice_and_run_no_grid(tmp_path):

@@ -571,6 +571,18 @@ def hours_left(spec: dict, root: Path) -> tuple[float, dict]:
     return hours, unknown
 
 
+def left_text(hours: float, unknown: dict) -> str:
+    """`study status`'s last line: hours_left's estimate, and the runs it cannot estimate yet."""
+    cells = ", ".join(f"{c}: {n}" for c, n in unknown.items())
+    if not unknown:
+        return (f"left: about {hours:.1f} CPU hours (each run still to complete: the mean wall time of the completed "
+                "runs most like it)" if hours else "left: nothing; every planned run has completed")
+    if not hours:
+        return f"left: no estimate yet; {sum(unknown.values())} runs to complete, with none like them completed ({cells})"
+    return (f"left: about {hours:.1f} CPU hours (each run still to complete: the mean wall time of the completed runs "
+            f"most like it); not counted, {sum(unknown.values())} runs with none like them yet ({cells})")
+
+
 def _alike(job: Job) -> tuple[list[tuple], list[tuple]]:
     """The groups a completed job's wall time counts in, and the groups a job still to run takes
     its estimate from, most alike first: its stage, model, dataset and method (an ablation: the
@@ -646,10 +658,7 @@ def main(argv: list[str] | None = None) -> int:
                   + (f" ({planned - len(jobs)} wait for their cell's tuning)" if len(jobs) < planned else "")
                   + (f"; {len(stale)} more made with other settings than the plan's, to delete and rerun: "
                      + ", ".join(str(j.folder(root)) for j in stale) if stale else ""))
-        hours, unknown = hours_left(spec, root)
-        print(f"left: about {hours:.1f} CPU hours (each run still to complete: the mean wall time of the completed "
-              f"runs most like it)" + (f"; not counted, {sum(unknown.values())} runs with none like them yet ("
-                                      + ", ".join(f"{c}: {n}" for c, n in unknown.items()) + ")" if unknown else ""))
+        print(left_text(*hours_left(spec, root)))
         return 0
     except LtuneError as e:
         print(f"error: {e}", file=sys.stderr)
