@@ -98,7 +98,7 @@ def test_selection_reads_held_out_scores_and_drives_final_and_ablations(tmp_path
                                                    "foreign exchange,interest rates,shipping,grain,earnings]")
 
 
-EXTEND = {**SPEC, "cells": {"minilm": ["sst2"]},
+EXTEND = {**SPEC, "cells": {"minilm": ["sst2"]}, "ablate": {**SPEC["ablate"], "cells": []},
           "tune": {**SPEC["tune"], "extend": {"below": [0.125], "above": [8.0, 32.0]}}}
 
 
@@ -149,6 +149,79 @@ def test_a_best_scale_at_an_edge_of_the_grid_extends_it_one_scale_at_a_time(tmp_
     assert study_report.tuning_note(only, EXTEND).endswith("on either side. 1 more is still being tuned.")
     assert study_report.tuning_note({}, EXTEND) == "- Equal tuning: all 2 choices are still being tuned."
     assert len(study.planned_jobs(EXTEND, "tune", root)) == 6 + 3
+
+
+def _mutate(plan: dict, key: str, value) -> dict:
+    """A copy of the plan with dotted `key` set to `value` (DELETE: removed)."""
+    import copy
+
+    out = copy.deepcopy(plan)
+    *path, last = key.split(".")
+    node = out
+    for k in path:
+        node = node[k]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return out
+
+
+DELETE = object()
+
+
+@pytest.mark.parametrize("key, value, said", [
+    ("final.seeds_by_datset", {"r8": 5}, "unknown key 'final.seeds_by_datset'. Did you mean 'seeds_by_dataset'?"),
+    ("seed", 1, "unknown key 'seed'."),
+    ("methods", DELETE, "key 'methods' is missing"),
+    ("final.seeds", "three", "key 'final.seeds': Value 'three' of type 'str' could not be converted to Integer"),
+    ("tune.lr_scale", 3, "key 'tune.lr_scale': "),
+    ("cells", {"minilm": ["sst3"]}, "key 'cells.minilm': no dataset 'sst3' in "),
+    ("methods", ["prefix", "lt_prefx"], "key 'methods': no method 'lt_prefx' in "),
+    ("datasets", {"r9": ["model.max_length=64"]}, "key 'datasets.r9': no dataset 'r9'"),
+    ("cell_overrides", {"minilm/sst": ["x=1"]}, "key 'cell_overrides.minilm/sst': no dataset 'sst'"),
+    ("ablate.cells", ["minilm/cola"], "key 'ablate.cells': 'minilm/cola' is not a cell of the plan; name one of "
+                                      "minilm/r8, minilm/sst2 (model/dataset), or add it to cells."),
+    ("tune.holdout", {"sst2": 50}, "key 'tune.holdout': no held-out slice for r8;"),
+    ("final.seeds", 0, "key 'final.seeds': 0; it must be at least 1."),
+    ("ablate.variants", {"labels_swapped": ["lt_prompt"]}, "key 'ablate.variants.labels_swapped': lt_prompt not "
+                                                           "among the plan's methods"),
+])
+def test_a_plan_with_a_wrong_key_or_name_stops_with_one_line(tmp_path, capsys, key, value, said):
+    """A study plan is checked against its schema before anything runs: a misspelt key (RTE would
+    silently run 3 seeds, not 5), a missing or mistyped value, a name with no conf file or a cell
+    outside the plan is one line naming the file and the key, exit 2, never a traceback."""
+    import yaml
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump(_mutate(SPEC, key, value)))
+    assert study.main(["status", "--plan", str(plan)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: study plan {plan}: ") and said in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_plan_that_is_not_yaml_or_not_a_mapping_stops_with_one_line(tmp_path, capsys):
+    plan = tmp_path / "plan.yaml"
+    for text, said in (("name: t\n\tcells: 1\n", "cannot read it as YAML (line 2, column 1: found character '\\t'"),
+                       ("- 1\n", "the file must be a mapping of keys")):
+        plan.write_text(text)
+        assert study.main(["status", "--plan", str(plan)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: study plan {plan}: ") and said in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_plan_gets_the_schema_defaults_and_keeps_its_values(tmp_path):
+    import yaml
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({k: v for k, v in SPEC.items() if k not in ("pilot", "ablate")}))
+    spec = study.load_spec(str(plan))
+    assert {k: spec[k] for k in SPEC if k not in ("pilot", "ablate", "tune")} == {
+        k: v for k, v in SPEC.items() if k not in ("pilot", "ablate", "tune")}
+    assert spec["tune"]["lr_scale"] == [0.5, 2.0] and spec["tune"]["num_virtual_tokens"] == [5, 10]
+    assert spec["ablate"]["cells"] == [] and spec["pilot"]["cells"] == [] and spec["results"] is None
+    assert study.ablate_jobs(spec, {}) == [] and study.pilot_jobs(spec) == []
 
 
 @pytest.mark.parametrize("extend", [{"lower": [0.125]}, {"above": [1.0]}, {"above": 8.0}, {"below": ["x"]}])

@@ -73,14 +73,15 @@ class Job:
 
 
 def load_spec(name_or_path: str) -> dict:
-    from omegaconf import OmegaConf
+    """The plan (a name in conf/study, or a path), checked against its schema (study_plan)."""
+    from ltune_cli import study_plan
 
     path = Path(name_or_path)
     if not path.suffix:
         path = conf_dir() / "study" / f"{name_or_path}.yaml"
     if not path.is_file():
         raise LtuneError(f"study plan {path} not found; the plans are in {conf_dir() / 'study'}.")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return study_plan.load(path, conf_dir())
 
 
 def root_of(spec: dict) -> Path:

@@ -26,7 +26,7 @@ def outputs_of(spec: dict) -> tuple[Path, Path]:
     """Where `study results` writes (relative to the repository root): the plan's `results: {md,
     csv}`, by default docs/results/<plan>.md and <plan>_runs.csv; figures go beside the CSV."""
     name, given = spec["name"], spec.get("results") or {}
-    return (Path(given.get("md", f"docs/results/{name}.md")), Path(given.get("csv", f"docs/results/{name}_runs.csv")))
+    return (Path(given.get("md") or f"docs/results/{name}.md"), Path(given.get("csv") or f"docs/results/{name}_runs.csv"))
 
 
 PAPER_TABLE = "docs/results/paper_table1.yaml"
