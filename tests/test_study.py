@@ -201,6 +201,33 @@ def test_a_plan_with_a_wrong_key_or_name_stops_with_one_line(tmp_path, capsys, k
     assert len(err.strip().splitlines()) == 1
 
 
+def test_an_ablation_variant_can_run_more_seeds_in_one_cell(tmp_path, capsys):
+    """ablate.seeds_by_cell: a contrast between ablations (the A.5 variant's warm start) gets more
+    seeds in one cell, every other variant and cell keeps its own; a cell or variant the plan's
+    ablations do not have is an error, not an entry applied to nothing."""
+    import yaml
+
+    more = {**SPEC, "ablate": {**SPEC["ablate"], "seeds_by_cell": {"minilm/r8": {"labels_swapped": 4}}}}
+    chosen = {(m, d, meth): {"lr_scale": 1.0} for m, d in study.cells(more) for meth in more["methods"]}
+    seeds = {}
+    for j in study.ablate_jobs(more, chosen):
+        seeds.setdefault(j.values["ablation"], []).append(int(j.tag.rsplit("-s", 1)[1]))
+    assert seeds == {"labels_meaningless": [0], "labels_swapped": [0, 1, 2, 3], "pair_framing": [0]}
+    plan = tmp_path / "plan.yaml"
+    for entry, said in (({"minilm/sst2": {"labels_swapped": 4}}, "key 'ablate.seeds_by_cell.minilm/sst2': not one "
+                                                                 "of ablate.cells; name one of minilm/r8."),
+                        ({"minilm/r8": {"label_swapped": 4}}, "key 'ablate.seeds_by_cell.minilm/r8.label_swapped': "
+                                                              "not one of ablate.variants;"),
+                        ({"minilm/r8": {"labels_swapped": 0}}, "key 'ablate.seeds_by_cell.minilm/r8.labels_swapped': "
+                                                               "0; it must be at least 1.")):
+        plan.write_text(yaml.safe_dump(_mutate(SPEC, "ablate.seeds_by_cell", entry)))
+        assert study.main(["status", "--plan", str(plan)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and len(err.strip().splitlines()) == 1, err
+    plan.write_text(yaml.safe_dump(more))
+    assert study.load_spec(str(plan))["ablate"]["seeds_by_cell"] == {"minilm/r8": {"labels_swapped": 4}}
+
+
 def test_a_plan_that_is_not_yaml_or_not_a_mapping_stops_with_one_line(tmp_path, capsys):
     plan = tmp_path / "plan.yaml"
     for text, said in (("name: t\n\tcells: 1\n", "cannot read it as YAML (line 2, column 1: found character '\\t'"),
@@ -464,7 +491,10 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
             "with an interval excluding 0 in 1 (minilm/r8 LT-prefix -0.300 [") in text
     assert ("] *), higher in 0, not distinguishable in 0 of 1 method x cell comparisons; where lower, the real label's "
             "meaning is what helps.\n") in text
-    swapped = re.search(r"\| label texts rotated between classes \| .* \| -0\.050 \[-(0\.\d+), \+0\.\d+\] \|", text)
+    # one ablation seed against r8's 3 final seeds: the difference says it pairs 1
+    swapped = re.search(r"\| label texts rotated between classes \| .* \| -0\.050 \[-(0\.\d+), \+0\.\d+\] \(n=1 paired\) \|",
+                        text)
+    assert "`n=k paired`: the ablation and the final stage ran different seeds" in text
     assert ("- Label semantics (label texts rotated between classes): lower than with the real label texts with an "
             "interval excluding 0 in 0, higher in 0, not distinguishable in 1 of 1 method x cell comparisons; where not "
             f"distinguishable, no gain from the label's meaning shows, though gains up to {swapped[1]} are not ruled "

@@ -328,9 +328,12 @@ def _chosen_overrides(method: str, values: dict, model: str) -> list[str]:
     return ov
 
 
-def _seeds(spec: dict, stage: str, dataset: str) -> list[int]:
+def _seeds(spec: dict, stage: str, dataset: str, cell: str | None = None, variant: str | None = None) -> list[int]:
+    """The stage's seeds for a dataset (`seeds_by_dataset`, else `seeds`); an ablation variant in a
+    cell may run more (`ablate.seeds_by_cell`: a contrast between ablations that needs them)."""
     s = spec[stage]
-    return list(range(s.get("seeds_by_dataset", {}).get(dataset, s["seeds"])))
+    n = s.get("seeds_by_dataset", {}).get(dataset, s["seeds"])
+    return list(range((s.get("seeds_by_cell") or {}).get(cell, {}).get(variant, n)))
 
 
 def final_jobs(spec: dict, chosen: dict) -> list[Job]:
@@ -382,7 +385,7 @@ def ablate_jobs(spec: dict, chosen: dict) -> list[Job]:
                 values = chosen.get((model, dataset, method))
                 if values is None:
                     continue
-                for seed in _seeds(spec, "ablate", dataset):
+                for seed in _seeds(spec, "ablate", dataset, cell, name):
                     ov = [*_base(spec, model, dataset, method), *_chosen_overrides(method, values, model),
                           *_ablation(name, dataset), f"seed={seed}"]
                     jobs.append(Job("ablate", model, dataset, method, f"{name}-s{seed}", ov,

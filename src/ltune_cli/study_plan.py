@@ -51,6 +51,7 @@ class Ablate:
     cells: list[str] = field(default_factory=list)
     seeds: int = 3
     seeds_by_dataset: dict[str, int] = field(default_factory=dict)
+    seeds_by_cell: dict[str, dict[str, int]] = field(default_factory=dict)  # cell -> variant -> seeds
     variants: dict[str, list[str]] = field(default_factory=dict)
     only: dict[str, list[str]] = field(default_factory=dict)
 
@@ -161,11 +162,21 @@ def _check_names(spec: dict, path: Path, conf_dir: Path) -> None:
     for key, n in [("final.seeds", spec["final"]["seeds"]), ("ablate.seeds", spec["ablate"]["seeds"]),
                    *((f"final.seeds_by_dataset.{d}", n) for d, n in spec["final"]["seeds_by_dataset"].items()),
                    *((f"ablate.seeds_by_dataset.{d}", n) for d, n in spec["ablate"]["seeds_by_dataset"].items()),
+                   *((f"ablate.seeds_by_cell.{c}.{v}", n) for c, vs in spec["ablate"]["seeds_by_cell"].items()
+                     for v, n in vs.items()),
                    *((f"tune.holdout.{d}", n) for d, n in spec["tune"]["holdout"].items())]:
         if n < 1:
             fail(key, f"{n}", "it must be at least 1.")
     if not spec["tune"]["lr_scale"] or any(x <= 0 for x in spec["tune"]["lr_scale"]):
         fail("tune.lr_scale", f"{spec['tune']['lr_scale']}", "give one or more positive scales, e.g. [0.3, 1.0, 3.0].")
+    for cell, variants in spec["ablate"]["seeds_by_cell"].items():
+        if cell not in spec["ablate"]["cells"]:
+            fail(f"ablate.seeds_by_cell.{cell}", "not one of ablate.cells",
+                 f"name one of {', '.join(spec['ablate']['cells'])}.{suggest(cell, spec['ablate']['cells'])}")
+        for variant in variants:
+            if variant not in spec["ablate"]["variants"]:
+                fail(f"ablate.seeds_by_cell.{cell}.{variant}", "not one of ablate.variants",
+                     f"name one of {', '.join(spec['ablate']['variants'])}.{suggest(variant, spec['ablate']['variants'])}")
     for name, methods in spec["ablate"]["variants"].items():
         if stray := [m for m in methods if m not in spec["methods"]]:
             fail(f"ablate.variants.{name}", f"{', '.join(stray)} not among the plan's methods",

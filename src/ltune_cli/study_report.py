@@ -634,7 +634,7 @@ def a5_table(contrasts: list[dict]) -> list[str]:
            "| model | dataset | contrast | score | against | score | difference |", "|---|---|---|---|---|---|---|"]
     for c in contrasts:
         out.append(f"| {c['model']} | {c['dataset']} | {c['contrast']} | {ABLATION_TEXT[c['a']]}: {c['score_a']} | "
-                   f"{ABLATION_TEXT[c['b']]} | {c['score_b']} | {'' if c['diff'] is None else _interval(c)} |")
+                   f"{ABLATION_TEXT[c['b']]} | {c['score_b']} | {'' if c['diff'] is None else _interval(c) + _paired(c)} |")
     return out + [""]
 
 
@@ -725,13 +725,22 @@ def ablation_table(rows: list[dict]) -> list[str]:
     if not rows:
         return out + ["No ablation run has completed yet (`make study STAGE=ablate`).", ""]
     out += ["Each ablation against the same method with its real label texts and defaults (the final stage's "
-            "runs, same seeds); difference with a 95% paired bootstrap interval, `*`: excludes 0.", "",
+            "runs, same seeds); difference with a 95% paired bootstrap interval, `*`: excludes 0"
+           + ("; `n=k paired`: the ablation and the final stage ran different seeds (ablate.seeds, "
+              "ablate.seeds_by_cell), and the difference uses the k both have." if any(r.get("unpaired_seeds")
+                                                                                  for r in rows) else "."), "",
             "| model | dataset | method | ablation | score | with real labels | difference |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        diff = "" if r["diff"] is None else _interval(r)
+        diff = "" if r["diff"] is None else _interval(r) + _paired(r)
         out.append(f"| {r['model']} | {r['dataset']} | {METHOD_NAMES[r['method']]} | "
                    f"{ABLATION_TEXT.get(r['ablation'], r['ablation'])} | {r['score']} | {r['real']} | {diff} |")
     return out + [""]
+
+
+def _paired(r: dict) -> str:
+    """" (n=3 paired)" where a difference pairs fewer seeds than its two sides ran (an ablation given more
+    or fewer seeds than the final stage): each score's n counts all its runs, the difference the shared seeds."""
+    return f" (n={r['n']} paired)" if r.get("unpaired_seeds") else ""
 
 
 def _tally(diffs: list[dict]) -> str:
