@@ -676,16 +676,18 @@ def test_learning_and_the_race_are_judged_on_the_primary_metric(monkeypatch):
 
 
 @pytest.mark.parametrize("paper_warm, paper_cold, reading, at_chance", [
-    (24, 24, "**capacity**: below per-token without either warm start; its warm start does not lower it (the "
-     "intervals rule that out).", "with its warm start 2 of 2 (minilm/sst2 seed 0: accuracy 0.600; minilm/sst2 "
+    (24, 24, "**capacity**: below per-token without either warm start (minilm/sst2 -0.250 [-0.375, -0.125] *, 2 "
+     "seeds); its warm start does not lower it (the intervals rule that out).", "with its warm start 2 of 2 (minilm/sst2 seed 0: accuracy 0.600; minilm/sst2 "
      "seed 1: accuracy 0.600), without it 2 of 2 (minilm/sst2 seed 0: accuracy 0.600; minilm/sst2 seed 1: "
      "accuracy 0.600)."),
     # one seed of the warm-started A.5 collapses to chance, the other does better than without: not resolved
-    ((20, 32), 28, "**capacity**: below per-token without either warm start; whether its warm start lowers it "
-     "further is not resolved (minilm/sst2 -0.050 [-0.275, +0.150]).",
+    ((20, 32), 28, "**capacity**: below per-token without either warm start (minilm/sst2 -0.150 [-0.275, -0.050] *, "
+     "2 seeds); whether its warm start lowers it further is not resolved (minilm/sst2 -0.050 [-0.275, +0.150]).",
      "with its warm start 1 of 2 (minilm/sst2 seed 0: accuracy 0.500), without it 0 of 2."),
-    (20, 34, "**its warm start**: without one it is not below per-token, and the warm start lowers it", None),
-    (20, 28, "**both**: below per-token without either warm start, and its warm start lowers it further", None),
+    (20, 34, "**its warm start**: without one it is not below per-token (minilm/sst2 +0.000 [+0.000, +0.000], 2 "
+     "seeds), and the warm start lowers it (minilm/sst2 -0.350 [-0.500, -0.200] *, 2 seeds).", None),
+    (20, 28, "**both**: below per-token without either warm start (minilm/sst2 -0.150 [-0.275, -0.050] *, 2 seeds), "
+     "and its warm start lowers it further (minilm/sst2 -0.200 [-0.325, -0.075] *, 2 seeds).", None),
     (34, 34, "**not resolved** by these runs", "")])
 def test_the_a5_contrasts_tell_capacity_from_warm_start(tmp_path, monkeypatch, paper_warm, paper_cold, reading,
                                                         at_chance):

@@ -630,7 +630,9 @@ def a5_table(contrasts: list[dict]) -> list[str]:
     out = ["### The A.5 variant: capacity or warm start?", "",
            "LT-prefix's A.5 pooling variant (method.variant=paper) against the per-token default, both without a "
            "warm start (capacity), and with its label warm start against without (warm start); difference with a "
-           "95% paired bootstrap interval, `*`: excludes 0.", "",
+           "95% paired bootstrap interval, `*`: excludes 0"
+           + ("; `n=k paired`: the two sides ran different seeds (ablate.seeds_by_cell), and the difference uses "
+              "the k both have." if any(c.get("unpaired_seeds") for c in contrasts) else "."), "",
            "| model | dataset | contrast | score | against | score | difference |", "|---|---|---|---|---|---|---|"]
     for c in contrasts:
         out.append(f"| {c['model']} | {c['dataset']} | {c['contrast']} | {ABLATION_TEXT[c['a']]}: {c['score_a']} | "
@@ -695,17 +697,24 @@ def a5_note(abl_rows: list[dict], contrasts: list[dict]) -> str | None:
     parts += [f"its own warm start raises it in {start[1]}, lowers it in {start[0]} of {start[2]}"] if start[2] else []
     starts = [c for c in contrasts if c["contrast"] == "warm start" and c["diff"] is not None]
     open_starts = [c for c in _by_sign(starts)[2] if c["lo"] < 0]  # a fall the intervals still allow
+
+    def named(what: str) -> str:  # " (minilm/sst2 -0.070 [-0.097, -0.044] *, 3 seeds)"
+        rows = [c for c in contrasts if c["contrast"] == what and c["diff"] is not None]
+        return " (" + "; ".join(f"{c['model']}/{c['dataset']} {_interval(c)}, {c['n']} seeds" for c in rows) + ")"
+
     if not (cap[2] and start[2]):
         reading = "the contrasts that tell capacity from warm start are still running"
     elif cap[0] == cap[2] and start[0] == start[2]:
-        reading = "**both**: below per-token without either warm start, and its warm start lowers it further"
+        reading = (f"**both**: below per-token without either warm start{named('capacity')}, and its warm start "
+                   f"lowers it further{named('warm start')}")
     elif cap[0] == cap[2] and not start[0]:
-        reading = "**capacity**: below per-token without either warm start; " + (
+        reading = f"**capacity**: below per-token without either warm start{named('capacity')}; " + (
             "whether its warm start lowers it further is not resolved ("
             + "; ".join(f"{c['model']}/{c['dataset']} {_interval(c)}" for c in open_starts) + ")"
             if open_starts else "its warm start does not lower it (the intervals rule that out)")
     elif not cap[0] and start[0] == start[2]:
-        reading = "**its warm start**: without one it is not below per-token, and the warm start lowers it"
+        reading = (f"**its warm start**: without one it is not below per-token{named('capacity')}, and the warm "
+                   f"start lowers it{named('warm start')}")
     else:
         reading = "**not resolved** by these runs (no difference resolved, or the cells disagree)"
     note = f"- The A.5 pooling variant, weak by capacity or by its warm start? {'; '.join(parts)}: {reading}"
