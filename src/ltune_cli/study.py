@@ -578,13 +578,13 @@ def hours_left(spec: dict, root: Path) -> tuple[float, dict]:
 def left_text(hours: float, unknown: dict) -> str:
     """`study status`'s last line: hours_left's estimate, and the runs it cannot estimate yet."""
     cells = ", ".join(f"{c}: {n}" for c, n in unknown.items())
+    estimate = (f"left: about {hours:.1f} CPU hours (each run still to complete: the mean wall time of the completed "
+                "runs most like it)")
     if not unknown:
-        return (f"left: about {hours:.1f} CPU hours (each run still to complete: the mean wall time of the completed "
-                "runs most like it)" if hours else "left: nothing; every planned run has completed")
+        return estimate if hours else "left: nothing; every planned run has completed"
     if not hours:
         return f"left: no estimate yet; {sum(unknown.values())} runs to complete, with none like them completed ({cells})"
-    return (f"left: about {hours:.1f} CPU hours (each run still to complete: the mean wall time of the completed runs "
-            f"most like it); not counted, {sum(unknown.values())} runs with none like them yet ({cells})")
+    return f"{estimate}; not counted, {sum(unknown.values())} runs with none like them yet ({cells})"
 
 
 def _alike(job: Job) -> tuple[list[tuple], list[tuple]]:

@@ -113,17 +113,18 @@ def load(path: Path, conf_dir: Path) -> dict:
 def _check_names(spec: dict, path: Path, conf_dir: Path) -> None:
     """The models, datasets and methods a plan names have a conf file (a misspelt name in an override
     section would otherwise be an override silently applied to nothing); the cells that make jobs
-    (pilot, ablate, borrow) are cells of the plan."""
+    (pilot, ablate) are cells of the plan. tune.borrow is checked where it is read (study.borrowed),
+    tune.extend too (study._extension)."""
     def fail(key: str, what: str, fix: str) -> None:
         raise LtuneError(f"study plan {path}: key '{key}': {what}; {fix}")
 
-    def known(group: str) -> list[str]:
-        return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+    known = {group: sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))  # each conf folder listed once
+             for group in ("model", "dataset", "method")}
 
     def check(group: str, name: str, key: str) -> None:
-        if name not in known(group):
+        if name not in known[group]:
             fail(key, f"no {group} '{name}' in {conf_dir / group}",
-                 f"use one of its files' names.{suggest(name, known(group))}")
+                 f"use one of its files' names.{suggest(name, known[group])}")
 
     if not spec["cells"]:
         fail("cells", "no cells", "give at least one model with its datasets, e.g. `cells: {minilm: [sst2]}`.")
@@ -149,8 +150,7 @@ def _check_names(spec: dict, path: Path, conf_dir: Path) -> None:
             model, _, dataset = cell.partition("/")
             check("model", model, f"{key}.{cell}")
             check("dataset", dataset, f"{key}.{cell}")
-    for key, names in (("pilot.cells", spec["pilot"]["cells"]), ("ablate.cells", spec["ablate"]["cells"]),
-                       ("tune.borrow", [*spec["tune"]["borrow"], *spec["tune"]["borrow"].values()])):
+    for key, names in (("pilot.cells", spec["pilot"]["cells"]), ("ablate.cells", spec["ablate"]["cells"])):
         for cell in names:
             if cell not in cells:
                 fail(key, f"'{cell}' is not a cell of the plan", f"name one of {', '.join(sorted(cells))} "

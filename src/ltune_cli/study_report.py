@@ -473,13 +473,15 @@ def setup_table(spec: dict, final: dict) -> list[str]:
     def values(runs: list, get) -> str:  # one value per cell, or every value its runs disagree on
         return " / ".join("?" if v is None else str(v) for v in sorted({get(r) for r in runs}, key=str))
 
+    results = {r.path: runfolder.read_results(r.path) for rs in cells.values() for r in rs}  # read once a run
+
     def counted(r, n, key: str) -> str:  # config.yaml's values are strings ("null": no limit)
         if not isinstance(n, int):
             return "?"
         return f"{n:,}" + (" (the first)" if r.config.get(key) == str(n) else "")
 
     def train_texts(r) -> str:
-        return counted(r, runfolder.read_results(r.path).get("train_examples"), "dataset.train_limit")
+        return counted(r, results[r.path].get("train_examples"), "dataset.train_limit")
 
     def dev_texts(r) -> str:
         return counted(r, r.eval_examples, "dataset.eval_limit")
@@ -501,11 +503,12 @@ def setup_table(spec: dict, final: dict) -> list[str]:
         runs = cells.get((model, dataset))
         if not runs:
             continue
-        done = sorted({len(final.get((model, dataset, m), [])) for m in spec["methods"]})
-        seeds = f"{'-'.join(str(n) for n in (done[0], done[-1])[:len(done)])} of {len(study._seeds(spec, 'final', dataset))}"
+        done = sorted({len(final.get((model, dataset, m), [])) for m in spec["methods"]})  # per method
+        span = f"{done[0]}" if len(done) == 1 else f"{done[0]}-{done[-1]}"
+        seeds = f"{span} of {len(study._seeds(spec, 'final', dataset))}"
         out.append(f"| {model} | {dataset} | {values(runs, train_texts)} | {values(runs, dev_texts)} | "
                    f"{values(runs, lambda r: r.config.get('model.max_length'))} | "
-                   f"{values(runs, lambda r: runfolder.read_results(r.path).get('steps'))} | "
+                   f"{values(runs, lambda r: results[r.path].get('steps'))} | "
                    f"{values(runs, lambda r: r.config.get('hardware.batch_size'))} | "
                    f"{values(runs, lambda r: r.config.get('hardware.dtype'))} | {seeds} |")
     return out + [""]
@@ -836,13 +839,15 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
             continue
         models = ", ".join(sorted({d["model"] for d in mine}))
         by_metric: dict[str, list[float]] = {}  # a mean over MCC and accuracy differences would mix scales
+        judged_on: dict[str, dict] = {}  # metric -> the datasets judged by it, in order
         for d in mine:
-            by_metric.setdefault(study.primary_metric(d["dataset"]), []).append(d["diff"])
+            metric = study.primary_metric(d["dataset"])
+            by_metric.setdefault(metric, []).append(d["diff"])
+            judged_on.setdefault(metric, {})[d["dataset"]] = None
         mean = "; ".join(f"{_metric_name(m)} {sum(v) / len(v):+.3f} over {len(v)}" for m, v in sorted(by_metric.items()))
         better = sum(d["excludes_zero"] and d["better"] for d in mine)
         worse = sum(d["excludes_zero"] and d["better"] is False for d in mine)
-        judged = [f"{_metric_name(m)} on {', '.join(dict.fromkeys(d['dataset'] for d in mine if study.primary_metric(d['dataset']) == m))}"
-                  for m in sorted(by_metric) if m != "accuracy"]  # the metric each comparison is judged by
+        judged = [f"{_metric_name(m)} on {', '.join(judged_on[m])}" for m in sorted(by_metric) if m != "accuracy"]
         judged += (["accuracy elsewhere" if judged else "accuracy"] if "accuracy" in by_metric else [])
         out.append(f"- Scores, the paper's {claim}, on {models} ({kind}): {_judgement(better, worse, len(mine))}. "
                    f"{_tally(mine)} model x dataset x pair comparisons ({', '.join(judged)}{note}); mean "
