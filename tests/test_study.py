@@ -268,7 +268,7 @@ def test_running_the_tune_stage_runs_the_extensions_its_runs_call_for(tmp_path, 
     monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path))
     ran = []
 
-    def fake_run_job(job, root):  # a higher scale scores better, up to 8
+    def fake_run_job(job, root, stop=None):  # a higher scale scores better, up to 8
         ran.append((job.method, job.tag))
         _finish(job, root, min(job.values["lr_scale"], 8.0) / 10)
         return "completed"
@@ -290,7 +290,14 @@ def test_run_skips_completed_resumes_checkpointed_and_restarts_empty(tmp_path, m
     jobs[2].folder(root).mkdir(parents=True)  # a start that left nothing to resume from
     calls = []
 
-    def fake_run(argv, **kw):
+    class FakePopen:  # the run, done at once
+        def __init__(self, argv, **kw):
+            self.returncode = fake_run(argv)
+
+        def wait(self):
+            return self.returncode
+
+    def fake_run(argv):
         calls.append(argv)
         folder = argv[argv.index("--resume") + 1] if "--resume" in argv else argv[-1].split("=", 1)[1]
         from pathlib import Path
@@ -299,9 +306,9 @@ def test_run_skips_completed_resumes_checkpointed_and_restarts_empty(tmp_path, m
         (Path(folder)).mkdir(parents=True, exist_ok=True)
         (Path(folder) / "results.json").write_text(json.dumps({"status": "completed"}))
         (Path(folder) / "config.yaml").write_text(_config_yaml(next(j for j in jobs if j.folder(root) == Path(folder))))
-        return subprocess.CompletedProcess(argv, 0)
+        return 0
 
-    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    monkeypatch.setattr(study.subprocess, "Popen", FakePopen)
     assert [study.run_job(j, root) for j in jobs] == ["skipped", "completed", "completed"]
     assert len(calls) == 2 and "--resume" in calls[0] and "--resume" not in calls[1]
     assert calls[1][-1] == f"out_dir={jobs[2].folder(root)}"
@@ -316,12 +323,80 @@ def test_a_run_another_process_is_writing_is_left_alone(tmp_path, monkeypatch):
     job.folder(root).mkdir(parents=True)  # no checkpoint yet: would be cleaned if nobody held it
     lock = runfolder.RunLock(job.folder(root))
     lock.acquire()
-    monkeypatch.setattr(study.subprocess, "run", lambda *a, **k: pytest.fail("started a second writer"))
+    monkeypatch.setattr(study.subprocess, "Popen", lambda *a, **k: pytest.fail("started a second writer"))
     try:
         status = study.run_job(job, root)
     finally:
         lock.release()
     assert status.startswith("skipped, running elsewhere: pid ") and job.folder(root).is_dir()
+
+
+# A run as `study run` starts it, standing in for `ltune train`: it says it has started, then waits;
+# a stop signal makes it write which one and exit 130, as the engine does after its checkpoint.
+STOPPABLE_RUN = """
+import os, pathlib, signal, sys, time
+folder = pathlib.Path(sys.argv[1])
+folder.mkdir(parents=True, exist_ok=True)
+def stop(signum, frame):
+    (folder / "stopped").write_text(signal.Signals(signum).name)
+    sys.exit(130)
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2):
+    signal.signal(s, stop)
+(folder / "started").write_text(str(os.getpid()))
+time.sleep(20)
+sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP", "SIGUSR2"])
+def test_a_stop_signal_stops_the_runs_going_and_starts_no_more(tmp_path, monkeypatch, capsys, sig):
+    """`kill <study pid>`, Ctrl-C, a closed terminal, SLURM's warning: each run going gets the signal
+    (and checkpoints), no queued run starts, and the stage ends at once with how to resume; the
+    signal's old handler is back afterwards. Was: SIGTERM left the runs going as orphans; Ctrl-C
+    waited for every queued run of the stage."""
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+
+    monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path))
+    real_popen = subprocess.Popen
+
+    def popen(argv, **kw):
+        assert kw.get("start_new_session")  # a terminal's Ctrl-C reaches a run only through the study
+        return real_popen([sys.executable, "-c", STOPPABLE_RUN, argv[-1].split("=", 1)[1]], **kw)
+
+    monkeypatch.setattr(study.subprocess, "Popen", popen)
+    root, jobs = study.root_of(SPEC), study.tune_jobs(SPEC)
+    began = lambda: [j for j in jobs if (j.folder(root) / "started").exists()]  # noqa: E731
+
+    def send():
+        deadline = time.time() + 30
+        while len(began()) < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), getattr(signal, sig))
+
+    before = signal.getsignal(getattr(signal, sig))
+    threading.Thread(target=send, daemon=True).start()
+    t0 = time.time()
+    assert study.run_stage(SPEC, "tune", jobs_in_parallel=2) == 128 + getattr(signal, sig)
+    assert time.time() - t0 < 15  # not the runs' 20 s: they stopped on the signal
+    assert len(began()) == 2 and len(jobs) > 2  # nothing started after it
+    assert [(j.folder(root) / "stopped").read_text() for j in began()] == [sig, sig]
+    out = capsys.readouterr().out
+    assert f"stopped by {sig}: no more runs started; 2 stopped where their last checkpoint is" in out
+    assert "python -m ltune_cli.study run tune" in out and "not started" not in out
+    assert signal.getsignal(getattr(signal, sig)) is before
+
+
+def test_ctrl_c_outside_the_runs_is_one_line_not_a_traceback(monkeypatch, capsys):
+    def interrupted(plan):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "load_spec", interrupted)
+    assert study.main(["status"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
 
 
 def test_runs_table_has_one_row_per_completed_run(tmp_path, monkeypatch):

@@ -32,8 +32,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -481,8 +483,60 @@ def _has_checkpoint(folder: Path) -> bool:
     return (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
 
 
-def run_job(job: Job, root: Path) -> str:
+# What stops `study run` (Ctrl-C, a scheduler's SIGTERM, a closed terminal, SLURM's pre-emption
+# warning): the signals `ltune train` checkpoints and stops on (engine.STOP_SIGNALS).
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR2")
+
+
+class _Stop:
+    """The runs a `study run` has going, and the signal that stops it. Each run is a process of its
+    own (its own session: a terminal's Ctrl-C reaches it only through here, once); a stop signal is
+    passed on to every run going, which checkpoints and exits (engine._stop_signals: a second
+    signal stops it at once), and no run starts after it. Without this, a SIGTERM left the runs
+    going as orphans and Ctrl-C waited for every queued run of the stage."""
+
+    def __init__(self):
+        self.lock = threading.RLock()  # RLock: the handler runs in the main thread, wherever it was
+        self.children: set = set()
+        self.signal: str | None = None
+
+    def start(self, argv: list[str], log) -> subprocess.Popen | None:
+        with self.lock:
+            if self.signal:
+                return None
+            p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+            self.children.add(p)
+            return p
+
+    def wait(self, p: subprocess.Popen) -> int:
+        try:
+            return p.wait()
+        finally:
+            with self.lock:
+                self.children.discard(p)
+
+    def handler(self, signum, frame) -> None:
+        with self.lock:
+            self.signal = self.signal or signal.Signals(signum).name
+            going = list(self.children)
+        for p in going:
+            try:
+                p.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    def install(self) -> dict:
+        """Handle the stop signals (main thread only); returns the handlers to restore."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        sigs = [getattr(signal, n) for n in STOP_SIGNALS if hasattr(signal, n)]
+        return {s: signal.signal(s, self.handler) for s in sigs}
+
+
+def run_job(job: Job, root: Path, stop: _Stop | None = None) -> str:
     """Run (or resume) one job in a subprocess; its output goes to <folder>.log. Returns its status."""
+    stop = stop or _Stop()
     folder = job.folder(root)
     if _done(job, root):
         return "skipped"
@@ -497,35 +551,58 @@ def run_job(job: Job, root: Path) -> str:
     with open(folder.parent / f"{job.tag}.log", "a") as log:
         log.write(f"$ {' '.join(argv)}\n")
         log.flush()
-        rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
-    return "completed" if rc == 0 and _done(job, root) else f"failed (exit {rc}, see {folder.parent / job.tag}.log)"
+        p = stop.start(argv, log)
+        if p is None:
+            return f"not started ({stop.signal})"
+        rc = stop.wait(p)
+    if rc == 0 and _done(job, root):
+        return "completed"
+    if stop.signal:
+        return f"stopped by {stop.signal} (exit {rc}; the next `study run` resumes it, see {folder.parent / job.tag}.log)"
+    return f"failed (exit {rc}, see {folder.parent / job.tag}.log)"
 
 
 def run_stage(spec: dict, stage: str, jobs_in_parallel: int = 2, dry: bool = False) -> int:
     """Run the stage's missing jobs. The tune stage's extensions (`tune_grid`) are known only once
-    the runs before them have finished: a stage runs in rounds until no job is left to start."""
+    the runs before them have finished: a stage runs in rounds until no job is left to start.
+    A stop signal (`_Stop`) checkpoints the runs going and ends the stage: exit 128 + the signal."""
     root = root_of(spec)
     t0, failed, started = time.time(), 0, set()
-    while True:
-        jobs = jobs_for(spec, stage, root)
-        todo = [j for j in jobs if not _done(j, root) and j.folder(root) not in started]
-        if not started:
-            print(f"study {spec['name']}, stage {stage}: {len(jobs)} runs, {len(jobs) - len(todo)} done, "
-                  f"{len(todo)} to run")
-        elif todo:
-            print(f"{len(todo)} more: the learning-rate grid extended beyond an edge (tune.extend)", flush=True)
-        if dry:
-            for j in todo:
-                print("  ltune train " + " ".join(j.overrides) + f" out_dir={j.folder(root)}")
-            return 0
-        if not todo:
-            return 1 if failed else 0
-        started |= {j.folder(root) for j in todo}
-        with ThreadPoolExecutor(max_workers=jobs_in_parallel) as pool:
-            for n, (job, status) in enumerate(zip(todo, pool.map(lambda j: run_job(j, root), todo)), 1):
-                failed += status.startswith("failed")
-                print(f"[{n}/{len(todo)}] {job.folder(root).relative_to(root)}: {status} "
-                      f"({time.time() - t0:.0f} s elapsed)", flush=True)
+    stop = _Stop()
+    previous = {} if dry else stop.install()
+    try:
+        while True:
+            jobs = jobs_for(spec, stage, root)
+            todo = [j for j in jobs if not _done(j, root) and j.folder(root) not in started]
+            if not started:
+                print(f"study {spec['name']}, stage {stage}: {len(jobs)} runs, {len(jobs) - len(todo)} done, "
+                      f"{len(todo)} to run")
+            elif todo and not stop.signal:
+                print(f"{len(todo)} more: the learning-rate grid extended beyond an edge (tune.extend)", flush=True)
+            if dry:
+                for j in todo:
+                    print("  ltune train " + " ".join(j.overrides) + f" out_dir={j.folder(root)}")
+                return 0
+            if stop.signal:
+                stopped = sum(1 for j in jobs if j.folder(root) in started and not _done(j, root)
+                              and j.folder(root).exists())
+                print(f"stopped by {stop.signal}: no more runs started; {stopped} stopped where their last "
+                      f"checkpoint is. Run `python -m ltune_cli.study run {stage}` (same options) again to resume "
+                      f"them and the rest.", flush=True)
+                return 128 + getattr(signal, stop.signal)
+            if not todo:
+                return 1 if failed else 0
+            started |= {j.folder(root) for j in todo}
+            with ThreadPoolExecutor(max_workers=jobs_in_parallel) as pool:
+                for n, (job, status) in enumerate(zip(todo, pool.map(lambda j: run_job(j, root, stop), todo)), 1):
+                    failed += status.startswith("failed")
+                    if status.startswith("not started"):
+                        continue  # queued when the stop signal came: the stop line below counts for them
+                    print(f"[{n}/{len(todo)}] {job.folder(root).relative_to(root)}: {status} "
+                          f"({time.time() - t0:.0f} s elapsed)", flush=True)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def runs_table(spec: dict):
@@ -667,6 +744,9 @@ def main(argv: list[str] | None = None) -> int:
     except LtuneError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a stage's runs (reading the plan, the report): nothing to save
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
