@@ -377,16 +377,21 @@ def test_a_stop_signal_stops_the_runs_going_and_starts_no_more(tmp_path, monkeyp
             time.sleep(0.02)
         os.kill(os.getpid(), getattr(signal, sig))
 
+    import yaml
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump(SPEC))
     before = signal.getsignal(getattr(signal, sig))
     threading.Thread(target=send, daemon=True).start()
     t0 = time.time()
-    assert study.run_stage(SPEC, "tune", jobs_in_parallel=2) == 128 + getattr(signal, sig)
+    assert study.main(["run", "tune", "--plan", str(plan), "--jobs", "2"]) == 128 + getattr(signal, sig)
     assert time.time() - t0 < 15  # not the runs' 20 s: they stopped on the signal
     assert len(began()) == 2 and len(jobs) > 2  # nothing started after it
     assert [(j.folder(root) / "stopped").read_text() for j in began()] == [sig, sig]
     out = capsys.readouterr().out
     assert f"stopped by {sig}: no more runs started; 2 stopped where their last checkpoint is" in out
-    assert "python -m ltune_cli.study run tune" in out and "not started" not in out
+    assert f"`{sys.executable} -m ltune_cli.study run tune --plan {plan} --jobs 2` resumes them" in out
+    assert "not started" not in out
     assert signal.getsignal(getattr(signal, sig)) is before
 
 

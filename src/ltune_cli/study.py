@@ -562,7 +562,18 @@ def run_job(job: Job, root: Path, stop: _Stop | None = None) -> str:
     return f"failed (exit {rc}, see {folder.parent / job.tag}.log)"
 
 
-def run_stage(spec: dict, stage: str, jobs_in_parallel: int = 2, dry: bool = False) -> int:
+def _again(argv: list[str] | None, stage: str) -> str:
+    """The command that runs the stage again (resuming its stopped runs), to paste into a shell."""
+    import os
+    import shlex
+
+    exe = os.path.relpath(sys.executable)
+    exe = sys.executable if exe.startswith("..") else exe
+    return " ".join(shlex.quote(a) for a in [exe, "-m", "ltune_cli.study", *(argv or ["run", stage])])
+
+
+def run_stage(spec: dict, stage: str, jobs_in_parallel: int = 2, dry: bool = False,
+              argv: list[str] | None = None) -> int:
     """Run the stage's missing jobs. The tune stage's extensions (`tune_grid`) are known only once
     the runs before them have finished: a stage runs in rounds until no job is left to start.
     A stop signal (`_Stop`) checkpoints the runs going and ends the stage: exit 128 + the signal."""
@@ -587,8 +598,7 @@ def run_stage(spec: dict, stage: str, jobs_in_parallel: int = 2, dry: bool = Fal
                 stopped = sum(1 for j in jobs if j.folder(root) in started and not _done(j, root)
                               and j.folder(root).exists())
                 print(f"stopped by {stop.signal}: no more runs started; {stopped} stopped where their last "
-                      f"checkpoint is. Run `python -m ltune_cli.study run {stage}` (same options) again to resume "
-                      f"them and the rest.", flush=True)
+                      f"checkpoint is; `{_again(argv, stage)}` resumes them and runs the rest.", flush=True)
                 return 128 + getattr(signal, stop.signal)
             if not todo:
                 return 1 if failed else 0
@@ -715,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.command == "run":
             if a.stage is None:
                 raise LtuneError("say which stage to run: pilot, tune, final or ablate.")
-            return run_stage(spec, a.stage, a.jobs, a.dry_run)
+            return run_stage(spec, a.stage, a.jobs, a.dry_run, argv=sys.argv[1:] if argv is None else argv)
         if a.command == "results":
             from ltune_cli import study_report as sr
 
