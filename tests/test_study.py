@@ -916,7 +916,7 @@ def test_status_estimates_the_hours_left_from_the_completed_runs_most_alike(tmp_
     spec = {**SPEC, "pilot": {"cells": []}}
     for j in study.tune_jobs(spec):
         _finish(j, root, 0.6)  # 2 s each
-    assert study.hours_left(spec, root) == (pytest.approx((2 * 2 + 2 * 3 + 3) * 2.0 / 3600), {})  # final + ablate
+    assert study.hours_left(spec, root) == (pytest.approx((2 * 2 + 2 * 3 + 3) * 2.0 / 3600), {}, {})  # final + ablate
     final = study.final_jobs(spec, study.choose(spec, root))
     first = next(j for j in final if (j.dataset, j.method) == ("sst2", "prefix"))
     _finish(first, root, 0.6)
@@ -925,7 +925,23 @@ def test_status_estimates_the_hours_left_from_the_completed_runs_most_alike(tmp_
     # the other sst2 prefix final run: like the completed one, not like the tune runs
     assert study.hours_left(spec, root)[0] == pytest.approx(1.0 + (2 + 2 * 3 + 3) * 2.0 / 3600)
     lent = {**spec, "tune": {**spec["tune"], "borrow": {"minilm/r8": "minilm/sst2"}}}
-    assert study.hours_left(lent, root)[1] == {"minilm/r8": 2 * 3 + 3}  # no run of r8 at all
+    assert study.hours_left(lent, root)[1:] == ({"minilm/r8": 2 * 3 + 3}, {})  # no run of r8 at all
+    # one r8 run going, half way (5 of 10 steps in 50 s): 10 s a step for the 9 r8 runs, its own half done
+    base = study.hours_left(lent, root)[0]
+    going = next(j for j in study.final_jobs(lent, study.choose(lent, root)) if j.dataset == "r8")
+    going.folder(root).mkdir(parents=True)
+    (going.folder(root) / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 5, "time_s": 50.0}) + "\n")
+    hours, unknown, from_going = study.hours_left(lent, root)
+    assert (unknown, from_going) == ({}, {"minilm/r8": 9})
+    assert hours == pytest.approx(base + (0.5 * 100 + 8 * 100) / 3600)
+    # the other sst2 prefix final run (1 h like the completed one) half way: half an hour left of it
+    other = next(j for j in study.final_jobs(lent, study.choose(lent, root))
+                 if (j.dataset, j.method) == ("sst2", "prefix") and j.folder(root) != first.folder(root))
+    other.folder(root).mkdir(parents=True)
+    (other.folder(root) / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": 5, "time_s": 9.0}) + "\n")
+    assert study.hours_left(lent, root)[0] == pytest.approx(hours - 0.5)
+    assert study.left_text(hours, unknown, from_going).endswith(
+        "less its share of steps done; minilm/r8: 9 with none completed yet: the seconds per step of the runs going)")
     assert study.left_text(1.25, {}).startswith("left: about 1.2 CPU hours (each run")
     assert study.left_text(1.25, {"minilm/r8": 9}).endswith("; not counted, 9 runs with none like them yet (minilm/r8: 9)")
     assert study.left_text(0.0, {"minilm/r8": 9}) == ("left: no estimate yet; 9 runs to complete, with none like them "

@@ -637,36 +637,66 @@ def runs_table(spec: dict):
     return pd.DataFrame(rows)
 
 
-def hours_left(spec: dict, root: Path) -> tuple[float, dict]:
+def _progress(job: Job, root: Path) -> tuple[int, float] | None:
+    """(step, training seconds so far) of a run begun and not completed: its newest record with
+    time_s (the whole run's, across sittings), or None."""
+    try:
+        recs = runfolder.read_metrics(job.folder(root))
+    except (OSError, ValueError):  # not begun; a record half-written as a run is cut
+        return None
+    last = next((r for r in reversed(recs) if r.get("time_s") and r.get("step")), None)
+    return (int(last["step"]), float(last["time_s"])) if last else None
+
+
+def _max_steps(job: Job) -> int | None:
+    steps = [o.split("=", 1)[1] for o in job.overrides if o.startswith("train.max_steps=")]
+    return int(steps[-1]) if steps else None
+
+
+def hours_left(spec: dict, root: Path) -> tuple[float, dict, dict]:
     """An estimate of the CPU hours (one-thread runs) the plan's runs still to complete will take:
-    each the mean wall time of the completed runs most like it (`_alike`). Also the cells
-    ("model/dataset") of the runs with no completed run like them yet (not counted): how many."""
+    each the mean wall time of the completed runs most like it (`_alike`), less the share of its
+    steps a run going has done. Where no completed run is like it, the seconds per step of the
+    runs going most like it (their newest records). Also, per cell ("model/dataset"), how many
+    runs took that second estimate, and how many have neither (not counted)."""
     full = spec.get("_full", spec)
     times: dict = {}
+    rates: dict = {}  # seconds per step of the runs going
     for stage in STAGES:
         for job in planned_jobs(full, stage, root):
             res = _completed(job.folder(root))
             if res is not None and res.get("wall_time_s"):
                 for key in _alike(job)[0]:
                     times.setdefault(key, []).append(res["wall_time_s"])
-    hours, unknown = 0.0, Counter()
+            elif res is None and (done := _progress(job, root)):
+                for key in _alike(job)[0]:
+                    rates.setdefault(key, []).append(done[1] / done[0])
+    hours, unknown, going = 0.0, Counter(), Counter()
     for stage in STAGES:
         for job in planned_jobs(spec, stage, root):
             if _completed(job.folder(root)) is not None:
                 continue
+            steps, done = _max_steps(job), _progress(job, root)
+            share = 1 - min(done[0] / steps, 1) if done and steps else 1
             like = next((times[k] for k in _alike(job)[1] if k in times), None)
-            if like is None:
-                unknown[f"{job.model}/{job.dataset}"] += 1
+            rate = next((rates[k] for k in _alike(job)[1] if k in rates), None)
+            if like is not None:
+                hours += share * sum(like) / len(like) / 3600
+            elif rate is not None and steps:
+                hours += share * steps * sum(rate) / len(rate) / 3600
+                going[f"{job.model}/{job.dataset}"] += 1
             else:
-                hours += sum(like) / len(like) / 3600
-    return hours, unknown
+                unknown[f"{job.model}/{job.dataset}"] += 1
+    return hours, unknown, going
 
 
-def left_text(hours: float, unknown: dict) -> str:
+def left_text(hours: float, unknown: dict, going: dict | None = None) -> str:
     """`study status`'s last line: hours_left's estimate, and the runs it cannot estimate yet."""
     cells = ", ".join(f"{c}: {n}" for c, n in unknown.items())
+    from_going = ("; " + ", ".join(f"{c}: {n}" for c, n in going.items()) + " with none completed yet: the seconds "
+                  "per step of the runs going") if going else ""
     estimate = (f"left: about {hours:.1f} CPU hours (each run still to complete: the mean wall time of the completed "
-                "runs most like it)")
+                f"runs most like it, less its share of steps done{from_going})")
     if not unknown:
         return estimate if hours else "left: nothing; every planned run has completed"
     if not hours:
