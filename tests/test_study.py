@@ -592,7 +592,8 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     assert (tmp_path / "results" / "t_curves_minilm.png").stat().st_size > 10_000
     figures = {p.name: p.read_bytes() for p in (tmp_path / "results").glob("t_curves_*")}
     before = block
-    study_report.write_results(SPEC, md, csv, readme=readme)  # regenerated: the same bytes, figures included
+    # regenerated: the same bytes, figures included (the r8 pilot run, out of SPEC's pilot, is dropped on purpose)
+    study_report.write_results(SPEC, md, csv, readme=readme, drop_missing=True)
     assert readme.read_text() == before
     assert md.read_text() == text and {p.name: p.read_bytes() for p in (tmp_path / "results").glob("t_curves_*")} == figures
     # the figure's panels in the plan's dataset order, as the tables (sst2 before r8), not by name
@@ -611,8 +612,9 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
     assert len(rows) == 1 + 1 + 12 + 10 + 3 and "pilot/minilm-sst2/prefix/s0" in rows[1] and "tune/minilm-sst2/prefix/" in rows[2] and str(tmp_path) not in csv.read_text()
     # runs a budget change took out of the study, moved under superseded/: counted in the CPU total only
     old = study.final_jobs(SPEC, study.choose(SPEC, root))[0]
-    (root / "superseded" / "budget-10" / "final").mkdir(parents=True)
-    old.folder(root).rename(root / "superseded" / "budget-10" / "final" / old.folder(root).name)
+    moved = root / "superseded" / "budget-10" / old.folder(root).relative_to(root)  # superseded/<change>/<run_dir>
+    moved.parent.mkdir(parents=True)
+    old.folder(root).rename(moved)  # (a run folder gone from the outputs otherwise: see the test below)
     assert "10 of 10 final runs completed so far, 0.0 CPU hours in all stages." in readme.read_text()
     study_report.write_results(SPEC, md, csv, figures=False, readme=readme)
     assert "| final | 9 / 10 |" in md.read_text() and "| superseded | 1 | 0.0 |" in md.read_text()
@@ -909,6 +911,67 @@ def test_status_lists_a_stale_tune_run_instead_of_stopping(tmp_path, monkeypatch
     assert f"tune: 11/12 runs completed; 1 more made with other settings than the plan's, to delete and rerun: " \
            f"{jobs[0].folder(root)}" in out
     assert "final: 0/" in out and "ablate: 0/" in out
+
+
+def test_results_refuse_to_drop_runs_the_report_lists_or_to_report_part_of_the_plan(tmp_path, monkeypatch, capsys):
+    """`study results` from an outputs folder missing runs the committed report lists (LTUNE_OUTPUTS
+    elsewhere, a fresh clone's empty outputs) or with --models etc. would silently replace the whole
+    report with part of it: one line, exit 2, nothing written. Was: RESULTS.md, its CSV, figures and
+    README's block rewritten from nothing."""
+    import yaml
+
+    from ltune_cli import study_report
+
+    monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path / "out"))
+    root = study.root_of(SPEC)
+    runs = [j for j in study.tune_jobs(SPEC)]
+    for j in runs:
+        _finish(j, root, 0.6)
+    md, csv = tmp_path / "RESULTS.md", tmp_path / "runs.csv"
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({**SPEC, "results": {"md": str(md), "csv": str(csv)}}))
+    assert study.main(["results", "--plan", str(plan)]) == 0
+    written = md.read_text(), csv.read_text()
+    import shutil
+
+    shutil.rmtree(runs[0].folder(root))  # a run the report lists is gone from the outputs
+    assert study.main(["results", "--plan", str(plan)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {csv} lists 1 runs that are not completed runs of the plan under {root} now "
+                          f"(first: tune: {runs[0].folder(root).relative_to(root)}), and the report would drop them")
+    assert "--drop-missing" in err and len(err.strip().splitlines()) == 1
+    assert (md.read_text(), csv.read_text()) == written  # nothing written
+    monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path / "elsewhere"))  # an empty outputs folder: all would go
+    assert study.main(["results", "--plan", str(plan)]) == 2
+    assert f"lists {len(runs)} runs" in capsys.readouterr().err and (md.read_text(), csv.read_text()) == written
+    assert study.main(["results", "--plan", str(plan), "--models", "minilm"]) == 2
+    assert capsys.readouterr().err.startswith("error: results reports the whole plan: --models choose what")
+    monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path / "out"))
+    assert study.main(["results", "--plan", str(plan), "--drop-missing"]) == 0  # moved out on purpose
+    assert len(csv.read_text().splitlines()) == len(written[1].splitlines()) - 1
+    study_report.write_results(SPEC, md, csv, figures=False)  # now the CSV and the outputs agree
+
+
+@pytest.mark.parametrize("args, said", [
+    (["run", "final", "--jobs", "0"], "error: --jobs 0: runs at a time must be 1 or more."),
+    (["status", "--datasets", "r8", "--models", "minilm", "--methods", "prefix"], None),
+    (["status", "--models", "smollm2_135m", "--datasets", "cola"], "no cell has model smollm2_135m and dataset cola"),
+])
+def test_study_options_that_select_nothing_are_refused(args, said, capsys):
+    rc = study.main([*args, "--plan", "reproduce_cpu"])
+    err = capsys.readouterr().err
+    if said is None:
+        assert rc == 0, err
+    else:
+        assert rc == 2 and said in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_model_and_dataset_that_make_no_cell_of_the_plan_are_refused():
+    spec = {**SPEC, "cells": {"minilm": ["sst2"], "smollm2_135m": ["r8"]}}
+    with pytest.raises(LtuneError, match=r"no cell has model smollm2_135m and dataset sst2 \(its cells: minilm: "
+                                         r"sst2; smollm2_135m: r8\)"):
+        study.only(spec, models="smollm2_135m", datasets="sst2")
+    assert study.only(spec, models="smollm2_135m")["cells"] == {"smollm2_135m": ["r8"]}
 
 
 def test_status_estimates_the_hours_left_from_the_completed_runs_most_alike(tmp_path):

@@ -731,6 +731,10 @@ def only(spec: dict, models: str | None = None, datasets: str | None = None,
     out = {**spec, "_full": spec.get("_full", spec)}
     out["cells"] = {m: pick(ds, datasets) for m, ds in spec["cells"].items() if m in pick(spec["cells"], models)}
     out["methods"] = pick(spec["methods"], methods)
+    if not any(out["cells"].values()):  # e.g. --models smollm2_135m --datasets cola: not a cell of the plan
+        cells = "; ".join(f"{m}: {', '.join(ds)}" for m, ds in spec["cells"].items())
+        raise LtuneError(f"study plan {spec['name']}: no cell has model {models or 'any'} and dataset "
+                         f"{datasets or 'any'} (its cells: {cells}).")
     keep = {f"{m}/{d}" for m, ds in out["cells"].items() for d in ds}
     for stage in ("pilot", "ablate"):
         if stage in spec:
@@ -747,10 +751,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan", default="reproduce_cpu", help="conf/study/<plan>.yaml or a path")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (each on hardware.num_threads=1)")
     p.add_argument("--dry-run", action="store_true", help="print the commands still to run")
+    p.add_argument("--drop-missing", action="store_true",
+                   help="results: write the report even if runs its CSV lists are no longer there (moved out)")
     for kind in ("models", "datasets", "methods"):
         p.add_argument(f"--{kind}", default=None, help=f"only these {kind} (comma list; default: all)")
     a = p.parse_args(argv)
     try:
+        if a.jobs < 1:
+            raise LtuneError(f"--jobs {a.jobs}: runs at a time must be 1 or more.")
+        picked = [f"--{k}" for k in ("models", "datasets", "methods") if getattr(a, k) is not None]
+        if a.command == "results" and picked:
+            raise LtuneError(f"results reports the whole plan: {', '.join(picked)} choose what `run` and `status` "
+                             f"cover, and a report of part of the study would replace the whole one; drop them, or "
+                             f"give a plan with fewer cells and its own results paths (--plan <file>).")
         spec = only(load_spec(a.plan), a.models, a.datasets, a.methods)
         if a.command == "run":
             if a.stage is None:
@@ -761,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
 
             md, csv = sr.outputs_of(spec)
             readme = (spec.get("results") or {}).get("readme")
-            sr.write_results(spec, md, csv, readme=Path(readme) if readme else None)
+            sr.write_results(spec, md, csv, readme=Path(readme) if readme else None, drop_missing=a.drop_missing)
             print(f"wrote {md}, {csv} and the figures beside it" + (f"; the results block of {readme}" if readme else ""))
             return 0
         if a.command == "chosen":

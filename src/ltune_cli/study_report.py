@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from ltune_cli import runfolder, study
+from ltune_cli.errors import LtuneError
 from ltune_cli.report import analysis
 from ltune_cli.report.analysis import BASELINE_OF, difference
 from ltune_cli.report.load import load_run, row_label
@@ -1011,14 +1012,42 @@ def render(spec: dict, table, final: dict, figures: list[str] | None = None, csv
     return "\n".join(out).rstrip("\n") + "\n", headline(spec, table, final, diffs, verdict_lines, md_link)
 
 
-def write_results(spec: dict, md: Path, csv: Path, figures: bool = True, readme: Path | None = None) -> None:
+def _check_nothing_dropped(spec: dict, table, csv: Path) -> None:
+    """The runs the report at `csv` lists must still be completed runs of the plan, or moved by a
+    plan change to superseded/<change>/ (their run folder path below it): a report written from
+    another outputs folder, or before the runs were fetched, would drop them silently."""
+    import pandas as pd
+
+    try:
+        before = pd.read_csv(csv, usecols=["stage", "run_dir"])
+    except FileNotFoundError:
+        return
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return  # not a runs CSV of ours (no such columns): nothing of the study to lose
+    now = set(zip(table.get("stage", []), table.get("run_dir", [])))
+    changes = study.root_of(spec) / "superseded"
+    changes = [c for c in changes.iterdir() if c.is_dir()] if changes.is_dir() else []
+    gone = [f"{st}: {rd}" for st, rd in zip(before["stage"], before["run_dir"])
+            if (st, rd) not in now and not any((c / rd / "results.json").is_file() for c in changes)]
+    if gone:
+        raise LtuneError(f"{csv} lists {len(gone)} runs that are not completed runs of the plan under "
+                         f"{study.root_of(spec)} now (first: {gone[0]}), and the report would drop them: point "
+                         f"LTUNE_OUTPUTS at the study's outputs, or, if they were moved out on purpose "
+                         f"(superseded/), write it with --drop-missing (make results ARGS=--drop-missing).")
+
+
+def write_results(spec: dict, md: Path, csv: Path, figures: bool = True, readme: Path | None = None,
+                  drop_missing: bool = False) -> None:
     """The markdown, the per-run CSV, (figures) the curves beside the CSV and (readme) the headline
-    block of the README."""
+    block of the README. A report that would leave out runs the CSV there lists (the run folders
+    elsewhere, e.g. LTUNE_OUTPUTS set to another folder) is an error unless `drop_missing`."""
     import os
 
     if readme is not None:
         _readme_around(readme)  # a README without its markers fails before anything is written
     table = study.runs_table(spec)
+    if not drop_missing:
+        _check_nothing_dropped(spec, table, csv)
     csv.parent.mkdir(parents=True, exist_ok=True)
     runfolder.atomic_write_text(csv, table.to_csv(index=False))
     final = load_stage_runs(spec, _with_columns(table), "final")  # read once: the figures and the markdown
