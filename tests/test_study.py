@@ -387,6 +387,8 @@ def test_a_stop_signal_stops_the_runs_going_and_starts_no_more(tmp_path, monkeyp
     assert study.main(["run", "tune", "--plan", str(plan), "--jobs", "2"]) == 128 + getattr(signal, sig)
     assert time.time() - t0 < 15  # not the runs' 20 s: they stopped on the signal
     assert len(began()) == 2 and len(jobs) > 2  # nothing started after it
+    logs = sorted(p.name for p in root.rglob("*.log"))  # and no log says a queued run was
+    assert logs == sorted(f"{j.tag}.log" for j in began()), logs
     assert [(j.folder(root) / "stopped").read_text() for j in began()] == [sig, sig]
     out = capsys.readouterr().out
     assert f"stopped by {sig}: no more runs started; 2 stopped where their last checkpoint is" in out

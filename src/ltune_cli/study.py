@@ -500,12 +500,16 @@ class _Stop:
         self.children: set = set()
         self.signal: str | None = None
 
-    def start(self, argv: list[str], log) -> subprocess.Popen | None:
+    def start(self, argv: list[str], log: Path) -> subprocess.Popen | None:
+        """Start the run, its command and output appended to `log`; None once stopping (no log line)."""
         with self.lock:
             if self.signal:
                 return None
-            p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
+            with open(log, "a") as f:  # the run keeps its own copy of the file
+                f.write(f"$ {' '.join(argv)}\n")
+                f.flush()
+                p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
             self.children.add(p)
             return p
 
@@ -548,13 +552,10 @@ def run_job(job: Job, root: Path, stop: _Stop | None = None) -> str:
     argv = ([sys.executable, "-m", "ltune_cli", "train", "--resume", str(folder)] if folder.exists()
             else [sys.executable, "-m", "ltune_cli", "train", *job.overrides, f"out_dir={folder}"])
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f"{job.tag}.log", "a") as log:
-        log.write(f"$ {' '.join(argv)}\n")
-        log.flush()
-        p = stop.start(argv, log)
-        if p is None:
-            return f"not started ({stop.signal})"
-        rc = stop.wait(p)
+    p = stop.start(argv, folder.parent / f"{job.tag}.log")
+    if p is None:
+        return f"not started ({stop.signal})"
+    rc = stop.wait(p)
     if rc == 0 and _done(job, root):
         return "completed"
     if stop.signal:
