@@ -522,10 +522,6 @@ def _micro_rng(seed: int | None, device: torch.device):
         yield torch.Generator().manual_seed(seed)
 
 
-# SIGUSR2: SLURM's warning before a pre-emption or the time limit (submitit asks for it).
-STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR2")
-
-
 class _StopFlag:
     requested: str | None = None  # a signal asked the loop to checkpoint and stop after this step
     hard: str | None = None  # a signal stopped the run at once (KeyboardInterrupt raised)
@@ -579,8 +575,7 @@ def _stop_signals():
         flag.hard = name
         raise KeyboardInterrupt(name)
 
-    old = {sig: signal.signal(sig, handler) for sig in
-           (getattr(signal, n) for n in STOP_SIGNALS if hasattr(signal, n))}
+    old = {sig: signal.signal(sig, handler) for sig in runfolder.stop_signals()}
     flag.previous = dict(old)
     try:
         yield flag

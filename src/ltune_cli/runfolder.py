@@ -123,6 +123,18 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         f.flush()
 
 
+# The signals on which a run checkpoints and stops (engine._stop_signals) and which `study run`
+# passes on to its runs (study._Stop): Ctrl-C, a scheduler's SIGTERM, a closed terminal, and
+# SIGUSR2, SLURM's warning before a pre-emption or the time limit (submitit asks for it).
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR2")
+
+
+def stop_signals() -> list:
+    """STOP_SIGNALS as signal numbers, those this platform has."""
+    import signal
+
+    return [getattr(signal, n) for n in STOP_SIGNALS if hasattr(signal, n)]
+
 def read_jsonl(path: str | Path) -> list[dict]:
     out = []
     with open(path, encoding="utf-8") as f:

@@ -483,11 +483,6 @@ def _has_checkpoint(folder: Path) -> bool:
     return (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
 
 
-# What stops `study run` (Ctrl-C, a scheduler's SIGTERM, a closed terminal, SLURM's pre-emption
-# warning): the signals `ltune train` checkpoints and stops on (engine.STOP_SIGNALS).
-STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR2")
-
-
 class _Stop:
     """The runs a `study run` has going, and the signal that stops it. Each run is a process of its
     own (its own session: a terminal's Ctrl-C reaches it only through here, once); a stop signal is
@@ -534,8 +529,7 @@ class _Stop:
         """Handle the stop signals (main thread only); returns the handlers to restore."""
         if threading.current_thread() is not threading.main_thread():
             return {}
-        sigs = [getattr(signal, n) for n in STOP_SIGNALS if hasattr(signal, n)]
-        return {s: signal.signal(s, self.handler) for s in sigs}
+        return {s: signal.signal(s, self.handler) for s in runfolder.stop_signals()}  # as `ltune train`
 
 
 def run_job(job: Job, root: Path, stop: _Stop | None = None) -> str:
@@ -650,8 +644,8 @@ def _progress(job: Job, root: Path) -> tuple[int, float] | None:
 
 
 def _max_steps(job: Job) -> int | None:
-    steps = [o.split("=", 1)[1] for o in job.overrides if o.startswith("train.max_steps=")]
-    return int(steps[-1]) if steps else None
+    steps = [_override_value(o) for o in job.overrides if o.startswith("train.max_steps=")]
+    return steps[-1] if steps else None
 
 
 def hours_left(spec: dict, root: Path) -> tuple[float, dict, dict]:
@@ -663,6 +657,7 @@ def hours_left(spec: dict, root: Path) -> tuple[float, dict, dict]:
     full = spec.get("_full", spec)
     times: dict = {}
     rates: dict = {}  # seconds per step of the runs going
+    progress: dict = {}  # folder -> (step, seconds) of each run going, read once
     for stage in STAGES:
         for job in planned_jobs(full, stage, root):
             res = _completed(job.folder(root))
@@ -670,6 +665,7 @@ def hours_left(spec: dict, root: Path) -> tuple[float, dict, dict]:
                 for key in _alike(job)[0]:
                     times.setdefault(key, []).append(res["wall_time_s"])
             elif res is None and (done := _progress(job, root)):
+                progress[job.folder(root)] = done
                 for key in _alike(job)[0]:
                     rates.setdefault(key, []).append(done[1] / done[0])
     hours, unknown, going = 0.0, Counter(), Counter()
@@ -677,7 +673,7 @@ def hours_left(spec: dict, root: Path) -> tuple[float, dict, dict]:
         for job in planned_jobs(spec, stage, root):
             if _completed(job.folder(root)) is not None:
                 continue
-            steps, done = _max_steps(job), _progress(job, root)
+            steps, done = _max_steps(job), progress.get(job.folder(root))
             share = 1 - min(done[0] / steps, 1) if done and steps else 1
             like = next((times[k] for k in _alike(job)[1] if k in times), None)
             rate = next((rates[k] for k in _alike(job)[1] if k in rates), None)

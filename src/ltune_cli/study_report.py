@@ -1025,13 +1025,13 @@ def _check_nothing_dropped(spec: dict, table, csv: Path) -> None:
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return  # not a runs CSV of ours (no such columns): nothing of the study to lose
     now = set(zip(table.get("stage", []), table.get("run_dir", [])))
-    changes = study.root_of(spec) / "superseded"
-    changes = [c for c in changes.iterdir() if c.is_dir()] if changes.is_dir() else []
+    root = study.root_of(spec)
+    changes = [c for c in (root / "superseded").iterdir() if c.is_dir()] if (root / "superseded").is_dir() else []
     gone = [f"{st}: {rd}" for st, rd in zip(before["stage"], before["run_dir"])
             if (st, rd) not in now and not any((c / rd / "results.json").is_file() for c in changes)]
     if gone:
         raise LtuneError(f"{csv} lists {len(gone)} runs that are not completed runs of the plan under "
-                         f"{study.root_of(spec)} now (first: {gone[0]}), and the report would drop them: point "
+                         f"{root} now (first: {gone[0]}), and the report would drop them: point "
                          f"LTUNE_OUTPUTS at the study's outputs, or, if they were moved out on purpose "
                          f"(superseded/), write it with --drop-missing (make results ARGS=--drop-missing).")
 
