@@ -14,7 +14,7 @@ from ltune_cli import engine, memory, runfolder
 from ltune_cli.config import MethodConfig, compose
 from ltune_cli.errors import LtuneError
 from ltune_cli.methods import build_method
-from ltune_cli.models.backbone import enable_checkpointing
+from ltune_cli.models.backbone import DTYPES, enable_checkpointing
 
 LABELS = ["negative", "positive", "not neutral"]
 METHODS = [("prefix", "per_token"), ("prompt", "per_token"), ("lt_prefix", "per_token"),
@@ -49,17 +49,23 @@ def test_device_map_auto_loads_through_accelerate_and_trains(sentiment_files, tm
     assert runfolder.read_results(run)["status"] == "completed"
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_gradient_checkpointing_gives_identical_gradients(family):
+def test_gradient_checkpointing_gives_identical_gradients(family, dtype):
     """Prefix methods included: the prefix rides in a read-only cache, so a recomputed block
     attends to the same prefix (transformers' own gradient_checkpointing_enable() drops the
-    cache inside checkpointed blocks and the prefix forward fails)."""
+    cache inside checkpointed blocks and the prefix forward fails). bf16: a bf16 base under
+    autocast, as gpu_large runs it; on a CPU its forward runs in SDPA's math kernel
+    (Backbone._forward), and the recomputation must too (it picked flash and backward failed)."""
+    from ltune_cli.engine import autocaster
+
     for name, variant in METHODS:
         if family == "deberta-v2" and "prefix" in name:
             continue
         out = []
         for gc in (False, True):
             bb = tiny_backbone(family)
+            bb.model.to(DTYPES[dtype])
             if gc:
                 assert enable_checkpointing(bb.model) == 2
             torch.manual_seed(0)
@@ -68,7 +74,7 @@ def test_gradient_checkpointing_gives_identical_gradients(family):
             enc = tok(["the movie was good", "bad film", "it was a very dull plot"], padding=True, return_tensors="pt")
             batch = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
             batch["labels"] = torch.tensor([1, 0, 2])
-            with memory.count_saved() as saved:
+            with memory.count_saved() as saved, autocaster(bb.device, dtype)():
                 loss = m.training_loss(batch, torch.Generator().manual_seed(0))
             loss.backward()
             out.append((loss.item(), {k: p.grad.clone() for k, p in m.named_parameters() if p.requires_grad},
@@ -79,15 +85,22 @@ def test_gradient_checkpointing_gives_identical_gradients(family):
         assert s1 < s0, (family, name)  # and it does keep less for backward
 
 
-def test_gradient_checkpointing_run_equals_plain_run(sentiment_files, tmp_path, tiny_llama_dir):
-    plain = engine.train(cfg_for(sentiment_files, tmp_path / "a", tiny_llama_dir, method="lt_prefix"))
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_gradient_checkpointing_run_equals_plain_run(sentiment_files, tmp_path, tiny_llama_dir, dtype):
+    """bf16: gpu_large's settings (bf16 base, autocast, checkpointing) on a CPU."""
+    plain = engine.train(cfg_for(sentiment_files, tmp_path / "a", tiny_llama_dir, method="lt_prefix",
+                                 **{"hardware.dtype": dtype}))
     gc = engine.train(cfg_for(sentiment_files, tmp_path / "b", tiny_llama_dir, method="lt_prefix",
-                              **{"hardware.gradient_checkpointing": True}))
+                              **{"hardware.gradient_checkpointing": True, "hardware.dtype": dtype}))
     strip = ("time_s", "examples_per_s")
     rec = [[{k: v for k, v in r.items() if k not in strip} for r in runfolder.read_metrics(x)] for x in (plain, gc)]
     assert rec[0] == rec[1]
     ma, mb = (runfolder.read_results(x)["memory"] for x in (plain, gc))
     assert mb["train_activation_bytes"] < ma["train_activation_bytes"]
+    # An evaluation forward holds a block's tensors whether or not training recomputes blocks: the
+    # estimate probes them with every block kept (it took the checkpointed probe's block inputs,
+    # and an H200 ran Llama-2-7B lt_prompt's evaluation in 14x what was estimated).
+    assert mb["eval_activation_bytes"] == ma["eval_activation_bytes"] > 0
 
 
 def test_estimate_is_printed_and_recorded(sentiment_files, tmp_path, tiny_bert_dir, caplog):
@@ -161,7 +174,7 @@ def test_estimate_within_25_percent_of_measured_peak(model, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["lt_prefix", "prefix"])
+@pytest.mark.parametrize("method", ["lt_prefix", "prefix", "prompt", "lt_prompt"])
 def test_estimate_for_a_7b_wide_model(method, sentiment_files, tmp_path):
     """Llama-2-7B's width (d 4096, 32 heads, FFN 11008) at 2 layers, fp32 on the CPU: the estimate
     against the measured peak, within 25% as for the offline models (lt_prefix's map is 4096 ->

@@ -8,6 +8,7 @@ layout, pooling) come from `families.FAMILIES`; this file never branches on a mo
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -504,12 +505,45 @@ def enable_checkpointing(model: nn.Module) -> int:
                          f"transformers can recompute; set hardware.gradient_checkpointing=false.")
     for b in blocks:
         def forward(*args, _forward=b.forward, **kwargs):
-            if not torch.is_grad_enabled():
+            if not torch.is_grad_enabled() or not _RECOMPUTE[0]:
                 return _forward(*args, **kwargs)
-            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            return checkpoint(_forward, *args, use_reentrant=False, context_fn=_same_attention_kernels, **kwargs)
 
         b.forward = forward
     return len(blocks)
+
+
+_RECOMPUTE = [True]  # False: checkpointed blocks run plainly (memory.estimate's whole-block probe)
+
+
+@contextlib.contextmanager
+def blocks_kept():
+    """Within: blocks wrapped by enable_checkpointing keep every tensor for backward, as without
+    it. memory.estimate probes a block's full set of tensors this way: what a block recomputed in
+    backward holds, and about what an evaluation forward holds at a time."""
+    _RECOMPUTE[0] = False
+    try:
+        yield
+    finally:
+        _RECOMPUTE[0] = True
+
+
+def _same_attention_kernels():
+    """checkpoint's context_fn, called as a block's forward starts: the recomputation in backward
+    runs with the SDPA kernels allowed now. checkpoint restores autocast and the RNG, not these
+    global flags, and the forward may run inside an sdpa_kernel context (Backbone._forward: the
+    math kernel on a CPU in bf16) that backward is outside of: the recomputed block then picked
+    another kernel, saved other tensors, and backward failed ("Recomputed values ... have
+    different metadata"): hardware=gpu_large with hardware.device=cpu, or any bf16 run with
+    hardware.gradient_checkpointing=true on a CPU."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    cuda = torch.backends.cuda
+    allowed = [backend for backend, on in ((SDPBackend.FLASH_ATTENTION, cuda.flash_sdp_enabled()),
+                                           (SDPBackend.EFFICIENT_ATTENTION, cuda.mem_efficient_sdp_enabled()),
+                                           (SDPBackend.MATH, cuda.math_sdp_enabled()),
+                                           (SDPBackend.CUDNN_ATTENTION, cuda.cudnn_sdp_enabled())) if on]
+    return contextlib.nullcontext(), sdpa_kernel(allowed)
 
 
 _PREFIX_CACHE: type | None = None
