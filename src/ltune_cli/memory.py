@@ -131,13 +131,13 @@ def estimate(s, cfg, world: int = 1) -> dict:
         eorder = np.argsort(-s.eval_enc.lengths, kind="stable")
         e1, _ = _probe(s, s.eval_enc, eorder[:1])
         if hw.gradient_checkpointing:
-            # The probes above saw block inputs only; a block's whole set of tensors (held when
-            # backward recomputes it, and, about, by an evaluation forward) needs a plain probe.
-            # Without this the evaluation of Llama-2-7B lt_prompt on an H200 was estimated at
-            # 0.17 GiB and took 2.3 (docs/gpu.md).
-            from ltune_cli.models.backbone import blocks_kept
+            # The probes above saw each block's input only. One block probed with all its tensors
+            # kept adds (its tensors - its input): what backward holds while it recomputes a block,
+            # and about what an evaluation forward holds at a time. (Without it the evaluation of
+            # Llama-2-7B lt_prompt on an H200 was estimated at 0.17 GiB and took 2.3: docs/gpu.md.)
+            from ltune_cli.models.backbone import block_kept
 
-            with blocks_kept():
+            with block_kept(s.backbone.model):
                 f1, _ = _probe(s, s.train_enc, order[:1])
                 f2, _ = _probe(s, s.train_enc, order[:2]) if len(order) > 1 else (2 * f1, 0)
                 fe1, _ = _probe(s, s.eval_enc, eorder[:1])
@@ -152,16 +152,17 @@ def estimate(s, cfg, world: int = 1) -> dict:
     fixed = max(0, a1 - per_text_scored)  # label maps etc., independent of the batch
     per_seq = per_text_scored / seqs_per_text
     saved = fixed + per_seq * B  # training runs one sequence per text
-    full_fixed = max(0, f1 - max(0, f2 - f1))
-    full_per_seq = max(0, f2 - f1) / seqs_per_text  # every block's tensors kept (= per_seq unless checkpointed)
-    transient_train = 2 * full_per_seq * B / layers  # one block's tensors and their gradients in backward
+    # One block's whole tensors per text: without checkpointing a layer's share of the probe;
+    # with it, that share (the block's input) plus what keeping the block's tensors added.
+    block_per_text = per_text_scored / layers + max(0, (f2 - a2) - (f1 - a1))
+    transient_train = 2 * block_per_text / seqs_per_text * B  # one block's tensors and their gradients in backward
     train_act = saved + transient_train
     # Evaluation keeps nothing: about one block's tensors at a time (x1.2: the embeddings and
     # the pooled output around it; calibrated on MiniLM and SmolLM2, docs/gpu.md).
     # Scoring may cut an eval batch into several forwards (PairMethod.scores on a CPU): the peak
     # is one forward's worth of texts.
     e_texts = min(E, method.texts_per_forward(E, int(s.eval_enc.lengths.max()), s.device))
-    eval_act = 1.2 * max(0, fe1 - full_fixed) * e_texts / layers
+    eval_act = 1.2 * (max(0, e1 - fixed) / layers + max(0, fe1 - e1)) * e_texts
     grads = trainable
     optimizer = 2 * n_train * 4
     half = hw.dtype in ("bf16", "fp16") and s.device.type in ("cuda", "cpu", "mps")

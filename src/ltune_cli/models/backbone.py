@@ -503,9 +503,10 @@ def enable_checkpointing(model: nn.Module) -> int:
     if not blocks:
         raise LtuneError(f"hardware.gradient_checkpointing: {type(model).__name__} has no transformer blocks "
                          f"transformers can recompute; set hardware.gradient_checkpointing=false.")
+    model._ltune_first_block = id(blocks[0])
     for b in blocks:
-        def forward(*args, _forward=b.forward, **kwargs):
-            if not torch.is_grad_enabled() or not _RECOMPUTE[0]:
+        def forward(*args, _forward=b.forward, _id=id(b), **kwargs):
+            if not torch.is_grad_enabled() or _KEPT[0] == _id:
                 return _forward(*args, **kwargs)
             return checkpoint(_forward, *args, use_reentrant=False, context_fn=_same_attention_kernels, **kwargs)
 
@@ -513,19 +514,20 @@ def enable_checkpointing(model: nn.Module) -> int:
     return len(blocks)
 
 
-_RECOMPUTE = [True]  # False: checkpointed blocks run plainly (memory.estimate's whole-block probe)
+_KEPT: list = [None]  # id of the checkpointed block that runs plainly (block_kept)
 
 
 @contextlib.contextmanager
-def blocks_kept():
-    """Within: blocks wrapped by enable_checkpointing keep every tensor for backward, as without
-    it. memory.estimate probes a block's full set of tensors this way: what a block recomputed in
-    backward holds, and about what an evaluation forward holds at a time."""
-    _RECOMPUTE[0] = False
+def block_kept(model: nn.Module):
+    """Within: the first block wrapped by enable_checkpointing keeps every tensor for backward, as
+    without checkpointing; the others keep their inputs. memory.estimate measures one block's
+    whole set of tensors this way (what backward holds while it recomputes a block, and about
+    what an evaluation forward holds at a time) without holding every block's at once."""
+    _KEPT[0] = getattr(model, "_ltune_first_block", None)
     try:
         yield
     finally:
-        _RECOMPUTE[0] = True
+        _KEPT[0] = None
 
 
 def _same_attention_kernels():
