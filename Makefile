@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= offline-models,dev,launchers,bench,tensorboard,mlflow,wandb
 ARGS   ?=
 
-.PHONY: install run test test-all lint bench study results clean-venv
+.PHONY: install run test test-all test-gpu lint bench study results clean-venv
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# On a machine with a CUDA GPU: the CUDA paths for real (docs/gpu.md, "Measured on one H200").
+test-gpu: install
+	$(BIN)/python -m pytest -m gpu tests/test_cuda.py -s $(ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests scripts

@@ -1,6 +1,6 @@
 """The CUDA paths for real, on a machine with a GPU; skipped everywhere else.
 
-    python -m pytest -m gpu tests/test_cuda.py -s      # -s prints the measured differences
+    make test-gpu      # = python -m pytest -m gpu tests/test_cuda.py -s (-s prints the figures)
 
 On the CPU the same code runs with hardware=cpu. These check that the device is configuration:
 every tiny family x method trains on CUDA in fp32 to the CPU run's losses and scores; in bf16
