@@ -162,3 +162,22 @@ def tiny_bert_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+def train_killed(cfg, at_call: int, monkeypatch) -> None:
+    """engine.train(cfg), killed as it calls its training step for the `at_call`-th time (SystemExit,
+    like a kill: nothing after the last checkpoint is saved); the real step is put back after."""
+    from ltune_cli import engine
+
+    real_step, calls = engine._step, {"n": 0}
+
+    def dying_step(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            raise SystemExit("killed")
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(engine, "_step", dying_step)
+    with pytest.raises(SystemExit):
+        engine.train(cfg)
+    monkeypatch.setattr(engine, "_step", real_step)

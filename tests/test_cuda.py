@@ -18,7 +18,7 @@ import os
 import pytest
 import torch
 
-from conftest import FAMILIES, save_tiny_model, tiny_overrides, write_sentiment_csv
+from conftest import FAMILIES, save_tiny_model, tiny_overrides, train_killed, write_sentiment_csv
 from ltune_cli import checkpoint, engine, runfolder
 from ltune_cli.config import compose
 
@@ -109,18 +109,7 @@ def test_a_run_resumed_on_cuda_equals_the_uninterrupted_one(files, folders, tmp_
     kw = {"hardware.dtype": "fp32", "train.checkpoint_every": 2}
     full = curves(engine.train(config(files, tmp_path / "full", folders[family], method, "gpu", steps=8, **kw)))
     cfg = config(files, tmp_path / "cut", folders[family], method, "gpu", steps=8, **kw)
-    real_step, calls = engine._step, {"n": 0}
-
-    def dying_step(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise SystemExit("killed")
-        return real_step(*a, **k)
-
-    monkeypatch.setattr(engine, "_step", dying_step)
-    with pytest.raises(SystemExit):
-        engine.train(cfg)
-    monkeypatch.setattr(engine, "_step", real_step)
+    train_killed(cfg, 6, monkeypatch)
     assert [p.name for p in checkpoint.list_checkpoints(cfg.out_dir)] == ["step-00000002.pt", "step-00000004.pt"]
     cfg.resume = True
     cut = curves(engine.train(cfg))

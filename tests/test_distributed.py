@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import save_tiny_model, tiny_overrides, write_sentiment_csv
+from conftest import save_tiny_model, tiny_overrides, train_killed, write_sentiment_csv
 from ltune_cli import checkpoint, distributed, engine, runfolder
 from ltune_cli.config import compose
 from ltune_cli.errors import LtuneError
@@ -157,17 +157,7 @@ def test_fsdp_two_processes_equal_one(files, tmp_path_factory, tmp_path, method,
 def test_one_process_checkpoint_resumes_on_two(files, bert_dir, one_proc, tmp_path, monkeypatch):
     """A checkpoint of 1 process (2 micro-batches per step) continues on 2 (1 each): same run."""
     cfg = compose(ov(files, tmp_path / "cut", bert_dir, ONE, **{"train.checkpoint_every": 2}))
-    real, calls = engine._step, {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise SystemExit("killed")
-        return real(*a, **k)
-
-    monkeypatch.setattr(engine, "_step", dying)
-    with pytest.raises(SystemExit):
-        engine.train(cfg)
+    train_killed(cfg, 4, monkeypatch)
     monkeypatch.undo()
     assert [p.name for p in checkpoint.list_checkpoints(cfg.out_dir)] == ["step-00000002.pt"]
     code, log = run_cli(["train", "--resume", cfg.out_dir, "hardware.strategy=ddp", "hardware.nproc=2"], tmp_path)

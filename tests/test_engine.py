@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import tiny_overrides, train_killed
 from ltune_cli import checkpoint, engine, runfolder
 from ltune_cli.config import compose
 from ltune_cli.errors import LtuneError
@@ -107,18 +107,7 @@ def test_resume_in_process_equals_uninterrupted(sentiment_files, tmp_path, tiny_
     full = engine.train(cfg_for(sentiment_files, tmp_path / "full", tiny_bert_dir, steps=8,
                                 **{"train.checkpoint_every": 2}))
     cfg = cfg_for(sentiment_files, tmp_path / "cut", tiny_bert_dir, steps=8, **{"train.checkpoint_every": 2})
-    real_step, calls = engine._step, {"n": 0}
-
-    def dying_step(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise SystemExit("killed")  # like a kill: nothing after step 5 is saved
-        return real_step(*a, **k)
-
-    monkeypatch.setattr(engine, "_step", dying_step)
-    with pytest.raises(SystemExit):
-        engine.train(cfg)
-    monkeypatch.setattr(engine, "_step", real_step)
+    train_killed(cfg, 6, monkeypatch)  # nothing after step 5 is saved
     assert [p.name for p in checkpoint.list_checkpoints(cfg.out_dir)] == ["step-00000002.pt", "step-00000004.pt"]
     cfg.resume = True
     cut = engine.train(cfg)

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import tiny_overrides
+from conftest import tiny_overrides, train_killed
 from ltune_cli import engine, runfolder
 from ltune_cli.config import compose
 from ltune_cli.loggers import scalars
@@ -165,22 +165,11 @@ def test_resume_logs_every_step_once(name, sentiment_files, tmp_path, tiny_bert_
     _needs(name)
     cfg = _cfg(sentiment_files, tmp_path / "run", tiny_bert_dir, steps=8,
                **{"logger": name, "train.checkpoint_every": 4, "train.eval_every": 5})
-    real_step, calls = engine._step, {"n": 0}
-
-    def dying_step(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise SystemExit("killed")
-        return real_step(*a, **k)
-
-    monkeypatch.setattr(engine, "_step", dying_step)
-    with pytest.raises(SystemExit):
-        engine.train(cfg)
+    train_killed(cfg, 7, monkeypatch)
     run = tmp_path / "run"
     before = READERS[name](run)
     assert max(s for s, _ in before["train/train_loss"]) == 6  # logged past the checkpoint (step 6 > 4)...
     assert [s for s, _ in before["eval/accuracy"]] == [5]  # ...an eval included
-    monkeypatch.setattr(engine, "_step", real_step)
     cfg.resume = True
     engine.train(cfg)
     assert [r["step"] for r in runfolder.read_metrics(run) if r["kind"] == "train"] == list(range(1, 9))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import tiny_overrides
+from conftest import tiny_overrides, train_killed
 from ltune_cli import checkpoint, engine, runfolder
 from ltune_cli.cli import app
 from ltune_cli.config import compose
@@ -79,18 +79,7 @@ def test_resume_keeps_best_so_far_and_patience(sentiment_files, tmp_path, tiny_b
              "train.checkpoint_every": 2}
     full = engine.train(cfg_for(sentiment_files, tmp_path / "full", tiny_bert_dir, **extra))
     cfg = cfg_for(sentiment_files, tmp_path / "cut", tiny_bert_dir, **extra)
-    real_step, calls = engine._step, {"n": 0}
-
-    def dying_step(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise SystemExit("killed")  # nothing after step 6's checkpoint is saved
-        return real_step(*a, **k)
-
-    monkeypatch.setattr(engine, "_step", dying_step)
-    with pytest.raises(SystemExit):
-        engine.train(cfg)
-    monkeypatch.setattr(engine, "_step", real_step)
+    train_killed(cfg, 7, monkeypatch)  # nothing after step 6's checkpoint is saved
     assert checkpoint.list_checkpoints(cfg.out_dir)[-1].name == "step-00000006.pt"
     cfg.resume = True
     cut = engine.train(cfg)
