@@ -1,15 +1,16 @@
-"""Memory and time of every method at 7B scale on one GPU, without downloading a 7B model.
+"""Memory and time of every method on one GPU at a preset's full size, without downloading it.
 
 Builds a conf/model preset's published architecture (`arch`, default Llama-2-7B) with random
 weights straight on the device, in the preset's dtype, and trains each method a few steps on
-RTE with the model's hardware preset (gpu_large: bf16, micro-batch 8 x 4, checkpointing).
-Random weights make the accuracy meaningless; memory and time are those of the real model.
-Each method runs in a process of its own; per method it prints one JSON line: the plan `ltune validate` prints before anything loads,
-the estimate the run prints (probed), the CUDA allocator's peak, and seconds per step.
-docs/gpu.md quotes its output.
+RTE with the model's hardware preset (Llama-2-7B: gpu_large, bf16, micro-batch 8 x 4,
+checkpointing) or --hardware. Random weights make the accuracy meaningless; memory and time are
+those of the real model. Each method runs in a process of its own; per method it prints one JSON
+line: the plan `ltune validate` prints before anything loads, the estimate the run prints
+(probed), the CUDA allocator's peak, seconds per step, and with --phases where the peak arose
+(the estimate's probes, the steps, the evaluations). docs/gpu.md quotes its output.
 
-    python scripts/gpu_figures.py --tokenizer DIR [--model llama2_7b] [--steps 6] [--out F.jsonl]
-    python scripts/gpu_figures.py --tokenizer DIR --layers 2 --device cpu   # the script itself, on a CPU
+    python scripts/gpu_figures.py --tokenizer DIR [--model llama2_7b] [--hardware gpu] [--phases] [--out F.jsonl]
+    python scripts/gpu_figures.py --tokenizer DIR --layers 1 --device cpu   # the script itself, on a CPU
 
 DIR: any Hugging Face tokenizer folder (its ids must stay below the model's vocab).
 """
@@ -28,21 +29,14 @@ import torch
 GiB = 2**30
 
 
-def llama_config(arch: dict, layers: int | None):
-    from transformers import LlamaConfig
-
-    if arch["model_type"] != "llama":
-        raise SystemExit(f"gpu_figures builds Llama-type presets only (got {arch['model_type']})")
-    return LlamaConfig(hidden_size=arch["hidden"], num_hidden_layers=layers or arch["layers"],
-                       num_attention_heads=arch["heads"], num_key_value_heads=arch["kv_heads"],
-                       intermediate_size=arch["intermediate"], vocab_size=arch["vocab"],
-                       max_position_embeddings=arch["max_positions"], pad_token_id=0)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokenizer", required=True)
-    ap.add_argument("--model", default="llama2_7b")
+    ap.add_argument("--model", default="llama2_7b", help="a conf/model preset with an `arch`")
+    ap.add_argument("--hardware", default=None, help="a conf/hardware preset (default: the model's own)")
+    ap.add_argument("--max-length", type=int, default=None, help="model.max_length (default: the preset's)")
+    ap.add_argument("--phases", action="store_true",
+                    help="also the CUDA peak of each phase: the estimate's probes, each step, each evaluation")
     ap.add_argument("--methods", default="prefix,prompt,lt_prefix,lt_prompt")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--layers", type=int, default=None, help="fewer layers than the preset (a CPU try)")
@@ -71,15 +65,21 @@ def main() -> None:
     from ltune_cli.config import compose
     from ltune_cli.data import load_splits
     from ltune_cli.models.backbone import DTYPES, load_backbone
+    from ltune_cli.models.families import config_from_arch
 
     tmp = Path(tempfile.mkdtemp(prefix="gpu-figures-"))
     base = [f"model={a.model}", "dataset=rte", f"train.max_steps={a.steps}", "train.eval_every=100000",
             "train.log_every=1", "train.progress=false"]
+    if a.hardware:
+        base += [f"hardware={a.hardware}"]
+    if a.max_length:
+        base += [f"model.max_length={a.max_length}"]
     if a.device:
         base += [f"hardware.device={a.device}"]
     cfg0 = compose(base + ["method=prefix", f"out_dir={tmp / 'x'}"])
     hw = cfg0.hardware
-    config = llama_config(dict(cfg0.model.arch), a.layers)
+    arch = dict(cfg0.model.arch)
+    config = config_from_arch({**arch, "layers": a.layers or arch["layers"]})
     torch.manual_seed(0)
     t0 = time.perf_counter()
     with torch.device(hw.device):
@@ -89,38 +89,71 @@ def main() -> None:
     bb = load_backbone(cfg0.model, hw, model=model, tokenizer=tok)  # the preset's checkpointing etc.
     params = sum(p.numel() for p in model.parameters())
     dev = torch.device(hw.device)
-    head = {"model": a.model, "layers": config.num_hidden_layers, "params": params, "hardware": hw.name,
+    head = {"model": a.model, "layers": a.layers or arch["layers"], "params": params, "hardware": hw.name,
             "dtype": hw.dtype, "micro_batch": hw.batch_size, "grad_accum": hw.grad_accum,
             "checkpointing": bool(hw.gradient_checkpointing), "built_s": round(built_s, 1),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
             "torch": torch.__version__}
     print(json.dumps(head), flush=True)
     lines = [head]
+    phases: list = []
+    if a.phases and dev.type == "cuda":
+        _trace_phases(phases, engine, memory)
     for method in methods:
         cfg = compose(base + [f"method={method}", f"out_dir={tmp / method}"])
         plan = memory.plan(cfg, load_splits(cfg.dataset)) if a.layers is None else None
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
+        phases.clear()
         t0 = time.perf_counter()
         run = engine.train(cfg, backbone=bb)
         wall = time.perf_counter() - t0
         res = runfolder.read_results(run)
         mem = res["memory"]
+        # The phase trace resets the allocator's peak per phase: the run's peak is their highest.
+        peak = max([p * GiB for _, _, p in phases] or [mem.get("peak_cuda_allocated_bytes", 0)])
         steps = [r for r in runfolder.read_metrics(run) if r["kind"] == "train"]
         per_step = (steps[-1]["time_s"] - steps[0]["time_s"]) / max(1, len(steps) - 1)
-        row = {"method": method, "trainable_params": res["trainable_params"],
+        row = {"method": method, **({"phases_gib": _summary(phases)} if phases else {}), "trainable_params": res["trainable_params"],
                "plan_gib": round(plan["estimate_bytes"] / GiB, 2) if plan else None,
                "estimate_gib": round(mem["estimate_bytes"] / GiB, 2),
-               "peak_cuda_gib": round(mem.get("peak_cuda_allocated_bytes", 0) / GiB, 2),
-               "estimate_over_peak": (round(mem["estimate_bytes"] / mem["peak_cuda_allocated_bytes"], 3)
-                                      if mem.get("peak_cuda_allocated_bytes") else None),
+               "peak_cuda_gib": round(peak / GiB, 2),
+               "estimate_over_peak": round(mem["estimate_bytes"] / peak, 3) if peak else None,
                "s_per_step": round(per_step, 3), "longest_train_tokens": mem.get("longest_train_tokens"),
                "wall_s": round(wall, 1), "final_loss": res["final"].get("val_loss")}
         print(json.dumps(row), flush=True)
         lines.append(row)
     if a.out:
         Path(a.out).write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def _trace_phases(phases: list, engine, memory) -> None:
+    """Record (phase, GiB allocated before, GiB peak within) around the estimate's probes, each
+    training step and each evaluation: where a run's peak comes from."""
+    def traced(fn, name):
+        def wrapper(*args, **kwargs):
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            out = fn(*args, **kwargs)
+            torch.cuda.synchronize()
+            phases.append((name, before / GiB, torch.cuda.max_memory_allocated() / GiB))
+            return out
+
+        return wrapper
+
+    engine._step, engine.evaluate = traced(engine._step, "step"), traced(engine.evaluate, "eval")
+    memory.estimate = traced(memory.estimate, "estimate probes")
+
+
+def _summary(phases: list) -> dict:
+    """Per phase: [allocated before (first call), highest peak, calls]."""
+    out: dict = {}
+    for name, before, peak in phases:
+        b, p, n = out.get(name, [round(before, 3), 0.0, 0])
+        out[name] = [b, round(max(p, peak), 3), n + 1]
+    return out
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from ltune_cli.config import MethodConfig, ModelConfig, compose
 from ltune_cli.errors import LtuneError
 from ltune_cli.methods import build_method
 from ltune_cli.models.backbone import load_backbone
-from ltune_cli.models.families import geometry
+from ltune_cli.models.families import ARCH_FLAGS, config_from_arch, geometry
 from ltune_cli.paths import conf_dir
 
 # custom.yaml describes no model: its family and shapes come from model.path (tests/test_model_folders.py)
@@ -28,13 +28,6 @@ PAPER = ["bert_base", "roberta_base", "deberta_v3_base", "falcon_7b", "bloom_7b1
 METHODS = [("prefix", "per_token"), ("prompt", "per_token"), ("lt_prefix", "per_token"),
            ("lt_prefix", "paper"), ("lt_prompt", "per_token")]
 LABELS = ["negative", "positive"]
-FLAGS = {  # arch key -> transformers config attribute, per family
-    "falcon": ("alibi", "multi_query", "new_decoder_architecture", "parallel_attn", "bias"),
-    "deberta-v2": ("relative_attention", "position_buckets", "pos_att_type", "position_biased_input",
-                   "share_att_key", "norm_rel_ebd", "max_relative_positions"),
-}
-
-
 def model_cfg(name) -> ModelConfig:
     from omegaconf import OmegaConf
 
@@ -43,45 +36,20 @@ def model_cfg(name) -> ModelConfig:
 
 def hf_config(arch: dict, *, tiny: bool):
     """A transformers config of arch's family: full size, or tiny width/depth, same layout."""
-    from transformers import AutoConfig
+    return config_from_arch(tiny_arch(arch) if tiny else arch)
 
-    mt, heads, kv = arch["model_type"], arch["heads"], arch["kv_heads"]
-    if tiny:
-        # Keep the head layout: multi-query stays 1 key/value head, grouped-query keeps its
-        # group size (SmolLM2: 3 query heads per key/value head), head_dim 8, 2 layers.
-        group = heads // kv
-        kv_t = 1 if kv == 1 else 2
-        heads_t = 4 if kv == 1 else kv_t * group
-        layers, hidden, inter, vocab, heads, kv = 2, 8 * heads_t, 64, V, heads_t, kv_t
-    else:
-        layers, hidden, inter, vocab = arch["layers"], arch["hidden"], arch.get("intermediate"), arch["vocab"]
-    kw: dict = {"vocab_size": vocab}
-    flags = {k: arch[k] for k in FLAGS.get(mt, ()) if k in arch}
-    if tiny and "position_buckets" in flags:
-        flags["position_buckets"] = 16
-    if mt in ("bert", "roberta", "deberta-v2"):
-        kw.update(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, intermediate_size=inter,
-                  max_position_embeddings=arch["max_positions"] if not tiny else 130,
-                  type_vocab_size=arch.get("type_vocab", 2))
-        if mt == "roberta":
-            kw["pad_token_id"] = arch.get("pad_token_id", 1)
-    elif mt == "gpt2":
-        kw.update(n_layer=layers, n_embd=hidden, n_head=heads, n_positions=arch["max_positions"] if not tiny else 128,
-                  bos_token_id=0, eos_token_id=0)
-    elif mt == "bloom":
-        kw.update(n_layer=layers, hidden_size=hidden, n_head=heads, pad_token_id=0, bos_token_id=0, eos_token_id=0)
-    elif mt == "llama":
-        kw.update(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=kv,
-                  intermediate_size=inter, max_position_embeddings=arch["max_positions"] if not tiny else 128,
-                  pad_token_id=0, bos_token_id=0, eos_token_id=0)
-    elif mt == "falcon":
-        kw.update(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, pad_token_id=0,
-                  bos_token_id=0, eos_token_id=0)
-        if flags.get("new_decoder_architecture"):
-            kw["num_kv_heads"] = kv
-    else:
-        raise AssertionError(f"no tiny builder for family {mt}")
-    return AutoConfig.for_model(mt, **kw, **flags)
+
+def tiny_arch(arch: dict) -> dict:
+    """arch at 2 layers, head_dim 8, the test vocabulary; the head layout kept: multi-query stays 1
+    key/value head, grouped-query keeps its group size (SmolLM2: 3 query heads per key/value head)."""
+    heads, kv = arch["heads"], arch["kv_heads"]
+    kv_t = 1 if kv == 1 else 2
+    heads_t = 4 if kv == 1 else kv_t * (heads // kv)
+    tiny = {**arch, "layers": 2, "hidden": 8 * heads_t, "intermediate": 64, "vocab": V, "heads": heads_t,
+            "kv_heads": kv_t, "max_positions": 130 if arch["model_type"] in ("bert", "roberta", "deberta-v2") else 128}
+    if "position_buckets" in arch:
+        tiny["position_buckets"] = 16
+    return tiny
 
 
 def test_every_paper_model_has_a_config_with_arch_and_preset():
@@ -113,7 +81,7 @@ def test_tiny_width_build_trains_every_method(name):
     mc = model_cfg(name)
     arch = mc.arch
     config = hf_config(arch, tiny=True)
-    for k in FLAGS.get(arch["model_type"], ()):
+    for k in ARCH_FLAGS.get(arch["model_type"], ()):
         if k in arch and k != "position_buckets":
             assert getattr(config, k) == arch[k], k  # the family settings survive the shrinking
     torch.manual_seed(0)

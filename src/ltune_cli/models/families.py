@@ -146,3 +146,46 @@ def geometry(config, requested: str = "auto") -> Geometry:
             kv_heads = heads if rule == "heads" else 1 if rule == "one" else getattr(config, rule)
             break
     return Geometry(name, fam.kind, config.num_hidden_layers, hidden, heads, kv_heads, head_dim)
+
+
+# conf/model arch keys that are transformers config attributes of the same name, per family
+ARCH_FLAGS = {
+    "falcon": ("alibi", "multi_query", "new_decoder_architecture", "parallel_attn", "bias"),
+    "deberta-v2": ("relative_attention", "position_buckets", "pos_att_type", "position_biased_input",
+                   "share_att_key", "norm_rel_ebd", "max_relative_positions"),
+}
+
+
+def config_from_arch(arch: dict):
+    """A transformers config (no weights) of a conf/model preset's published architecture (`arch`):
+    what `ltune validate` plans from, as a model transformers can build (tests build every preset at
+    tiny width this way; scripts/gpu_figures.py builds a 7B one with random weights)."""
+    from transformers import AutoConfig
+
+    mt, layers, hidden, heads, kv = arch["model_type"], arch["layers"], arch["hidden"], arch["heads"], arch["kv_heads"]
+    kw: dict = {"vocab_size": arch["vocab"]}
+    flags = {k: arch[k] for k in ARCH_FLAGS.get(mt, ()) if k in arch}
+    if mt in ("bert", "roberta", "deberta-v2"):
+        kw.update(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                  intermediate_size=arch["intermediate"], max_position_embeddings=arch["max_positions"],
+                  type_vocab_size=arch.get("type_vocab", 2))
+        if mt == "roberta":
+            kw["pad_token_id"] = arch.get("pad_token_id", 1)
+    elif mt == "gpt2":
+        kw.update(n_layer=layers, n_embd=hidden, n_head=heads, n_positions=arch["max_positions"], bos_token_id=0,
+                  eos_token_id=0)
+    elif mt == "bloom":
+        kw.update(n_layer=layers, hidden_size=hidden, n_head=heads, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    elif mt == "llama":
+        kw.update(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=kv,
+                  intermediate_size=arch["intermediate"], max_position_embeddings=arch["max_positions"],
+                  pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    elif mt == "falcon":
+        kw.update(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, pad_token_id=0,
+                  bos_token_id=0, eos_token_id=0)
+        if flags.get("new_decoder_architecture"):
+            kw["num_kv_heads"] = kv
+    else:
+        raise LtuneError(f"arch.model_type={mt}: no config builder for it (known: bert, roberta, deberta-v2, "
+                         f"gpt2, bloom, llama, falcon).")
+    return AutoConfig.for_model(mt, **kw, **flags)
