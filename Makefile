@@ -36,6 +36,7 @@ test-all: install
 
 # On a machine with a CUDA GPU: the CUDA paths for real (docs/gpu.md, "Measured on one H200").
 test-gpu: install
+	@$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu: no CUDA device is visible here (torch.cuda.is_available() is False); its tests would all skip.')"
 	$(BIN)/python -m pytest -m gpu tests/test_cuda.py -s $(ARGS)
 
 lint: install
