@@ -9,10 +9,11 @@ line: the plan `ltune validate` prints before anything loads, the estimate the r
 (probed), the CUDA allocator's peak, seconds per step, and with --phases where the peak arose
 (the estimate's probes, the steps, the evaluations). docs/gpu.md quotes its output.
 
-    python scripts/gpu_figures.py --tokenizer DIR [--model llama2_7b] [--hardware gpu] [--phases] [--out F.jsonl]
-    python scripts/gpu_figures.py --tokenizer DIR --layers 1 --device cpu   # the script itself, on a CPU
+    python scripts/gpu_figures.py [--model llama2_7b] [--hardware gpu] [--phases] [--out F.jsonl]
+    python scripts/gpu_figures.py --layers 1 --device cpu   # the script itself, on a CPU
 
-DIR: any Hugging Face tokenizer folder (its ids must stay below the model's vocab).
+--tokenizer DIR: any Hugging Face tokenizer folder whose ids stay below the model's vocab
+(default: MiniLM's, from the offline package: `make install`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ GiB = 2**30
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokenizer", required=True)
+    ap.add_argument("--tokenizer", default="offline:minilm",
+                    help="a tokenizer folder (default: the offline MiniLM's, from its package)")
     ap.add_argument("--model", default="llama2_7b", help="a conf/model preset with an `arch`")
     ap.add_argument("--hardware", default=None, help="a conf/hardware preset (default: the model's own)")
     ap.add_argument("--max-length", type=int, default=None, help="model.max_length (default: the preset's)")
@@ -85,7 +87,9 @@ def main() -> None:
     with torch.device(hw.device):
         model = AutoModel.from_config(config, dtype=DTYPES[hw.dtype]).eval()
     built_s = time.perf_counter() - t0
-    tok = AutoTokenizer.from_pretrained(a.tokenizer)
+    from ltune_cli.models.offline import resolve
+
+    tok = AutoTokenizer.from_pretrained(resolve(a.tokenizer))
     bb = load_backbone(cfg0.model, hw, model=model, tokenizer=tok)  # the preset's checkpointing etc.
     params = sum(p.numel() for p in model.parameters())
     dev = torch.device(hw.device)
