@@ -19,7 +19,6 @@ line: the plan `ltune validate` prints before anything loads, the estimate the r
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import tempfile
 import time
@@ -55,8 +54,9 @@ def main() -> None:
             argv = [sys.executable, __file__, *sys.argv[1:], "--methods", method, "--out", ""]
             out = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True).stdout
             rows = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-            lines += rows if i == 0 else rows[1:]
-            print("\n".join(json.dumps(r) for r in (rows if i == 0 else rows[1:])), flush=True)
+            rows = rows if i == 0 else rows[1:]  # the model's line once
+            lines += rows
+            print("\n".join(json.dumps(r) for r in rows), flush=True)
         if a.out:
             Path(a.out).write_text("".join(json.dumps(x) + "\n" for x in lines))
         return
@@ -103,31 +103,27 @@ def main() -> None:
     phases: list = []
     if a.phases and dev.type == "cuda":
         _trace_phases(phases, engine, memory)
-    for method in methods:
-        cfg = compose(base + [f"method={method}", f"out_dir={tmp / method}"])
-        plan = memory.plan(cfg, load_splits(cfg.dataset)) if a.layers is None else None
-        gc.collect()
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-        phases.clear()
-        t0 = time.perf_counter()
-        run = engine.train(cfg, backbone=bb)
-        wall = time.perf_counter() - t0
-        res = runfolder.read_results(run)
-        mem = res["memory"]
-        # The phase trace resets the allocator's peak per phase: the run's peak is their highest.
-        peak = max([p * GiB for _, _, p in phases] or [mem.get("peak_cuda_allocated_bytes", 0)])
-        steps = [r for r in runfolder.read_metrics(run) if r["kind"] == "train"]
-        per_step = (steps[-1]["time_s"] - steps[0]["time_s"]) / max(1, len(steps) - 1)
-        row = {"method": method, **({"phases_gib": _summary(phases)} if phases else {}), "trainable_params": res["trainable_params"],
-               "plan_gib": round(plan["estimate_bytes"] / GiB, 2) if plan else None,
-               "estimate_gib": round(mem["estimate_bytes"] / GiB, 2),
-               "peak_cuda_gib": round(peak / GiB, 2),
-               "estimate_over_peak": round(mem["estimate_bytes"] / peak, 3) if peak else None,
-               "s_per_step": round(per_step, 3), "longest_train_tokens": mem.get("longest_train_tokens"),
-               "wall_s": round(wall, 1), "final_loss": res["final"].get("val_loss")}
-        print(json.dumps(row), flush=True)
-        lines.append(row)
+    method = methods[0]
+    cfg = compose(base + [f"method={method}", f"out_dir={tmp / method}"])
+    plan = memory.plan(cfg, load_splits(cfg.dataset)) if a.layers is None else None
+    t0 = time.perf_counter()
+    run = engine.train(cfg, backbone=bb)
+    wall = time.perf_counter() - t0
+    res = runfolder.read_results(run)
+    mem = res["memory"]
+    # The phase trace resets the allocator's peak per phase: the run's peak is their highest.
+    peak = max([p * GiB for _, _, p in phases] or [mem.get("peak_cuda_allocated_bytes", 0)])
+    steps = [r for r in runfolder.read_metrics(run) if r["kind"] == "train"]
+    per_step = (steps[-1]["time_s"] - steps[0]["time_s"]) / max(1, len(steps) - 1)
+    row = {"method": method, **({"phases_gib": _summary(phases)} if phases else {}), "trainable_params": res["trainable_params"],
+           "plan_gib": round(plan["estimate_bytes"] / GiB, 2) if plan else None,
+           "estimate_gib": round(mem["estimate_bytes"] / GiB, 2),
+           "peak_cuda_gib": round(peak / GiB, 2),
+           "estimate_over_peak": round(mem["estimate_bytes"] / peak, 3) if peak else None,
+           "s_per_step": round(per_step, 3), "longest_train_tokens": mem.get("longest_train_tokens"),
+           "wall_s": round(wall, 1), "final_loss": res["final"].get("val_loss")}
+    print(json.dumps(row), flush=True)
+    lines.append(row)
     if a.out:
         Path(a.out).write_text("".join(json.dumps(x) + "\n" for x in lines))
 

@@ -28,6 +28,8 @@ PAPER = ["bert_base", "roberta_base", "deberta_v3_base", "falcon_7b", "bloom_7b1
 METHODS = [("prefix", "per_token"), ("prompt", "per_token"), ("lt_prefix", "per_token"),
            ("lt_prefix", "paper"), ("lt_prompt", "per_token")]
 LABELS = ["negative", "positive"]
+
+
 def model_cfg(name) -> ModelConfig:
     from omegaconf import OmegaConf
 

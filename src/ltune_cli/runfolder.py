@@ -135,6 +135,7 @@ def stop_signals() -> list:
 
     return [getattr(signal, n) for n in STOP_SIGNALS if hasattr(signal, n)]
 
+
 def read_jsonl(path: str | Path) -> list[dict]:
     out = []
     with open(path, encoding="utf-8") as f:

@@ -1026,7 +1026,8 @@ def _check_nothing_dropped(spec: dict, table, csv: Path) -> None:
         return  # not a runs CSV of ours (no such columns): nothing of the study to lose
     now = set(zip(table.get("stage", []), table.get("run_dir", [])))
     root = study.root_of(spec)
-    changes = [c for c in (root / "superseded").iterdir() if c.is_dir()] if (root / "superseded").is_dir() else []
+    superseded = root / "superseded"
+    changes = [c for c in superseded.iterdir() if c.is_dir()] if superseded.is_dir() else []
     gone = [f"{st}: {rd}" for st, rd in zip(before["stage"], before["run_dir"])
             if (st, rd) not in now and not any((c / rd / "results.json").is_file() for c in changes)]
     if gone:
