@@ -7,7 +7,9 @@ checkpointing) or --hardware. Random weights make the accuracy meaningless; memo
 those of the real model. Each method runs in a process of its own; per method it prints one JSON
 line: the plan `ltune validate` prints before anything loads, the estimate the run prints
 (probed), the CUDA allocator's peak, seconds per step, and with --phases where the peak arose
-(the estimate's probes, the steps, the evaluations). docs/gpu.md quotes its output.
+(the estimate's probes, the steps, the evaluations), with --snapshot what was alive at the
+peak, grouped by where it was allocated (torch.cuda.memory's allocation history). docs/gpu.md
+quotes its output.
 
     python scripts/gpu_figures.py [--model llama2_7b] [--hardware gpu] [--phases] [--out F.jsonl]
     python scripts/gpu_figures.py --layers 1 --device cpu   # the script itself, on a CPU
@@ -38,6 +40,9 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=None, help="model.max_length (default: the preset's)")
     ap.add_argument("--phases", action="store_true",
                     help="also the CUDA peak of each phase: the estimate's probes, each step, each evaluation")
+    ap.add_argument("--snapshot", action="store_true",
+                    help="also the tensors alive at the CUDA peak, grouped by the code that allocated them "
+                         "(on torch 2.11 it broke backward on BERT-base with checkpointing: SystemError)")
     ap.add_argument("--methods", default="prefix,prompt,lt_prefix,lt_prompt")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--layers", type=int, default=None, help="fewer layers than the preset (a CPU try)")
@@ -106,9 +111,19 @@ def main() -> None:
     method = methods[0]
     cfg = compose(base + [f"method={method}", f"out_dir={tmp / method}"])
     plan = memory.plan(cfg, load_splits(cfg.dataset)) if a.layers is None else None
+    snap = a.snapshot and dev.type == "cuda"
+    if snap:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.memory._record_memory_history(max_entries=2_000_000, stacks="python")
     t0 = time.perf_counter()
     run = engine.train(cfg, backbone=bb)
     wall = time.perf_counter() - t0
+    sites = None
+    if snap:
+        trace = torch.cuda.memory._snapshot()["device_traces"][dev.index or 0]
+        torch.cuda.memory._record_memory_history(enabled=None)
+        sites = peak_sites(trace, before)
     res = runfolder.read_results(run)
     mem = res["memory"]
     # The phase trace resets the allocator's peak per phase: the run's peak is their highest.
@@ -121,7 +136,9 @@ def main() -> None:
            "peak_cuda_gib": round(peak / GiB, 2),
            "estimate_over_peak": round(mem["estimate_bytes"] / peak, 3) if peak else None,
            "s_per_step": round(per_step, 3), "longest_train_tokens": mem.get("longest_train_tokens"),
-           "wall_s": round(wall, 1), "final_loss": res["final"].get("val_loss")}
+           "wall_s": round(wall, 1), "final_loss": res["final"].get("val_loss"),
+           "estimate_terms_gib": {k[:-6]: round(v / GiB, 3) for k, v in mem.items() if k.endswith("_bytes")},
+           **({"at_peak": sites} if sites else {})}
     print(json.dumps(row), flush=True)
     lines.append(row)
     if a.out:
@@ -145,6 +162,54 @@ def _trace_phases(phases: list, engine, memory) -> None:
 
     engine._step, engine.evaluate = traced(engine._step, "step"), traced(engine.evaluate, "eval")
     memory.estimate = traced(memory.estimate, "estimate probes")
+
+
+def _where(frames: list) -> str:
+    """Where an allocation came from: its innermost Python frame, and the innermost frames of
+    transformers and of ltune_cli above it. No frames: autograd's device thread (backward)."""
+    def fmt(f):
+        return f"{f['filename'].rsplit('/', 1)[-1]}:{f['line']}:{f['name']}"
+
+    if not frames:
+        return "(no Python frames: autograd backward on its device thread)"
+    out = [fmt(frames[0])]
+    for lib in ("transformers", "ltune_cli"):
+        f = next((f for f in frames if f"/{lib}/" in f["filename"]), None)
+        if f is not None and fmt(f) not in out:
+            out.append(fmt(f))
+    return " < ".join(out)
+
+
+def peak_sites(trace: list, before: int, top: int = 30) -> dict:
+    """Replay torch.cuda.memory's allocation trace (alloc / free_requested): the highest point
+    (`before` = bytes allocated when recording began), the allocation that reached it, and what
+    was alive then, summed by where it was allocated."""
+    alive: dict = {}
+    now = high = at = 0
+    for i, e in enumerate(trace):
+        if e["action"] == "alloc":
+            alive[e["addr"]] = e["size"]
+            now += e["size"]
+            if now > high:
+                high, at = now, i
+        elif e["action"] == "free_requested" and e["addr"] in alive:
+            now -= alive.pop(e["addr"])
+    live: dict = {}
+    for e in trace[:at + 1]:
+        if e["action"] == "alloc":
+            live[e["addr"]] = e
+        elif e["action"] == "free_requested":
+            live.pop(e["addr"], None)
+    groups: dict = {}
+    for e in live.values():
+        g = groups.setdefault(_where(e.get("frames", [])), [0, 0])
+        g[0] += e["size"]
+        g[1] += 1
+    ranked = sorted(groups.items(), key=lambda kv: -kv[1][0])
+    return {"peak_gib": round((before + high) / GiB, 3), "before_gib": round(before / GiB, 3),
+            "events": len(trace), "peak_event": at, "reached_by": _where(trace[at].get("frames", [])) if trace else None,
+            "alive_mib_count": [[w, round(b / 2**20, 1), n] for w, (b, n) in ranked[:top]],
+            "rest_mib": round(sum(b for _, (b, _) in ranked[top:]) / 2**20, 1)}
 
 
 def _summary(phases: list) -> dict:

@@ -381,6 +381,85 @@ def test_estimate_counts_autocast_copy_gradient_temporaries_and_warm_start(senti
     assert (est32["autocast_copy_bytes"], est32["grad_temporary_bytes"]) == (0, 0)
 
 
+@pytest.mark.parametrize("method", ["prompt", "lt_prompt"])
+def test_an_evaluation_batch_is_estimated_at_most_as_large_as_the_evaluation_set(sentiment_files, tmp_path,
+                                                                                tiny_bert_dir, method):
+    """32 dev texts at eval_batch_size 256 are one batch of 32: on an H200 the 64-text dev set of
+    test_cuda at the gpu preset's 256 was estimated at 1.3x its peak."""
+    from ltune_cli import memory
+    from ltune_cli.data import load_splits
+
+    est = {}
+    for e in (32, 256):
+        cfg = _cfg(sentiment_files, tmp_path / f"run{e}", method=method,
+                   **{"model.path": tiny_bert_dir, "hardware.eval_batch_size": e})
+        est[e] = (memory.estimate(engine.build(cfg), cfg)["eval_activation_bytes"],
+                  memory.plan(_with_arch(cfg), load_splits(cfg.dataset))["eval_activation_bytes"])
+    # the plan counts; the probes measure (storages told apart by address: a few KB vary between builds)
+    assert est[256][1] == est[32][1] and est[256][0] == pytest.approx(est[32][0], rel=0.01)
+    cfg16 = _cfg(sentiment_files, tmp_path / "run16", method=method,
+                 **{"model.path": tiny_bert_dir, "hardware.eval_batch_size": 16})
+    assert memory.estimate(engine.build(cfg16), cfg16)["eval_activation_bytes"] < est[32][0]
+
+
+def _with_arch(cfg):
+    """cfg with conf/model/bert_base.yaml's published architecture, for memory.plan."""
+    from omegaconf import OmegaConf
+
+    from ltune_cli.config import compose
+
+    arch = compose(["model=bert_base"]).model.arch
+    OmegaConf.set_struct(cfg, False)
+    cfg.model.arch = arch
+    return cfg
+
+
+def test_cuda_workspaces_are_counted_per_thread_from_torch_or_its_environment(monkeypatch):
+    """cuBLAS's workspace per (thread, stream), the training loop's and backward's: from torch where
+    it says (>= 2.12), else CUBLAS_WORKSPACE_CONFIG, else torch's default (32 MiB on Hopper). On an
+    H200 one of them, 32 MiB, was alive at every run's peak."""
+    from ltune_cli.memory import cuda_workspace_bytes
+
+    cuda = torch.device("cuda", 0)
+    assert cuda_workspace_bytes(torch.device("cpu")) == 0
+    monkeypatch.setattr(torch._C, "_cuda_getCublasWorkspaceSize", lambda: 5 << 20, raising=False)
+    assert cuda_workspace_bytes(cuda) == 10 << 20
+    monkeypatch.delattr(torch._C, "_cuda_getCublasWorkspaceSize")
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:2:16:8")
+    assert cuda_workspace_bytes(cuda) == 2 * (4096 * 2 + 16 * 8) * 1024
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert cuda_workspace_bytes(cuda) == 2 * 32 * 2**20
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert cuda_workspace_bytes(cuda) == 2 * (4096 * 2 + 16 * 8) * 1024
+
+
+def _tensors_alive() -> list[torch.Tensor]:
+    import gc
+
+    gc.collect()
+    return [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt", "lt_prefix", "lt_prompt"])
+@pytest.mark.parametrize("family,settings", [("bert", {}), ("llama", {"hardware.dtype": "bf16",
+                                                                      "hardware.gradient_checkpointing": True})])
+def test_a_finished_run_leaves_no_tensor_of_its_own_alive(sentiment_files, tmp_path, tiny_bert_dir, tiny_llama_dir,
+                                                          method, family, settings):
+    """The estimate's probes build autograd graphs that never run backward: a pack hook that kept
+    the tensor itself made cycles through C++ that gc cannot free, and every run left its graphs
+    and the frozen weights they saved alive in the process (a sweep's runs, one after another, kept
+    every model; on CUDA each run's peak carried the probes). Two runs in one process: nothing of
+    either is left."""
+    before = {id(t) for t in _tensors_alive()}
+    for i in range(2):
+        cfg = _cfg(sentiment_files, tmp_path / f"run{i}", method=method,
+                   **{"model.path": tiny_bert_dir if family == "bert" else tiny_llama_dir, **settings})
+        engine.train(cfg)
+    left = [t for t in _tensors_alive() if id(t) not in before and t.numel() > 16]
+    assert not left, f"{len(left)} tensors outlive the runs, e.g. {[tuple(t.shape) for t in left[:5]]}"
+
+
 # --------------------------------------------------------------------------- item 8: validate's estimate
 def _validate(args):
     from typer.testing import CliRunner

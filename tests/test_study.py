@@ -1083,3 +1083,47 @@ def test_the_committed_results_are_what_make_results_writes_from_the_committed_r
     assert study.main(["results"]) == 0
     for p in paths:
         assert (tmp_path / p).read_text() == committed[p], f"{p} is not what `make results` writes: run it and commit"
+
+
+@pytest.mark.parametrize("slowdown,allowed,started", [(30.0, False, 0), (30.0, True, 2), (1.2, False, 2)])
+def test_half_precision_runs_on_a_cpu_without_its_instructions_are_refused_not_run_80x_slower(
+        tmp_path, monkeypatch, capsys, slowdown, allowed, started):
+    """An AVX2-only machine computed bf16 54x slower than fp32: the plan's bf16 runs (SmolLM2) took
+    220 s a step where they had taken 2.5, and a sitting went by for 12 steps. The stage refuses in
+    one line naming the way out; the plan's dtype stays (its finished runs used it)."""
+    from ltune_cli.models import backbone
+
+    monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path))
+    monkeypatch.setitem(backbone._SLOWDOWN, "bf16", slowdown)
+    spec = {**SPEC, "cells": {"minilm": ["sst2"], "smollm2_135m": ["sst2"]}, "methods": ["lt_prefix"],
+            "models": {"smollm2_135m": ["hardware.dtype=bf16"]}, "tune": {**SPEC["tune"], "lr_scale": [1.0]},
+            "ablate": {"cells": ["minilm/sst2"], "seeds": 1, "variants": {"labels_meaningless": ["lt_prefix"]}}}
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(json.dumps(spec))
+    ran = []
+    monkeypatch.setattr(study, "run_job", lambda job, root, stop=None: ran.append(job.model) or "completed")
+    rc = study.main(["run", "tune", "--plan", str(plan)] + (["--allow-slow-half"] if allowed else []))
+    assert len(ran) == started
+    if not started:
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and "1 of the 2 runs to start use hardware.dtype=bf16" in err
+        assert "--allow-slow-half" in err and "30x slower" in err
+
+
+def test_training_in_half_precision_on_such_a_cpu_says_so(sentiment_files, tmp_path, tiny_bert_dir, monkeypatch,
+                                                          caplog):
+    from conftest import tiny_overrides
+    from ltune_cli import engine
+    from ltune_cli.config import compose
+    from ltune_cli.models import backbone
+
+    monkeypatch.setitem(backbone._SLOWDOWN, "bf16", 30.0)
+    ov = tiny_overrides(*sentiment_files, tmp_path / "run", **{"model.path": tiny_bert_dir, "hardware.dtype": "bf16"})
+    with caplog.at_level("WARNING", logger="ltune"):
+        engine.build(compose(ov))
+    assert any("hardware.dtype=bf16 on this CPU" in r.message and "30x" in r.message for r in caplog.records)
+    monkeypatch.setitem(backbone._SLOWDOWN, "bf16", 1.0)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ltune"):
+        engine.build(compose(ov))
+    assert not any("on this CPU" in r.message for r in caplog.records)

@@ -62,6 +62,10 @@ def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
         raise LtuneError(f"dataset '{cfg.dataset.name}': the eval split is empty.")
     backbone, method = build_model(cfg, data.label_texts, backbone=backbone)
     device = backbone.device
+    from ltune_cli.models.backbone import slow_half_note
+
+    if device.type == "cpu" and (note := slow_half_note(hw.dtype)):
+        log.warning(note)
     tok, L = backbone.tokenizer, cfg.model.max_length
     P = method.positions_before_text()  # texts longer than the position table: an error, not a silent cut
     room = (backbone.max_positions or 0) - P

@@ -4,7 +4,7 @@
                      FSDP shard), counted from its tensors: exact
     trainable        the method's fp32 weights, + their gradients (same size)
     optimizer        AdamW's two fp32 moments per trainable weight
-    other            the method's constants (cached label states)
+    other            the method's constants (cached label states); on CUDA, cuBLAS's workspaces
     activations      what autograd keeps for backward in one micro-batch (hardware.batch_size
                      texts of the longest training length) plus one block's transient tensors
                      and their gradients, or the evaluation forward if that is larger
@@ -51,21 +51,27 @@ def frozen_bytes(module: torch.nn.Module) -> int:
 
 @contextlib.contextmanager
 def count_saved():
-    """Add up the distinct storages autograd saves for backward, parameters excluded."""
+    """Add up the distinct storages autograd saves for backward, parameters excluded.
+
+    The pack hook keeps `t.detach()`, never `t`: a saved tensor that is its node's own output
+    would hold its grad_fn, which holds it, a cycle through C++ that no gc.collect() frees when
+    backward never runs (the probes' case; pytorch/pytorch#115255). Returning `t` kept every
+    probe's graph, the frozen weights it saved among them, alive after the run: a run in a
+    process that goes on (a sweep, the tests) kept its whole model; on CUDA each run's peak
+    carried the probes' activations (0.1-0.8 GiB, docs/gpu.md)."""
     seen: dict[tuple, int] = {}
 
     def pack(t):
         base = t._base if t._base is not None else t
-        if isinstance(t, torch.nn.Parameter) or isinstance(base, torch.nn.Parameter):
-            return t
-        if hasattr(t, "to_local"):
-            return t
-        try:
-            st = t.untyped_storage()
-            seen[(t.device, st.data_ptr())] = st.nbytes()
-        except (RuntimeError, NotImplementedError):  # tensors without storage (meta, sparse)
-            pass
-        return t
+        counted = not (isinstance(t, torch.nn.Parameter) or isinstance(base, torch.nn.Parameter)
+                       or hasattr(t, "to_local"))
+        if counted:
+            try:
+                st = t.untyped_storage()
+                seen[(t.device, st.data_ptr())] = st.nbytes()
+            except (RuntimeError, NotImplementedError):  # tensors without storage (meta, sparse)
+                pass
+        return t.detach()
 
     box = {"bytes": 0}
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -121,7 +127,9 @@ def estimate(s, cfg, world: int = 1) -> dict:
     # Method-side constants that are neither parameters nor activations (cached label states).
     extra = sum(_tensor_bytes(b) for b in method.buffers()) + _label_state_bytes(method)
     layers = max(1, s.backbone.geo.layers)
-    B, E = int(hw.batch_size), int(hw.eval_batch_size)
+    # An evaluation batch holds at most the evaluation set (a 64-text dev set at eval_batch_size 256
+    # was estimated as 256 texts: 1.3x its CUDA peak).
+    B, E = int(hw.batch_size), min(int(hw.eval_batch_size), len(s.eval_enc))
     was = method.training
     method.train()
     try:
@@ -165,6 +173,7 @@ def estimate(s, cfg, world: int = 1) -> dict:
     eval_act = 1.2 * (max(0, e1 - fixed) / layers + max(0, fe1 - e1)) * e_texts
     grads = trainable
     optimizer = 2 * n_train * 4
+    extra += cuda_workspace_bytes(s.device)
     half = hw.dtype in ("bf16", "fp16") and s.device.type in ("cuda", "cpu", "mps")
     tr = transients(method, half=half, accumulate=int(hw.grad_accum) * world > 1)
     # Forward (train or eval): activations + the cached half copies; end of backward: the map's
@@ -181,6 +190,27 @@ def estimate(s, cfg, world: int = 1) -> dict:
             "autocast_copy_bytes": int(tr["autocast_copy"]), "grad_temporary_bytes": int(tr["grad_temporaries"]),
             "warm_start_bytes": int(tr["warm_start"]), "processes": world,
             "micro_batch": B, "longest_train_tokens": int(s.train_enc.lengths.max())}
+
+
+def cuda_workspace_bytes(device: torch.device) -> int:
+    """cuBLAS's workspaces, which torch allocates through its caching allocator (they count in
+    torch.cuda.max_memory_allocated) and keeps: one per thread and stream that runs matmuls, the
+    training loop's and autograd's device thread's (backward). 32 MiB each on an H200, where they
+    were seen alive at the peak (docs/gpu.md); 0 off CUDA."""
+    if device.type != "cuda":
+        return 0
+    get = getattr(torch._C, "_cuda_getCublasWorkspaceSize", None)  # torch >= 2.12
+    if get is not None:
+        return 2 * int(get())
+    import os
+    import re
+
+    env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if env:  # ":SIZE_KiB:COUNT" pairs
+        size = sum(int(k) * int(n) * 1024 for k, n in re.findall(r":(\d+):(\d+)", env))
+    else:  # torch's default (CublasHandlePool.cpp): larger on Hopper
+        size = 4096 * 8 * 1024 if torch.cuda.get_device_capability(device)[0] >= 9 else 4096 * 1024 * 2 + 16 * 1024 * 8
+    return 2 * size
 
 
 def _maps(method) -> list[torch.nn.Linear]:
@@ -377,7 +407,7 @@ def plan(cfg, data) -> dict | None:
     per_token_layer = (8 * d + 2 * kv_dim + mlp_saved) * b
     if mt in EAGER_ATTENTION:  # scores and probabilities, T x (T + prefix) per head
         per_token_layer += h * (T + prefix) * (b + 4)
-    B, E = int(hw.batch_size), int(hw.eval_batch_size)
+    B, E = int(hw.batch_size), min(int(hw.eval_batch_size), max(1, len(data.eval)))
     tokens = B * (T + (prefix if m.name in ("prompt", "lt_prompt") else 0))
     if hw.gradient_checkpointing:  # block inputs kept; one block recomputed with its gradients
         train_act = L * d * b * tokens + 3 * per_token_layer * tokens

@@ -170,7 +170,11 @@ class Backbone(nn.Module):
         cache = reading_cache_class()()
         self._forward(inputs_embeds=prompt.to(self.dtype), attention_mask=mask, past_key_values=cache,
                       use_cache=True, **self._positions(mask, mask.shape[1]))
-        return [cache.read[i] for i in range(len(cache.read))]
+        # Taken out of the cache, not left in it: with gradient checkpointing the blocks' saved
+        # state refers to the cache (an argument the recomputation gets again), and a cache holding
+        # their outputs closed a cycle through C++ that gc cannot free when backward never runs
+        # (memory.estimate's probes): each run left its graphs alive (test_gpu_config).
+        return [cache.read.pop(i) for i in range(len(cache.read))]
 
     def _forward(self, **kwargs):
         """The frozen model's forward. On a CPU in bf16/fp16, SDPA's math kernel: with torch's
@@ -370,6 +374,49 @@ def resolve_device(device: str) -> torch.device:
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+_SLOWDOWN: dict[str, float] = {}
+
+
+def cpu_half_slowdown(dtype: str) -> float:
+    """How many times longer a matrix product takes in `dtype` (bf16/fp16) than in fp32 on this
+    CPU: one thread, a 256 x 256 product, best of three (well under a second). About 1 or less
+    where the CPU has bf16 instructions (AVX-512 BF16, AMX); 30 on an AVX2-only AMD EPYC, where a
+    study's bf16 runs took 220 s a step instead of 2.5 (docs/RESULTS.md, Progress)."""
+    if dtype not in _SLOWDOWN:
+        import time
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            def best(x):
+                times = []
+                for _ in range(3):
+                    t = time.perf_counter()
+                    x @ x
+                    times.append(time.perf_counter() - t)
+                return min(times)
+
+            a = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+            _SLOWDOWN[dtype] = best(a.to(DTYPES[dtype])) / max(best(a), 1e-9)
+        finally:
+            torch.set_num_threads(threads)
+    return _SLOWDOWN[dtype]
+
+
+SLOW_HALF = 3.0  # a half-precision product this many times slower than fp32: the CPU lacks bf16/fp16 instructions
+
+
+def slow_half_note(dtype: str) -> str | None:
+    """One line when hardware.dtype=`dtype` on this CPU is slow (cpu_half_slowdown > SLOW_HALF), else None."""
+    if dtype not in ("bf16", "fp16"):
+        return None
+    slow = cpu_half_slowdown(dtype)
+    if slow <= SLOW_HALF:
+        return None
+    return (f"hardware.dtype={dtype} on this CPU: a matrix product takes {slow:.0f}x as long as in fp32 (no "
+            f"{dtype} instructions: lscpu shows no avx512_bf16 / amx_bf16); hardware.dtype=fp32 is faster here")
 
 
 def load_backbone(model_cfg, hardware_cfg=None, *, model=None, tokenizer=None) -> Backbone:
