@@ -238,3 +238,111 @@ def test_estimate_for_a_7b_wide_model(method, sentiment_files, tmp_path):
     print(json.dumps({"model": "llama-7b-wide-2-layers", "method": method, "estimate_MiB": est["estimate_bytes"] / 2**20,
                       "measured_peak_MiB": meas["peak"] / 2**20, "ratio": ratio}))
     assert 0.75 <= ratio <= 1.25
+
+
+# --------------------------------------------------------------------------- bf16 on a CPU without bf16 instructions
+def test_half_products_on_fp32_copies_are_what_the_native_kernels_compute():
+    """HalfMatmulsInFp32 runs a bf16/fp16 product of CPU tensors on fp32 copies and rounds once.
+    Small integers make every sum exact in any order, so the native kernel's result must come out
+    bit for bit, in the half type, and the product must have run in fp32 (seen by a mode below)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from ltune_cli.models.backbone import HalfMatmulsInFp32
+
+    seen = []
+
+    class Below(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append((func.__name__, [a.dtype for a in args if isinstance(a, torch.Tensor)]))
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(0)
+
+    def ints(*shape, dtype):
+        return torch.randint(-8, 9, shape, generator=g).to(dtype)
+
+    for dtype in (torch.bfloat16, torch.float16):
+        a, b, c = ints(5, 7, dtype=dtype), ints(7, 3, dtype=dtype), ints(5, 3, dtype=dtype)
+        A, B, C = ints(2, 5, 7, dtype=dtype), ints(2, 7, 3, dtype=dtype), ints(2, 5, 3, dtype=dtype)
+        v, w = ints(7, dtype=dtype), ints(5, dtype=dtype)
+        cases = [(torch.mm, (a, b), {}), (torch.addmm, (c, a, b), {"beta": 2, "alpha": 3}), (torch.bmm, (A, B), {}),
+                 (torch.baddbmm, (C, A, B), {"alpha": 2}), (torch.mv, (a, v), {}), (torch.addmv, (w, a, v), {})]
+        for fn, args, kw in cases:
+            native = fn(*args, **kw)
+            seen.clear()
+            with Below(), HalfMatmulsInFp32():
+                got = fn(*args, **kw)
+            assert got.dtype == dtype and torch.equal(got, native)
+            assert seen and all(dt == torch.float32 for _, dts in seen if _.startswith(("mm", "addmm", "bmm",
+                                                                                      "baddbmm", "mv", "addmv"))
+                                for dt in dts), seen
+    with HalfMatmulsInFp32():  # fp32 products and other ops pass through untouched
+        x = torch.ones(3, 3)
+        assert (x @ x).dtype == torch.float32 and torch.equal(x @ x, torch.full((3, 3), 3.0))
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_a_training_step_with_half_products_on_fp32_copies_matches_the_native_one(family):
+    """Forward and backward of every method in bf16 on a CPU, native products vs HalfMatmulsInFp32
+    (engine: around the forward in s.autocast(), around backward in s.matmuls()): the same loss and
+    gradients up to bf16's rounding, the order of fp32 sums being all that differs."""
+    from ltune_cli.models.backbone import HalfMatmulsInFp32
+
+    for name, variant in METHODS:
+        out = []
+        for mode in (contextlib.nullcontext, HalfMatmulsInFp32):
+            bb = tiny_backbone(family)
+            bb.model.to(torch.bfloat16)
+            torch.manual_seed(0)
+            m = build_method(MethodConfig(name=name, variant=variant, num_virtual_tokens=3), bb, LABELS)
+            enc = bb.tokenizer(["the movie was good", "bad film", "it was a very dull plot"], padding=True,
+                               return_tensors="pt")
+            batch = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+            batch["labels"] = torch.tensor([1, 0, 2])
+            with torch.autocast("cpu", dtype=torch.bfloat16), mode():
+                loss = m.training_loss(batch, torch.Generator().manual_seed(0))
+            with mode():
+                loss.backward()
+            out.append((loss.item(), {k: p.grad.clone() for k, p in m.named_parameters() if p.requires_grad}))
+        (l0, g0), (l1, g1) = out
+        assert l1 == pytest.approx(l0, rel=1e-2), (name, variant)
+        for k in g0:
+            scale = g0[k].abs().max().clamp(min=1e-12)
+            assert (g1[k] - g0[k]).abs().max() / scale < 5e-2, (name, variant, k)
+
+
+def test_a_bf16_run_on_a_cpu_without_bf16_instructions_takes_the_fp32_products(sentiment_files, tmp_path,
+                                                                              tiny_llama_dir, monkeypatch, caplog):
+    """Where bf16 products are many times slower than fp32 (an AVX2-only EPYC: 36-70x; the study's
+    SmolLM2 runs went from 2.6 s a step to 220), engine.build says so and takes HalfMatmulsInFp32
+    for the forwards and backward; elsewhere nothing changes. Both give the same run up to bf16's
+    rounding."""
+    from ltune_cli.models import backbone
+    from ltune_cli.models.backbone import HalfMatmulsInFp32
+
+    runs = {}
+    for slowdown in (30.0, 1.0):
+        monkeypatch.setitem(backbone._SLOWDOWN, "bf16", slowdown)
+        cfg = cfg_for(sentiment_files, tmp_path / f"x{slowdown}", tiny_llama_dir, method="lt_prompt",
+                      **{"hardware.dtype": "bf16"})
+        caplog.clear()
+        with caplog.at_level("INFO", logger="ltune"):
+            s = engine.build(cfg)
+        said = [r.message for r in caplog.records if "on this CPU" in r.message]
+        assert (s.matmuls is HalfMatmulsInFp32, bool(said)) == ((True, True) if slowdown > 3 else (False, False))
+        if said:
+            assert "30x as long as fp32" in said[0] and "rounded to bf16 once" in said[0]
+        modes = []  # the mode each backward runs under: backward's products too
+        backward = torch.Tensor.backward
+
+        def spy(self, *a, **k):
+            from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+            modes.append(type(_get_current_dispatch_mode()).__name__)
+            return backward(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, "backward", spy)
+        runs[slowdown] = [r["val_loss"] for r in runfolder.read_metrics(engine.train(cfg)) if r["kind"] == "eval"]
+        monkeypatch.setattr(torch.Tensor, "backward", backward)
+        assert modes and set(modes) == {"HalfMatmulsInFp32" if slowdown > 3 else "NoneType"}
+    assert runs[30.0] == pytest.approx(runs[1.0], rel=1e-2)

@@ -39,6 +39,7 @@ class Setup:
     eval_enc: Encoded
     device: torch.device
     autocast: object  # () -> context manager
+    matmuls: object = contextlib.nullcontext  # () -> the context of backward's half products (backbone.half_matmuls)
 
 
 def seed_everything(seed: int) -> None:
@@ -65,7 +66,7 @@ def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
     from ltune_cli.models.backbone import slow_half_note
 
     if device.type == "cpu" and (note := slow_half_note(hw.dtype)):
-        log.warning(note)
+        log.info(note)
     tok, L = backbone.tokenizer, cfg.model.max_length
     P = method.positions_before_text()  # texts longer than the position table: an error, not a silent cut
     room = (backbone.max_positions or 0) - P
@@ -74,19 +75,28 @@ def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
                              "use fewer positions before the text (method.num_virtual_tokens, method.label_len)")
     train_enc = encode_examples(data.train, tok, L, what="train") if with_train else None
     eval_enc = encode_examples(data.eval, tok, L, what="eval")
-    return Setup(cfg, data, backbone, method, train_enc, eval_enc, device, autocaster(device, hw.dtype))
+    from ltune_cli.models.backbone import half_matmuls
+
+    return Setup(cfg, data, backbone, method, train_enc, eval_enc, device, autocaster(device, hw.dtype),
+                 half_matmuls(device, hw.dtype))
 
 
 def autocaster(device: torch.device, dtype_name: str):
-    """() -> the autocast context of hardware.dtype on `device` (a no-op for fp32)."""
-    from ltune_cli.models.backbone import DTYPES
+    """() -> the autocast context of hardware.dtype on `device` (a no-op for fp32), with the
+    half-precision products of a CPU without instructions for them on fp32 copies
+    (backbone.half_matmuls)."""
+    from ltune_cli.models.backbone import DTYPES, half_matmuls
 
     dtype = DTYPES[dtype_name]
+    matmuls = half_matmuls(device, dtype_name)
 
     def autocast():
         if dtype == torch.float32:
             return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=dtype)
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.autocast(device.type, dtype=dtype))
+        stack.enter_context(matmuls())
+        return stack
 
     return autocast
 
@@ -501,7 +511,8 @@ def _step(s: Setup, method, idx, pairs_gen, hw, scaler=None) -> float:
             with _micro_rng(seeds[j] if seeds else None, s.device) as gen:
                 with s.autocast():
                     loss = method.training_loss(batch, gen or pairs_gen) * (len(micros[j]) / len(idx))
-                (scaler.scale(loss) if scaler is not None else loss).backward()
+                with s.matmuls():
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
             loss_val += loss.item()
     except torch.OutOfMemoryError:
         B, A = hw.batch_size, hw.grad_accum

@@ -567,25 +567,8 @@ def _again(argv: list[str] | None, stage: str) -> str:
     return " ".join(shlex.quote(a) for a in [exe, "-m", "ltune_cli.study", *(argv or ["run", stage])])
 
 
-def _refuse_slow_half(todo: list) -> None:
-    """Refuse a stage whose runs to start are half precision on a CPU that computes it many times
-    slower than fp32 (an AVX2-only machine took 220 s a step where the plan's runs had taken 2.5):
-    the sitting would be spent on a few steps. The plan's dtype is not changed here, since its
-    finished runs used it."""
-    from ltune_cli.models.backbone import cpu_half_slowdown, slow_half_note
-
-    for dtype in ("bf16", "fp16"):
-        half = [j for j in todo if f"hardware.dtype={dtype}" in j.overrides]
-        if half and slow_half_note(dtype):
-            raise LtuneError(
-                f"{len(half)} of the {len(todo)} runs to start use hardware.dtype={dtype} (the plan's, e.g. "
-                f"{half[0].model}), and this CPU computes {dtype} {cpu_half_slowdown(dtype):.0f}x slower than fp32 "
-                f"(lscpu shows no avx512_bf16 / amx_bf16): run them on a CPU that has them, pick the others with "
-                f"--models, or pass --allow-slow-half to run them anyway.")
-
-
 def run_stage(spec: dict, stage: str, jobs_in_parallel: int = 2, dry: bool = False,
-              argv: list[str] | None = None, allow_slow_half: bool = False) -> int:
+              argv: list[str] | None = None) -> int:
     """Run the stage's missing jobs. The tune stage's extensions (`tune_grid`) are known only once
     the runs before them have finished: a stage runs in rounds until no job is left to start.
     A stop signal (`_Stop`) checkpoints the runs going and ends the stage: exit 128 + the signal."""
@@ -614,8 +597,6 @@ def run_stage(spec: dict, stage: str, jobs_in_parallel: int = 2, dry: bool = Fal
                 return 128 + getattr(signal, stop.signal)
             if not todo:
                 return 1 if failed else 0
-            if not started and not allow_slow_half:
-                _refuse_slow_half(todo)
             started |= {j.folder(root) for j in todo}
             with ThreadPoolExecutor(max_workers=jobs_in_parallel) as pool:
                 for n, (job, status) in enumerate(zip(todo, pool.map(lambda j: run_job(j, root, stop), todo)), 1):
@@ -767,8 +748,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan", default="reproduce_cpu", help="conf/study/<plan>.yaml or a path")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (each on hardware.num_threads=1)")
     p.add_argument("--dry-run", action="store_true", help="print the commands still to run")
-    p.add_argument("--allow-slow-half", action="store_true",
-                   help="run bf16/fp16 runs even on a CPU that computes them many times slower than fp32")
     p.add_argument("--drop-missing", action="store_true",
                    help="results: write the report even if runs its CSV lists are no longer there (moved out)")
     for kind in ("models", "datasets", "methods"):
@@ -786,8 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.command == "run":
             if a.stage is None:
                 raise LtuneError("say which stage to run: pilot, tune, final or ablate.")
-            return run_stage(spec, a.stage, a.jobs, a.dry_run, argv=sys.argv[1:] if argv is None else argv,
-                             allow_slow_half=a.allow_slow_half)
+            return run_stage(spec, a.stage, a.jobs, a.dry_run, argv=sys.argv[1:] if argv is None else argv)
         if a.command == "results":
             from ltune_cli import study_report as sr
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ltune_cli.errors import LtuneError
 from ltune_cli.models.families import (
@@ -408,6 +409,42 @@ def cpu_half_slowdown(dtype: str) -> float:
 SLOW_HALF = 3.0  # a half-precision product this many times slower than fp32: the CPU lacks bf16/fp16 instructions
 
 
+def half_matmuls(device: torch.device, dtype: str):
+    """() -> the context that bf16/fp16 matrix products run in: on a CPU without instructions for
+    them (cpu_half_slowdown > SLOW_HALF), HalfMatmulsInFp32; elsewhere nothing (nullcontext)."""
+    if device.type != "cpu" or dtype not in ("bf16", "fp16") or cpu_half_slowdown(dtype) <= SLOW_HALF:
+        return contextlib.nullcontext
+    return HalfMatmulsInFp32
+
+
+_MATMULS = None
+
+
+class HalfMatmulsInFp32(TorchDispatchMode):
+    """Within: a bf16/fp16 matrix product of CPU tensors (mm, addmm, bmm, baddbmm, mv, addmv) runs
+    on fp32 copies of its operands and its result is rounded to the half type once, which is
+    what the native kernel computes (fp32 accumulation, one rounding): on a test layer, forward
+    and backward, bit for bit the same (tests/test_gpu_settings.py). Where the CPU has no bf16
+    instructions the native kernel took 36-70x as long as fp32; this takes about as long. Other
+    ops, other devices and tensor subclasses (FSDP's DTensor) pass through untouched. Entered
+    around forwards (engine.autocaster) and backward (engine._step)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        global _MATMULS
+        if _MATMULS is None:
+            aten = torch.ops.aten
+            _MATMULS = frozenset({aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
+                                  aten.mv.default, aten.addmv.default})
+        kwargs = kwargs or {}
+        if func in _MATMULS:
+            ts = [a for a in args if isinstance(a, torch.Tensor)]
+            half = ts[0].dtype if ts else None
+            if half in (torch.bfloat16, torch.float16) and all(
+                    type(t) is torch.Tensor and t.device.type == "cpu" and t.dtype == half for t in ts):
+                return func(*[a.float() if isinstance(a, torch.Tensor) else a for a in args], **kwargs).to(half)
+        return func(*args, **kwargs)
+
+
 def slow_half_note(dtype: str) -> str | None:
     """One line when hardware.dtype=`dtype` on this CPU is slow (cpu_half_slowdown > SLOW_HALF), else None."""
     if dtype not in ("bf16", "fp16"):
@@ -415,8 +452,9 @@ def slow_half_note(dtype: str) -> str | None:
     slow = cpu_half_slowdown(dtype)
     if slow <= SLOW_HALF:
         return None
-    return (f"hardware.dtype={dtype} on this CPU: a matrix product takes {slow:.0f}x as long as in fp32 (no "
-            f"{dtype} instructions: lscpu shows no avx512_bf16 / amx_bf16); hardware.dtype=fp32 is faster here")
+    return (f"hardware.dtype={dtype} on this CPU: its {dtype} matrix products take {slow:.0f}x as long as fp32 ones "
+            f"(no {dtype} instructions: lscpu shows no avx512_bf16 / amx_bf16); they run on fp32 copies, rounded "
+            f"to {dtype} once: the native kernel's result, at fp32's speed")
 
 
 def load_backbone(model_cfg, hardware_cfg=None, *, model=None, tokenizer=None) -> Backbone:
