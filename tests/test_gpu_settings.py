@@ -335,14 +335,17 @@ def test_a_bf16_run_on_a_cpu_without_bf16_instructions_takes_the_fp32_products(s
         modes = []  # the mode each backward runs under: backward's products too
         backward = torch.Tensor.backward
 
-        def spy(self, *a, **k):
+        def spy(self, *a, _modes=modes, _backward=backward, **k):
             from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-            modes.append(type(_get_current_dispatch_mode()).__name__)
-            return backward(self, *a, **k)
+            _modes.append(type(_get_current_dispatch_mode()).__name__)
+            return _backward(self, *a, **k)
 
         monkeypatch.setattr(torch.Tensor, "backward", spy)
-        runs[slowdown] = [r["val_loss"] for r in runfolder.read_metrics(engine.train(cfg)) if r["kind"] == "eval"]
+        run = engine.train(cfg)
+        runs[slowdown] = [r["val_loss"] for r in runfolder.read_metrics(run) if r["kind"] == "eval"]
         monkeypatch.setattr(torch.Tensor, "backward", backward)
+        assert runfolder.read_results(run)["versions"]["cpu_half_products"] == (
+            "fp32 copies, rounded once" if slowdown > 3 else "native")
         assert modes and set(modes) == {"HalfMatmulsInFp32" if slowdown > 3 else "NoneType"}
     assert runs[30.0] == pytest.approx(runs[1.0], rel=1e-2)

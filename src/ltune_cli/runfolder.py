@@ -31,6 +31,7 @@ weights or report versions): `compare` and the reports use it alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -500,9 +501,12 @@ def result_record(cfg, s, *, status: str, history: list[dict], steps: int, wall:
         b = max(evals, key=lambda h: h[primary])
         best = {k: b[k] for k in keep if k in b}
     total = sum(p.numel() for p in s.backbone.parameters()) + s.method.num_trainable() if s else None
+    half = None  # how a CPU computed half-precision products (backbone.HalfMatmulsInFp32)
+    if s and s.device.type == "cpu" and cfg.hardware.dtype in ("bf16", "fp16"):
+        half = "fp32 copies, rounded once" if s.matmuls is not contextlib.nullcontext else "native"
     return {
         "schema": SCHEMA, "status": status, "error": error,
-        "ltune_version": _version(), "versions": versions(), "git": git_info(),
+        "ltune_version": _version(), "versions": {**versions(), "cpu_half_products": half}, "git": git_info(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run": {"name": run_name(cfg), "method": cfg.method.name,
                 "variant": cfg.method.variant if cfg.method.name == "lt_prefix" else None,
