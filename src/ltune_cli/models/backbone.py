@@ -383,8 +383,8 @@ _SLOWDOWN: dict[str, float] = {}
 def cpu_half_slowdown(dtype: str) -> float:
     """How many times longer a matrix product takes in `dtype` (bf16/fp16) than in fp32 on this
     CPU: one thread, a 256 x 256 product, best of three (well under a second). About 1 or less
-    where the CPU has bf16 instructions (AVX-512 BF16, AMX); 30 on an AVX2-only AMD EPYC, where a
-    study's bf16 runs took 220 s a step instead of 2.5 (docs/RESULTS.md, Progress)."""
+    where the CPU has bf16 instructions (AVX-512 BF16, AMX); 36-54 on an AVX2-only AMD EPYC, where
+    the study's bf16 runs took 220 s a step instead of 2.6 (BENCHMARKS.md)."""
     if dtype not in _SLOWDOWN:
         import time
 
@@ -417,7 +417,8 @@ def half_matmuls(device: torch.device, dtype: str):
     return HalfMatmulsInFp32
 
 
-_MATMULS = None
+_MATMULS = frozenset({torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+                      torch.ops.aten.baddbmm.default, torch.ops.aten.mv.default, torch.ops.aten.addmv.default})
 
 
 class HalfMatmulsInFp32(TorchDispatchMode):
@@ -430,11 +431,6 @@ class HalfMatmulsInFp32(TorchDispatchMode):
     around forwards (engine.autocaster) and backward (engine._step)."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        global _MATMULS
-        if _MATMULS is None:
-            aten = torch.ops.aten
-            _MATMULS = frozenset({aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
-                                  aten.mv.default, aten.addmv.default})
         kwargs = kwargs or {}
         if func in _MATMULS:
             ts = [a for a in args if isinstance(a, torch.Tensor)]
