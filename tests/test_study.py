@@ -1083,4 +1083,3 @@ def test_the_committed_results_are_what_make_results_writes_from_the_committed_r
     assert study.main(["results"]) == 0
     for p in paths:
         assert (tmp_path / p).read_text() == committed[p], f"{p} is not what `make results` writes: run it and commit"
-

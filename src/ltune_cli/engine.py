@@ -63,10 +63,11 @@ def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
         raise LtuneError(f"dataset '{cfg.dataset.name}': the eval split is empty.")
     backbone, method = build_model(cfg, data.label_texts, backbone=backbone)
     device = backbone.device
-    from ltune_cli.models.backbone import slow_half_note
+    from ltune_cli.models.backbone import HalfMatmulsInFp32, half_matmuls, half_matmuls_note
 
-    if device.type == "cpu" and (note := slow_half_note(hw.dtype)):
-        log.info(note)
+    matmuls = half_matmuls(device, hw.dtype)
+    if matmuls is HalfMatmulsInFp32:
+        log.info(half_matmuls_note(hw.dtype))
     tok, L = backbone.tokenizer, cfg.model.max_length
     P = method.positions_before_text()  # texts longer than the position table: an error, not a silent cut
     room = (backbone.max_positions or 0) - P
@@ -75,10 +76,7 @@ def build(cfg, *, backbone=None, with_train: bool = True) -> Setup:
                              "use fewer positions before the text (method.num_virtual_tokens, method.label_len)")
     train_enc = encode_examples(data.train, tok, L, what="train") if with_train else None
     eval_enc = encode_examples(data.eval, tok, L, what="eval")
-    from ltune_cli.models.backbone import half_matmuls
-
-    return Setup(cfg, data, backbone, method, train_enc, eval_enc, device, autocaster(device, hw.dtype),
-                 half_matmuls(device, hw.dtype))
+    return Setup(cfg, data, backbone, method, train_enc, eval_enc, device, autocaster(device, hw.dtype), matmuls)
 
 
 def autocaster(device: torch.device, dtype_name: str):

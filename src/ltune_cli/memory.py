@@ -173,7 +173,7 @@ def estimate(s, cfg, world: int = 1) -> dict:
     eval_act = 1.2 * (max(0, e1 - fixed) / layers + max(0, fe1 - e1)) * e_texts
     grads = trainable
     optimizer = 2 * n_train * 4
-    extra += cuda_workspace_bytes(s.device)
+    extra += cuda_workspace_bytes(s.device)  # "other": kept by cuBLAS from the first matmul on
     half = hw.dtype in ("bf16", "fp16") and s.device.type in ("cuda", "cpu", "mps")
     tr = transients(method, half=half, accumulate=int(hw.grad_accum) * world > 1)
     # Forward (train or eval): activations + the cached half copies; end of backward: the map's

@@ -441,16 +441,12 @@ class HalfMatmulsInFp32(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def slow_half_note(dtype: str) -> str | None:
-    """One line when hardware.dtype=`dtype` on this CPU is slow (cpu_half_slowdown > SLOW_HALF), else None."""
-    if dtype not in ("bf16", "fp16"):
-        return None
-    slow = cpu_half_slowdown(dtype)
-    if slow <= SLOW_HALF:
-        return None
-    return (f"hardware.dtype={dtype} on this CPU: its {dtype} matrix products take {slow:.0f}x as long as fp32 ones "
-            f"(no {dtype} instructions: lscpu shows no avx512_bf16 / amx_bf16); they run on fp32 copies, rounded "
-            f"to {dtype} once: the native kernel's result, at fp32's speed")
+def half_matmuls_note(dtype: str) -> str:
+    """The line a run logs when half_matmuls chose HalfMatmulsInFp32 for `dtype`."""
+    flags = "avx512_bf16 / amx_bf16" if dtype == "bf16" else "avx512_fp16 / amx_fp16"
+    return (f"hardware.dtype={dtype} on this CPU: its {dtype} matrix products take {cpu_half_slowdown(dtype):.0f}x "
+            f"as long as fp32 ones (no {dtype} instructions: lscpu shows no {flags}); they run on fp32 copies, "
+            f"rounded to {dtype} once: the native kernel's result, at fp32's speed")
 
 
 def load_backbone(model_cfg, hardware_cfg=None, *, model=None, tokenizer=None) -> Backbone:
