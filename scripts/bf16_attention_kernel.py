@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from ltune_cli.batching import encode_examples
-from ltune_cli.bench.variants import LtuneTrain, autocast_for
+from ltune_cli.bench.variants import LtuneTrain
 from ltune_cli.config import compose
 from ltune_cli.data import load_splits
+from ltune_cli.engine import autocaster
 from ltune_cli.models import backbone as bbm
 
 
@@ -27,7 +28,7 @@ def main(model: str) -> None:
     data = load_splits(cfg0.dataset)
     enc = encode_examples(data.train[:3000], bb.tokenizer, cfg0.model.max_length)
     lens = np.array([len(x) for x in enc.input_ids])
-    autocast = autocast_for(bb.device, torch.bfloat16)
+    autocast = autocaster(bb.device, "bf16")
     math_kernel = bbm.Backbone._forward
 
     def default_kernel(self, **kw):

@@ -8,6 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,6 +79,7 @@ def test_gradient_checkpointing_gives_identical_gradients(family, dtype):
     autocast, as gpu_large runs it; on a CPU its forward runs in SDPA's math kernel
     (Backbone._forward), and the recomputation must too (it picked flash and backward failed)."""
     from ltune_cli.engine import autocaster
+    from ltune_cli.models.backbone import half_matmuls
 
     for name, variant in METHODS:
         if family == "deberta-v2" and "prefix" in name:
@@ -96,7 +98,8 @@ def test_gradient_checkpointing_gives_identical_gradients(family, dtype):
             batch["labels"] = torch.tensor([1, 0, 2])
             with memory.count_saved() as saved, autocaster(bb.device, dtype)():
                 loss = m.training_loss(batch, torch.Generator().manual_seed(0))
-            loss.backward()
+            with half_matmuls(bb.device, dtype)():  # as engine._step: the recomputed forward's products too
+                loss.backward()
             out.append((loss.item(), {k: p.grad.clone() for k, p in m.named_parameters() if p.requires_grad},
                         saved["bytes"]))
         (l0, g0, s0), (l1, g1, s1) = out
@@ -309,6 +312,146 @@ def test_a_training_step_with_half_products_on_fp32_copies_matches_the_native_on
         for k in g0:
             scale = g0[k].abs().max().clamp(min=1e-12)
             assert (g1[k] - g0[k]).abs().max() / scale < 5e-2, (name, variant, k)
+
+
+_PRODUCTS = ("mm", "addmm", "bmm", "baddbmm", "mv", "addmv", "dot", "vdot", "linear", "matmul", "einsum", "bilinear",
+             "tensordot", "_addmm_activation", "mkldnn_linear")
+
+
+def _half_products_below():
+    """A dispatch mode that records the matrix products, composite or not, reaching it with a
+    bf16/fp16 tensor: what HalfMatmulsInFp32 above it let through to the native kernels."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Below(TorchDispatchMode):
+        seen: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.split(".")[0] in _PRODUCTS and any(
+                    isinstance(a, torch.Tensor) and a.dtype in (torch.bfloat16, torch.float16) for a in args):
+                self.seen.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    return Below()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_evaluation_products_run_on_fp32_copies_too(family):
+    """torch.inference_mode (evaluation, `ltune eval`) hands composite ops (aten.linear, aten.matmul)
+    to a dispatch mode whole: HalfMatmulsInFp32 must take them apart, or every evaluation runs the
+    native bf16 kernels (the study's SmolLM2 evaluations: 95% of their time in bf16_dot). A frozen
+    model's bias reaches it as an nn.Parameter. Every method, every family: no half product gets
+    through, and the scores are the native kernels' ones."""
+    from ltune_cli.models.backbone import HalfMatmulsInFp32
+
+    enc_texts = ["the movie was good", "bad film", "it was a very dull plot"]
+    for name, variant in METHODS:
+        bb = tiny_backbone(family)
+        bb.model.to(torch.bfloat16)
+        torch.manual_seed(0)
+        try:
+            m = build_method(MethodConfig(name=name, variant=variant, num_virtual_tokens=3), bb, LABELS).eval()
+        except LtuneError:  # a key/value prefix on a family whose attention takes none (DeBERTa)
+            continue
+        enc = bb.tokenizer(enc_texts, padding=True, return_tensors="pt")
+        batch = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+        scores = {}
+        for mode in (contextlib.nullcontext, HalfMatmulsInFp32):
+            below = _half_products_below()
+            below.seen = []
+            with torch.inference_mode(), below, torch.autocast("cpu", dtype=torch.bfloat16), mode():
+                scores[mode] = m.scores(batch).float()
+            if mode is HalfMatmulsInFp32:
+                assert below.seen == [], (family, name, variant, sorted(set(below.seen)))
+            else:
+                assert below.seen, "the recorder sees the native half products"
+        native, copies = scores.values()
+        assert torch.allclose(copies, native, rtol=2e-2, atol=2e-2 * native.abs().max().item()), (family, name)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_fp32_products_change_no_other_op_of_a_training_step(family):
+    """Forward and backward of a training step: every op that reaches the kernels without
+    HalfMatmulsInFp32 reaches them with it too (none taken apart: an op with a kernel of its own,
+    silu_backward, decomposed would round differently), and the loss and gradients match."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from ltune_cli.models.backbone import HalfMatmulsInFp32
+
+    class Below(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    seen, out = {}, {}
+    for mode in (contextlib.nullcontext, HalfMatmulsInFp32):
+        bb = tiny_backbone(family)
+        bb.model.to(torch.bfloat16)
+        torch.manual_seed(0)
+        m = build_method(MethodConfig(name="lt_prefix", variant="per_token", num_virtual_tokens=3), bb, LABELS)
+        enc = bb.tokenizer(["the movie was good", "bad film"], padding=True, return_tensors="pt")
+        batch = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+        batch["labels"] = torch.tensor([1, 0])
+        below = Below()
+        with below, torch.autocast("cpu", dtype=torch.bfloat16), mode():
+            loss = m.training_loss(batch, torch.Generator().manual_seed(0))
+        with below, mode():
+            loss.backward()
+        seen[mode] = below.ops
+        out[mode] = [loss.item()] + [p.grad.abs().sum().item() for p in m.parameters() if p.requires_grad]
+    missing = seen[contextlib.nullcontext] - seen[HalfMatmulsInFp32]
+    assert not missing, f"taken apart under the mode: {sorted(missing)}"
+    assert out[HalfMatmulsInFp32] == pytest.approx(out[contextlib.nullcontext], rel=1e-2)
+
+
+def test_engine_evaluation_takes_the_fp32_products(sentiment_files, tmp_path, tiny_llama_dir, monkeypatch):
+    """engine.evaluate (inference mode) on a CPU where bf16 products are slow: none reaches the native
+    kernels."""
+    from ltune_cli.models import backbone
+
+    monkeypatch.setitem(backbone._SLOWDOWN, "bf16", 30.0)
+    s = engine.build(cfg_for(sentiment_files, tmp_path / "run", tiny_llama_dir, method="lt_prefix",
+                             **{"hardware.dtype": "bf16"}))
+    below = _half_products_below()
+    below.seen = []
+    with below:
+        metrics, _ = engine.evaluate(s, limit=8)
+    assert below.seen == [] and 0.0 <= metrics["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("impl", ["ltune", "peft"])
+def test_the_bench_steps_and_scores_with_the_engines_products(impl, sentiment_files, tmp_path, tiny_llama_dir,
+                                                               monkeypatch):
+    """`ltune bench` measures the engine's step: on a CPU where bf16 products are slow, its forwards,
+    backward (LtuneTrain and the PEFT baseline alike) and evaluation pass take HalfMatmulsInFp32
+    as engine.build does; none reaches the native kernels."""
+    from ltune_cli.batching import encode_examples
+    from ltune_cli.bench.variants import EvalPass, LtuneTrain, PeftTrain
+    from ltune_cli.data import load_splits
+    from ltune_cli.models import backbone
+    from ltune_cli.models.backbone import load_backbone
+
+    if impl == "peft":
+        pytest.importorskip("peft")
+    monkeypatch.setitem(backbone._SLOWDOWN, "bf16", 30.0)
+    cfg = cfg_for(sentiment_files, tmp_path / "b", tiny_llama_dir, method="prompt", **{"hardware.dtype": "bf16"})
+    bb = load_backbone(cfg.model, cfg.hardware)
+    data = load_splits(cfg.dataset)
+    enc = encode_examples(data.train[:8], bb.tokenizer, cfg.model.max_length)
+    autocast = engine.autocaster(bb.device, "bf16")
+    runner = (LtuneTrain(cfg, bb, data.label_texts, enc, bb.device, autocast) if impl == "ltune" else
+              PeftTrain("prompt", cfg, bb, len(data.label_texts), enc, bb.device, torch.bfloat16, autocast))
+    below = _half_products_below()
+    below.seen = []
+    with below:
+        runner.step(np.arange(4))
+        if impl == "ltune":
+            EvalPass(cfg, bb, data.label_texts, enc, bb.device, autocast).run()
+    assert below.seen == [], sorted(set(below.seen))
 
 
 def test_a_bf16_run_on_a_cpu_without_bf16_instructions_takes_the_fp32_products(sentiment_files, tmp_path,

@@ -230,6 +230,28 @@ def test_sighup_checkpoints_and_second_signal_still_says_how(sentiment_files, tm
     assert signal.getsignal(signal.SIGINT) is sigint_before  # handlers put back
 
 
+def test_a_signal_in_the_last_step_lets_the_run_complete(sentiment_files, tmp_path, tiny_bert_dir, monkeypatch):
+    """A stop signal during the last step (or its final evaluation, the slowest part of many runs):
+    everything but writing the results is done, so the run completes rather than checkpointing
+    and leaving the final evaluation for a resume to redo."""
+    real_step, calls = engine._step, {"n": 0}
+
+    def step(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+        return real_step(*a, **k)
+
+    train, dev = sentiment_files
+    cfg = compose(tiny_overrides(train, dev, tmp_path / "last", steps=6, **{"model.path": tiny_bert_dir,
+                                                                             "train.checkpoint_every": 2}))
+    monkeypatch.setattr(engine, "_step", step)
+    run = engine.train(cfg)
+    res = runfolder.read_results(run)
+    assert res["status"] == "completed" and res["steps"] == 6 and res["final"]["accuracy"] is not None
+
+
 def test_stale_temporaries_are_removed_on_resume(tmp_path):
     cfg = compose([f"out_dir={tmp_path}/run"])
     run, _ = runfolder.prepare_run_dir(cfg)

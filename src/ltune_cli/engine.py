@@ -438,6 +438,12 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
             stopping = stop.requested
             if d.enabled and distributed.any_true(bool(stopping)):  # all ranks stop at the same step
                 stopping = stopping or "SIGTERM"
+            if stopping and (step >= tc.max_steps or stopped_at is not None):
+                # the last step and its evaluation are done: stopping would throw that evaluation
+                # away for a resume to redo; what is left (writing the results) takes a moment
+                log.info("%s after the run's last step: it completes (only its results are left to write)",
+                         stopping)
+                stopping = None
             if stopping or (tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.max_steps):
                 if d.is_main:
                     checkpoint.save(run_dir, snapshot(), tc.keep_checkpoints)

@@ -23,9 +23,10 @@ def main(spec_path: str, out_path: str) -> None:
 
     from ltune_cli.batching import encode_examples
     from ltune_cli.bench import measure
-    from ltune_cli.bench.variants import LtuneTrain, PeftTrain, autocast_for
+    from ltune_cli.bench.variants import LtuneTrain, PeftTrain
     from ltune_cli.config import compose
     from ltune_cli.data import load_splits
+    from ltune_cli.engine import autocaster
     from ltune_cli.models.backbone import DTYPES, load_backbone
 
     spec = json.loads(open(spec_path).read())
@@ -49,7 +50,7 @@ def main(spec_path: str, out_path: str) -> None:
     rss_backbone = measure.rss_bytes() - rss_runtime
     cuda_backbone = torch.cuda.memory_allocated(device) if cuda else 0
     dtype = DTYPES[cfg0.hardware.dtype]
-    autocast = autocast_for(device, dtype)
+    autocast = autocaster(device, cfg0.hardware.dtype)
     out = {"rss_runtime_mib": rss_runtime / 2**20, "rss_backbone_mib": rss_backbone / 2**20,
            "steps": len(batches), "variants": {}}
     for v in spec["variants"]:

@@ -30,7 +30,6 @@ from ltune_cli.bench.variants import (
     EvalPass,
     LtuneTrain,
     PeftTrain,
-    autocast_for,
     matmul_params,
     padded_tokens,
     real_tokens,
@@ -133,6 +132,7 @@ def bench_model(spec: str, st: BenchSettings, say) -> dict:
     from ltune_cli.batching import BatchOrder, encode_examples
     from ltune_cli.config import compose
     from ltune_cli.data import load_splits
+    from ltune_cli.engine import autocaster
     from ltune_cli.models.backbone import DTYPES, load_backbone
 
     base_ov = model_overrides(spec) + list(st.overrides)
@@ -144,7 +144,7 @@ def bench_model(spec: str, st: BenchSettings, say) -> dict:
     backbone = load_backbone(cfg0.model, hw)
     load_s = time.perf_counter() - t
     device, dtype = backbone.device, DTYPES[hw.dtype]
-    autocast = autocast_for(device, dtype)
+    autocast = autocaster(device, hw.dtype)  # the engine's, half products on fp32 copies included
     data = load_splits(cfg0.dataset)
     t = time.perf_counter()
     enc = encode_examples(data.train, backbone.tokenizer, cfg0.model.max_length, what="train")

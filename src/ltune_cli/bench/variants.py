@@ -15,17 +15,7 @@ import torch
 
 from ltune_cli.batching import Encoded, collate
 from ltune_cli.memory import forward_input
-
-
-def autocast_for(device: torch.device, dtype: torch.dtype):
-    """The engine's autocast (engine.build): none in fp32, torch.autocast otherwise."""
-
-    def autocast():
-        if dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=dtype)
-
-    return autocast
+from ltune_cli.models.backbone import half_matmuls
 
 
 def matmul_params(model: torch.nn.Module) -> int:
@@ -93,7 +83,8 @@ class _TrainStep:
         with self.count.batch(idx):
             with self.autocast():
                 loss = self.loss(batch, len(idx))
-            loss.backward()
+            with self.matmuls():  # as engine._step: backward's half products where the forward's are
+                loss.backward()
         loss_val = loss.item()
         if not np.isfinite(loss_val):
             raise FloatingPointError(f"non-finite loss {loss_val}")
@@ -113,6 +104,7 @@ class LtuneTrain(_TrainStep):
         from ltune_cli.methods import build_method
 
         self.cfg, self.enc, self.backbone, self.autocast = cfg, enc, backbone, autocast
+        self.matmuls = half_matmuls(device, cfg.hardware.dtype)
         self.device = device
         seed_everything(cfg.seed)  # as engine.build: method init independent of what ran before
         self.method = build_method(cfg.method, backbone, label_texts).to(device)
@@ -155,6 +147,7 @@ class PeftTrain(_TrainStep):
         from ltune_cli.models.offline import resolve
 
         self.enc, self.device, self.autocast = enc, device, autocast
+        self.matmuls = half_matmuls(device, cfg.hardware.dtype)
         self.pad_id = backbone.pad_id
         # Decoders' classification heads pool the last position when given inputs_embeds (prompt
         # tuning): left padding makes that the last real token. Same tokens, same cost.
@@ -215,7 +208,8 @@ class EvalPass:
         seed_everything(cfg.seed)
         method = build_method(cfg.method, backbone, label_texts).to(device)
         method.eval()
-        self.setup = Setup(cfg, None, backbone, method, None, enc, device, autocast)
+        self.setup = Setup(cfg, None, backbone, method, None, enc, device, autocast,
+                           half_matmuls(device, cfg.hardware.dtype))
         self.pairs = len(enc) * len(label_texts)
         self.texts = len(enc)
         self.count = PositionCount(backbone.model, grad_only=False)

@@ -419,6 +419,17 @@ def half_matmuls(device: torch.device, dtype: str):
 
 _MATMULS = frozenset({torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
                       torch.ops.aten.baddbmm.default, torch.ops.aten.mv.default, torch.ops.aten.addmv.default})
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # what the mode sees of a frozen weight or bias
+
+
+def _only_composite(func) -> bool:
+    """Whether `func` runs as its CompositeImplicitAutograd decomposition wherever it runs (no
+    kernel of its own): taking it apart then changes nothing but which ops this mode sees. An op
+    with a kernel of its own (silu_backward) keeps it: its decomposition may round differently."""
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    name = func.name()
+    return has(name, "CompositeImplicitAutograd") and not any(
+        has(name, k) for k in ("CPU", "CompositeExplicitAutograd", "CompositeExplicitAutogradNonFunctional"))
 
 
 class HalfMatmulsInFp32(TorchDispatchMode):
@@ -428,7 +439,13 @@ class HalfMatmulsInFp32(TorchDispatchMode):
     and backward, bit for bit the same (tests/test_gpu_settings.py). Where the CPU has no bf16
     instructions the native kernel took 36-70x as long as fp32; this takes about as long. Other
     ops, other devices and tensor subclasses (FSDP's DTensor) pass through untouched. Entered
-    around forwards (engine.autocaster) and backward (engine._step)."""
+    around forwards (engine.autocaster) and backward (engine._step).
+
+    Under torch.inference_mode (evaluation, `ltune eval`) composite ops such as aten.linear and
+    aten.matmul reach this mode whole instead of as the mm / addmm they are made of: they are
+    decomposed here (OpOverload.decompose, what happens to them outside inference mode), so
+    their products come back through this mode too. A frozen model's bias is an nn.Parameter:
+    plain tensors and parameters qualify, tensor subclasses with their own dispatch do not."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -436,8 +453,13 @@ class HalfMatmulsInFp32(TorchDispatchMode):
             ts = [a for a in args if isinstance(a, torch.Tensor)]
             half = ts[0].dtype if ts else None
             if half in (torch.bfloat16, torch.float16) and all(
-                    type(t) is torch.Tensor and t.device.type == "cpu" and t.dtype == half for t in ts):
+                    type(t) in _PLAIN and t.device.type == "cpu" and t.dtype == half for t in ts):
                 return func(*[a.float() if isinstance(a, torch.Tensor) else a for a in args], **kwargs).to(half)
+        elif _only_composite(func):
+            with self:  # the parts dispatch here again (as FakeTensorMode does it)
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
         return func(*args, **kwargs)
 
 
