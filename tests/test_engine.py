@@ -142,6 +142,25 @@ def test_a_resumed_run_counts_the_time_of_every_sitting(sentiment_files, tmp_pat
     assert res["train_time_s"] == res["wall_time_s"] == 80.0  # steps 1-4, then 5-8 again
     times = [r["time_s"] for r in runfolder.read_metrics(cfg.out_dir) if r["kind"] == "train"]
     assert times == [20.0, 40.0, 60.0, 80.0]
+    here = runfolder.machine()
+    assert here["cpu"] and here["logical_cpus"] and here["accelerator"] is None
+    assert res["sittings"] == [{"machine": here, "steps": [0, 4], "wall_s": 40.0},
+                               {"machine": here, "steps": [4, 8], "wall_s": 40.0}]
+
+
+def test_sittings_before_the_key_are_recorded_as_unknown(sentiment_files, tmp_path, tiny_bert_dir, monkeypatch):
+    """A checkpoint written before results.json had "sittings" (an older ltune): the steps up to it
+    ran on a machine nobody recorded (null), not on this one."""
+    cfg = cfg_for(sentiment_files, tmp_path / "old", tiny_bert_dir, steps=6, **{"train.checkpoint_every": 3})
+    train_killed(cfg, 5, monkeypatch)
+    [ck] = checkpoint.list_checkpoints(cfg.out_dir)
+    payload = torch.load(ck, weights_only=False)
+    del payload["sittings"]
+    torch.save(payload, ck)
+    cfg.resume = True
+    res = runfolder.read_results(engine.train(cfg))
+    assert [(t["machine"], t["steps"]) for t in res["sittings"]] == [(None, [0, 3]),
+                                                                     (runfolder.machine(), [3, 6])]
 
 
 def _cli(*args, env_extra=None, **kw):

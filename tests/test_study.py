@@ -417,6 +417,37 @@ def test_runs_table_has_one_row_per_completed_run(tmp_path, monkeypatch):
     assert (table["stage"] == "tune").sum() == 12 and table["accuracy"].max() == pytest.approx(0.61)
 
 
+def test_wall_times_of_runs_on_different_machines_are_shown_apart(tmp_path, monkeypatch):
+    """A cell whose final runs ran on different machines (results.json "sittings"; the machine of
+    most of a run's steps): its minutes are one mean per machine, each named, never one mean."""
+    from ltune_cli import study_report
+
+    monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path))
+    root = study.root_of(SPEC)
+    for j in study.tune_jobs(SPEC):
+        _finish(j, root, 0.6)
+    fast, slow = ({"host": h, "cpu": c, "logical_cpus": 2, "accelerator": None}
+                  for h, c in (("a", "Xeon with AMX"), ("b", "AMD EPYC")))
+    cell = [j for j in study.final_jobs(SPEC, study.choose(SPEC, root)) if (j.dataset, j.method) == ("r8", "prefix")]
+    assert len(cell) == 3
+    for n, (j, sittings, minutes) in enumerate(zip(cell, (
+            None,  # from before the key: not recorded
+            [{"machine": slow, "steps": [0, 10], "wall_s": 1800.0}],
+            [{"machine": None, "steps": [0, 3], "wall_s": 100.0}, {"machine": slow, "steps": [3, 10], "wall_s": 2000.0}],
+    ), (10.0, 30.0, 40.0))):
+        _finish(j, root, 0.6, seed=n)
+        res = json.loads((j.folder(root) / "results.json").read_text())
+        (j.folder(root) / "results.json").write_text(json.dumps({**res, "wall_time_s": minutes * 60,
+                                                                 **({"sittings": sittings} if sittings else {})}))
+    table = study.runs_table(SPEC)
+    assert [m if isinstance(m, str) else None for m in table[table["stage"] == "final"]["machine"]] == [
+        None, "AMD EPYC", "AMD EPYC"]
+    row = next(r for r in study_report.cost_table(SPEC, table) if r.startswith("| minilm | prefix"))
+    assert "10.0 (n=1, machine not recorded); 35.0 ± 7.1 (n=2, AMD EPYC)" in row, row
+    assert study.machine_of({"sittings": [{"machine": fast, "steps": [0, 2]}, {"machine": slow, "steps": [2, 10]}]}) \
+        == "AMD EPYC"
+
+
 def test_only_restricts_every_stage_and_final_needs_only_its_own_tune_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("LTUNE_OUTPUTS", str(tmp_path))
     spec = SPEC

@@ -332,16 +332,23 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
     # Wall and training seconds of the earlier sittings of a resumed run, up to the checkpoint it
     # resumes from: results.json and the records' time_s count the whole run, not its last sitting.
     before = {"wall": 0.0, "train": 0.0}
+    # Each sitting's machine, steps and wall seconds (results.json "sittings"): the earlier ones
+    # from the checkpoint, this one from its first step.
+    sittings, here = [], runfolder.machine(s.device)
 
     def elapsed() -> dict:
         now = time.time()
         return {"wall": before["wall"] + now - t_start, "train": before["train"] + now - t_train}
+
+    def all_sittings() -> list[dict]:
+        return sittings + [{"machine": here, "steps": [first_step, step], "wall_s": time.time() - t_start}]
 
     def snapshot() -> dict:
         return {"step": step, "trainable": method.trainable_state(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "order": order.state_dict(),
                 "pairs_gen": pairs_gen.get_state(), "rng": checkpoint.rng_state(), "window": dict(window),
                 "scaler": scaler.state_dict(), "selection": sel.state_dict(), "elapsed": elapsed(),
+                "sittings": all_sittings(),
                 "metrics_bytes": metrics_path.stat().st_size, "micro_batches": hw.grad_accum * d.world}
 
     if ckpt is not None:
@@ -355,6 +362,8 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
         checkpoint.set_rng_state(ckpt["rng"])
         window, step = ckpt["window"], ckpt["step"]
         before.update(ckpt.get("elapsed") or {})  # checkpoints before this key: the last sitting only
+        # checkpoints from before "sittings": their steps' machine was not recorded
+        sittings = ckpt.get("sittings") or [{"machine": None, "steps": [0, step], "wall_s": before["wall"]}]
         sel.load_state_dict(ckpt.get("selection"))
         if sel.exhausted() and step < tc.max_steps:  # interrupted at the very evaluation that stopped it
             stopped_at = step
@@ -381,6 +390,7 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
 
     method.train()
     t_train, window_t = time.time(), time.time()
+    first_step = step
     preds = last_eval = None
     stop.in_loop, stop.step = True, step
     # metrics.jsonl, the logger= backend and the console (loggers.py): one call per record
@@ -475,6 +485,7 @@ def _train(cfg, run_dir: Path, t_start: float, backbone, console, resuming: bool
         results["distributed"] = {"strategy": d.strategy, "world_size": d.world, "backend": d.backend,
                                   "global_batch": hw.batch_size * hw.grad_accum * d.world}
         results["memory"] = {**mem_estimate, **memory.peak(s.device)}
+        results["sittings"] = all_sittings()
         runfolder.write_json(run_dir / "results.json", results)
         import shutil
 

@@ -12,7 +12,9 @@ Layout of `outputs/<run>/` (schema `ltune.results/1`)::
                            evaluation's, or the best one's with train.keep_best), "last" the last
                            evaluation; a completed run adds "saved_weights" {which, step, metric,
                            value} and "early_stopping" {patience, stopped_early, stopped_at_step,
-                           best_step} (selection.py)
+                           best_step} (selection.py), and "sittings": [{machine (`machine()`; null:
+                           not recorded, a checkpoint from before this key), steps [from, to],
+                           wall_s}], one per sitting of a resumed run
     predictions.json       {"gold": [int], "pred": [int], "label_texts": [str]} of the final eval
     trainable.safetensors  the trainable weights only (the frozen base is never saved)
     error.txt              present when the run failed (results.json then has status "failed")
@@ -572,6 +574,27 @@ def _version() -> str:
     from ltune_cli import __version__
 
     return __version__
+
+
+def machine(device=None) -> dict:
+    """What a sitting of a run ran on: results.json "sittings" (its wall time means nothing
+    without it; a study's runs may span machines). cpu: the model name Linux reports (else
+    platform.processor()); accelerator: the CUDA device's name when the run used one."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    accel = None
+    if device is not None and getattr(device, "type", None) == "cuda":
+        import torch
+
+        accel = torch.cuda.get_device_name(device)
+    return {"host": platform.node(), "cpu": cpu, "logical_cpus": os.cpu_count(), "accelerator": accel}
 
 
 def versions() -> dict:

@@ -610,6 +610,17 @@ def run_stage(spec: dict, stage: str, jobs_in_parallel: int = 2, dry: bool = Fal
             signal.signal(s, h)
 
 
+def machine_of(res: dict) -> str | None:
+    """The CPU (and accelerator) that ran most of a run's steps (results.json "sittings"); None
+    where that was not recorded (runs from before the key; steps of a checkpoint from before it)."""
+    steps: dict = {}
+    for sit in res.get("sittings") or []:
+        m = sit.get("machine")
+        name = None if m is None else m["cpu"] + (f" + {m['accelerator']}" if m.get("accelerator") else "")
+        steps[name] = steps.get(name, 0) + sit["steps"][1] - sit["steps"][0]
+    return max(steps, key=lambda k: steps[k]) if steps else None
+
+
 def runs_table(spec: dict):
     """One row per completed run of every stage (pandas DataFrame): the per-run CSV's content."""
     import pandas as pd
@@ -626,7 +637,7 @@ def runs_table(spec: dict):
                          "tag": job.tag, "seed": res["seed"], **job.values,
                          "steps": res["steps"], "trainable_params": res["trainable_params"],
                          "train_time_s": res["train_time_s"], "wall_time_s": res["wall_time_s"],
-                         "eval_examples": res["eval_examples"],
+                         "eval_examples": res["eval_examples"], "machine": machine_of(res),
                          **{k: final.get(k) for k in ("accuracy", "mcc", "macro_f1", "val_loss", "pair_accuracy")},
                          "run_dir": str(job.folder(root).relative_to(root))})
     return pd.DataFrame(rows)

@@ -523,12 +523,28 @@ def cost_table(spec: dict, table) -> list[str]:
     out = ["## Trainable parameters and wall time per final run", "",
            "| model | method | trainable parameters | " + " | ".join(f"minutes, {d}" for d in datasets) + " |",
            "|---|---|---|" + "---|" * len(datasets)]
+    split = False
     for (model, method), g in final.groupby(["model", "method"], sort=False):
         params = " / ".join(f"{int(p):,}" for p in sorted(set(g["trainable_params"])))
-        walls = [_mean_std(g[g["dataset"] == d]["wall_time_s"] / 60, 1) for d in datasets]
+        walls = []
+        for d in datasets:
+            runs = g[g["dataset"] == d]
+            on = [m if isinstance(m, str) else None for m in runs.get("machine", [None] * len(runs))]
+            machines = list(dict.fromkeys(on))
+            if len(machines) <= 1:
+                walls.append(_mean_std(runs["wall_time_s"] / 60, 1))
+                continue
+            split = True  # one cell's runs on different machines: their minutes are not one sample
+            walls.append("; ".join(
+                _mean_std((w / 60 for w, o in zip(runs["wall_time_s"], on) if o == m), 1)
+                .replace(")", f", {m or 'machine not recorded'})") for m in machines))
         out.append(f"| {model} | {METHOD_NAMES[method]} | {params} | " + " | ".join(walls) + " |")
-    return out + ["", "Trainable parameters differ across datasets by the head (K labels) and the chosen length P; "
-                  "minutes: mean ± std wall time of one-thread runs.", ""]
+    note = ("Trainable parameters differ across datasets by the head (K labels) and the chosen length P; "
+            "minutes: mean ± std wall time of one-thread runs.")
+    if split:
+        note += (" Where a cell's runs ran on different machines (results.json `sittings`: the CPU that ran most "
+                 "of a run's steps; not recorded before that key existed), each machine's runs are shown apart.")
+    return out + ["", note, ""]
 
 
 def curve_records(spec: dict, final: dict) -> list[dict]:
