@@ -324,7 +324,9 @@ def _half_products_below():
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Below(TorchDispatchMode):
-        seen: list = []
+        def __init__(self):
+            super().__init__()
+            self.seen = []
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func.__name__.split(".")[0] in _PRODUCTS and any(
@@ -358,7 +360,6 @@ def test_evaluation_products_run_on_fp32_copies_too(family):
         scores = {}
         for mode in (contextlib.nullcontext, HalfMatmulsInFp32):
             below = _half_products_below()
-            below.seen = []
             with torch.inference_mode(), below, torch.autocast("cpu", dtype=torch.bfloat16), mode():
                 scores[mode] = m.scores(batch).float()
             if mode is HalfMatmulsInFp32:
@@ -417,7 +418,6 @@ def test_engine_evaluation_takes_the_fp32_products(sentiment_files, tmp_path, ti
     s = engine.build(cfg_for(sentiment_files, tmp_path / "run", tiny_llama_dir, method="lt_prefix",
                              **{"hardware.dtype": "bf16"}))
     below = _half_products_below()
-    below.seen = []
     with below:
         metrics, _ = engine.evaluate(s, limit=8)
     assert below.seen == [] and 0.0 <= metrics["accuracy"] <= 1.0
@@ -446,7 +446,6 @@ def test_the_bench_steps_and_scores_with_the_engines_products(impl, sentiment_fi
     runner = (LtuneTrain(cfg, bb, data.label_texts, enc, bb.device, autocast) if impl == "ltune" else
               PeftTrain("prompt", cfg, bb, len(data.label_texts), enc, bb.device, torch.bfloat16, autocast))
     below = _half_products_below()
-    below.seen = []
     with below:
         runner.step(np.arange(4))
         if impl == "ltune":

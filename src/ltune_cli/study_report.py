@@ -37,11 +37,13 @@ GPU_COMMAND = ("for s in pilot tune final ablate; do python -m ltune_cli.study r
                "done; python -m ltune_cli.study results --plan reproduce_gpu")
 
 
-def _mean_std(values, digits: int = 3) -> str:
+def _mean_std(values, digits: int = 3, of: str = "") -> str:
+    """"mean ± std (n=k)", or "(n=k, <of>)" when given what the values are of."""
     mean, std, n = summarize(list(values))
     if not n:
         return ""
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "") + f" (n={n})"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "") + f" (n={n}" + \
+        (f", {of})" if of else ")")
 
 
 def _signed(x: float | None) -> str:
@@ -535,9 +537,8 @@ def cost_table(spec: dict, table) -> list[str]:
                 walls.append(_mean_std(runs["wall_time_s"] / 60, 1))
                 continue
             split = True  # one cell's runs on different machines: their minutes are not one sample
-            walls.append("; ".join(
-                _mean_std((w / 60 for w, o in zip(runs["wall_time_s"], on) if o == m), 1)
-                .replace(")", f", {m or 'machine not recorded'})") for m in machines))
+            walls.append("; ".join(_mean_std((w / 60 for w, o in zip(runs["wall_time_s"], on) if o == m), 1,
+                                             of=m or "machine not recorded") for m in machines))
         out.append(f"| {model} | {METHOD_NAMES[method]} | {params} | " + " | ".join(walls) + " |")
     note = ("Trainable parameters differ across datasets by the head (K labels) and the chosen length P; "
             "minutes: mean ± std wall time of one-thread runs.")

@@ -9,6 +9,7 @@ layout, pooling) come from `families.FAMILIES`; this file never branches on a mo
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -422,6 +423,7 @@ _MATMULS = frozenset({torch.ops.aten.mm.default, torch.ops.aten.addmm.default, t
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # what the mode sees of a frozen weight or bias
 
 
+@functools.cache  # asked for every op under the mode; an op's kernels do not change in a process
 def _only_composite(func) -> bool:
     """Whether `func` runs as its CompositeImplicitAutograd decomposition wherever it runs (no
     kernel of its own): taking it apart then changes nothing but which ops this mode sees. An op
