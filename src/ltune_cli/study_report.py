@@ -42,8 +42,8 @@ def _mean_std(values, digits: int = 3, of: str = "") -> str:
     mean, std, n = summarize(list(values))
     if not n:
         return ""
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "") + f" (n={n}" + \
-        (f", {of})" if of else ")")
+    of = f", {of}" if of else ""
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "") + f" (n={n}{of})"
 
 
 def _signed(x: float | None) -> str:
