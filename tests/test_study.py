@@ -623,6 +623,19 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
         "where not distinguishable, no gain from the label's meaning shows (the intervals rule out any).")
     wide = [{**point, "lo": -0.02, "hi": 0.03}, {**point, "method": "lt_prompt", "lo": -0.07, "hi": 0.01}]
     assert study_report.label_semantics_note("labels_swapped", wide).endswith("gains up to 0.070 are not ruled out by the intervals.")
+    # the warm start: named where it resolves, and only then read as what the paper's unspecified start costs
+    cold = [{**point, "ablation": "warm_start_off", "dataset": "sst2", "diff": -0.336, "lo": -0.369, "hi": -0.302,
+             "excludes_zero": True}, {**point, "ablation": "warm_start_off", "dataset": "sst2", "method": "lt_prompt",
+                                      "lo": -0.02, "hi": 0.03}, {**point, "ablation": "labels_swapped", "diff": -0.5,
+                                                                 "lo": -0.6, "hi": -0.4, "excludes_zero": True}]
+    assert study_report.warm_start_note(cold) == (
+        "- The label warm start (method.init_from_label, ltune's default; the paper does not say how its maps start, "
+        "docs/methods.md): without it, lower with an interval excluding 0 in 1 (minilm/sst2 LT-prefix -0.336 [-0.369, "
+        "-0.302] *), higher in 0, not distinguishable in 1 of 2 method x cell comparisons; where lower, the L-Tuning "
+        "scores above owe that much to ltune's start: started as the paper leaves it, L-Tuning scores lower (at the "
+        "learning rates tuned with the warm start, not retuned without it).")
+    assert study_report.warm_start_note(cold[1:]).endswith("not distinguishable in 1 of 1 method x cell comparisons.")
+    assert study_report.warm_start_note(cold[2:]) is None
     assert "![t_curves_minilm.png](results/t_curves_minilm.png)" in text  # beside the CSV, linked relatively
     assert (tmp_path / "results" / "t_curves_minilm.png").stat().st_size > 10_000
     figures = {p.name: p.read_bytes() for p in (tmp_path / "results").glob("t_curves_*")}

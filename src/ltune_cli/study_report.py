@@ -750,12 +750,28 @@ def a5_note(abl_rows: list[dict], contrasts: list[dict]) -> str | None:
     return note + "."
 
 
+def warm_start_note(rows: list[dict]) -> str | None:
+    """The verdict's bullet on ltune's label warm start (init_from_label; the paper does not say how its maps
+    start): L-Tuning without it against with it, at the learning rates tuned with it."""
+    rows = [r for r in rows if r["ablation"] == "warm_start_off" and r["diff"] is not None]
+    if not rows:
+        return None
+    lower = _by_sign(rows)[0]
+    return ("- The label warm start (method.init_from_label, ltune's default; the paper does not say how its maps "
+            f"start, docs/methods.md): without it, {_sign_text(rows, 'lower', 'higher')}"
+            + ("; where lower, the L-Tuning scores above owe that much to ltune's start: started as the paper leaves "
+               "it, L-Tuning scores lower (at the learning rates tuned with the warm start, not retuned without it)"
+               if lower else "") + ".")
+
+
 def ablation_table(rows: list[dict]) -> list[str]:
     out = ["## Ablations", ""]
     if not rows:
         return out + ["No ablation run has completed yet (`make study STAGE=ablate`).", ""]
     out += ["Each ablation against the same method with its real label texts and defaults (the final stage's "
-            "runs, same seeds); difference with a 95% paired bootstrap interval, `*`: excludes 0"
+            "runs, same seeds). An ablation runs with the values tuned for the method it varies (learning rate "
+            "included), not retuned for itself: a gap measures the change at that setting; "
+            "difference with a 95% paired bootstrap interval, `*`: excludes 0"
            + ("; `n=k paired`: the ablation and the final stage ran different seeds (ablate.seeds, "
               "ablate.seeds_by_cell), and the difference uses the k both have." if any(r.get("unpaired_seeds")
                                                                                   for r in rows) else "."), "",
@@ -904,6 +920,8 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
         if note := label_semantics_note(name, [r for r in abl if r["ablation"] == name]):
             out.append(note)
     if note := a5_note(abl, contrasts):
+        out.append(note)
+    if note := warm_start_note(abl):
         out.append(note)
     if framing := [r for r in abl if r["ablation"] == "pair_framing" and r["diff"] is not None]:
         out.append("- The framing alone (a baseline scoring (text, label) pairs with random per-label tokens instead of "
