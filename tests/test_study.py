@@ -818,7 +818,12 @@ def test_learning_and_the_race_are_judged_on_the_primary_metric(monkeypatch):
      "seeds), and the warm start lowers it (minilm/sst2 -0.350 [-0.500, -0.200] *, 2 seeds).", None),
     (20, 28, "**both**: below per-token without either warm start (minilm/sst2 -0.150 [-0.275, -0.050] *, 2 seeds), "
      "and its warm start lowers it further (minilm/sst2 -0.200 [-0.325, -0.075] *, 2 seeds).", None),
-    (34, 34, "**not resolved** by these runs", "")])
+    (34, 34, "**not resolved** by these runs (no difference resolved, or the cells disagree: minilm/sst2: capacity "
+     "+0.000 [+0.000, +0.000], warm start +0.000 [+0.000, +0.000]).", ""),
+    # without a warm start A.5 is *above* per-token: said as such, not folded into "not below"
+    (38, 38, "neither warm-started in 0, above it in 1 of 1; its own warm start raises it in 0, lowers it in 0 of 1: "
+     "**not resolved** by these runs (no difference resolved, or the cells disagree: minilm/sst2: capacity +0.100 "
+     "[+0.025, +0.200] *, warm start +0.000 [+0.000, +0.000]).", "")])
 def test_the_a5_contrasts_tell_capacity_from_warm_start(tmp_path, monkeypatch, paper_warm, paper_cold, reading,
                                                         at_chance):
     """RESULTS.md's A.5 section and verdict: A.5 without its warm start against per_token without one

@@ -714,7 +714,7 @@ def a5_note(abl_rows: list[dict], contrasts: list[dict]) -> str | None:
         return None
     parts = ([f"below per-token, both warm-started, with an interval excluding 0 in {warm[0]} of {warm[2]} cells"]
              if warm[2] else [])
-    parts += [f"below it with neither warm-started in {cap[0]} of {cap[2]}"] if cap[2] else []
+    parts += [f"below it with neither warm-started in {cap[0]}, above it in {cap[1]} of {cap[2]}"] if cap[2] else []
     parts += [f"its own warm start raises it in {start[1]}, lowers it in {start[0]} of {start[2]}"] if start[2] else []
     starts = [c for c in contrasts if c["contrast"] == "warm start" and c["diff"] is not None]
     open_starts = [c for c in _by_sign(starts)[2] if c["lo"] < 0]  # a fall the intervals still allow
@@ -736,8 +736,12 @@ def a5_note(abl_rows: list[dict], contrasts: list[dict]) -> str | None:
     elif not cap[0] and start[0] == start[2]:
         reading = (f"**its warm start**: without one it is not below per-token{named('capacity')}, and the warm "
                    f"start lowers it{named('warm start')}")
-    else:
-        reading = "**not resolved** by these runs (no difference resolved, or the cells disagree)"
+    else:  # name what each cell says: a disagreement between cells is a finding too
+        done = [c for c in contrasts if c["diff"] is not None]
+        cells = dict.fromkeys((c["model"], c["dataset"]) for c in done)
+        said = "; ".join(f"{m}/{d}: " + ", ".join(f"{c['contrast']} {_interval(c)}" for c in done
+                                                  if (c["model"], c["dataset"]) == (m, d)) for m, d in cells)
+        reading = f"**not resolved** by these runs (no difference resolved, or the cells disagree: {said})"
     note = f"- The A.5 pooling variant, weak by capacity or by its warm start? {'; '.join(parts)}: {reading}"
     if any(c["chance_a"] or c["chance_b"] for c in starts):  # a collapsed seed: what an ill-conditioned start does
         def arm(key: str, runs: str) -> str:
