@@ -616,7 +616,13 @@ def test_results_report_every_section_from_the_run_folders(tmp_path, monkeypatch
             "out by the intervals.\n") in text
     assert ("- The framing alone (a baseline scoring (text, label) pairs with random per-label tokens instead of its "
             "K-way head): lower with an interval excluding 0 in 0, higher in 0, not distinguishable in 1 of 1 method x "
-            "cell comparisons.\n") in text
+            "cell comparisons; the label text within that framing (L-Tuning against its baseline framed the same way, "
+            "each at its own tuned values): L-Tuning lower with an interval excluding 0 in 0, higher in 0, not "
+            "distinguishable in 1 of 1 method x cell comparisons.\n") in text
+    # ... and its table: L-Tuning's final runs against the framed baseline (1 ablation seed of r8's 3)
+    assert "### The label text within the pair framing" in text
+    assert re.search(r"\| minilm \| r8 \| LT-prefix \| 0\.625 ± 0\.025 \(n=3\) \| prefix \| 0\.\d+ \(n=1\) \| "
+                     r"[+-]0\.\d+ \[[+-]0\.\d+, [+-]0\.\d+\] \(n=1 paired\) \|", text)
     point = {"model": "minilm", "dataset": "r8", "method": "lt_prefix", "diff": 0.0, "lo": 0.0, "hi": 0.0,
              "excludes_zero": False}
     assert study_report.label_semantics_note("labels_swapped", [point]).endswith(
@@ -1132,3 +1138,28 @@ def test_the_committed_results_are_what_make_results_writes_from_the_committed_r
     assert study.main(["results"]) == 0
     for p in paths:
         assert (tmp_path / p).read_text() == committed[p], f"{p} is not what `make results` writes: run it and commit"
+
+
+def test_the_label_text_within_the_pair_framing_is_l_tuning_against_the_framed_baseline():
+    """label_in_framing: L-Tuning's final runs minus its own baseline's pair-framing ablation (same cell,
+    paired by seed), never the K-way baseline's final runs and never the other pair's ablation."""
+    from types import SimpleNamespace
+
+    from ltune_cli import study_report
+
+    def runs(*scores):
+        return [SimpleNamespace(seed=s, final={"accuracy": x}, predictions=None) for s, x in enumerate(scores)]
+
+    final = {("minilm", "r8", "lt_prefix"): runs(0.90, 0.92), ("minilm", "r8", "prefix"): runs(0.50, 0.50),
+             ("minilm", "r8", "lt_prompt"): runs(0.70, 0.70), ("minilm", "r8", "prompt"): runs(0.10, 0.10)}
+    abl = {("minilm", "r8", "prefix", "pair_framing"): runs(0.80, 0.80),
+           ("minilm", "r8", "prompt", "pair_framing"): runs(0.60, 0.62, 0.64),
+           ("minilm", "r8", "lt_prefix", "labels_swapped"): runs(0.0, 0.0)}
+    rows = {r["method"]: r for r in study_report.label_in_framing(final, abl)}
+    assert set(rows) == {"lt_prefix", "lt_prompt"}
+    assert rows["lt_prefix"]["baseline"] == "prefix" and rows["lt_prefix"]["diff"] == pytest.approx(0.11)
+    assert rows["lt_prompt"]["diff"] == pytest.approx(0.09) and rows["lt_prompt"]["unpaired_seeds"] == [2]
+    table = "\n".join(study_report.framing_table(list(rows.values())))
+    assert "| minilm | r8 | LT-prefix | 0.910 ± 0.014 (n=2) | prefix | 0.800 ± 0.000 (n=2) | +0.110 [" in table
+    assert "(n=2 paired) |" in table and "`n=k paired`" in table
+    assert study_report.label_in_framing({}, abl) == []  # no L-Tuning runs yet: nothing to pair

@@ -634,6 +634,43 @@ def a5_contrasts(abl: dict) -> list[dict]:
     return out
 
 
+def label_in_framing(final: dict, abl: dict) -> list[dict]:
+    """The pair-framing ablation's other half: L-Tuning (its label texts) minus its baseline framed the same
+    way (P random tokens per label, pair head), same cell and seeds: what the label text adds once the
+    framing is shared. Each side at the values tuned for it (the framed baseline at its K-way form's)."""
+    out = []
+    for (model, dataset, method, name), framed in abl.items():
+        lt = next((lt for lt, base in BASELINE_OF.items() if base == method), None)
+        if name != "pair_framing" or lt is None or not final.get((model, dataset, lt)):
+            continue
+        metric = study.primary_metric(dataset)
+        rec = difference(final[(model, dataset, lt)], framed, metric, N_BOOT, BOOT_SEED,
+                         f"{model}|{dataset}|{lt}|{method}|pair_framing|{metric}")
+        out.append({"model": model, "dataset": dataset, "method": lt, "baseline": method, "metric": metric,
+                    "score_lt": _mean_std(r.final.get(metric) for r in final[(model, dataset, lt)]),
+                    "score_framed": _mean_std(r.final.get(metric) for r in framed), **rec})
+    return out
+
+
+def framing_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    out = ["### The label text within the pair framing", "",
+           "L-Tuning (the final stage's runs) against its baseline scoring the same (text, label) pairs with P random "
+           "tokens per label (the pair framing ablation): both judge pairs with a pair head, so the difference is what "
+           "the label text (through the frozen LM and the L-Tuning map) adds to that framing; each at the values tuned "
+           "for it. Difference with a 95% paired bootstrap interval, `*`: excludes 0"
+           + ("; `n=k paired`: the two sides ran different seeds, and the difference uses the k both have."
+              if any(r.get("unpaired_seeds") for r in rows) else "."), "",
+           "| model | dataset | L-Tuning | score | baseline, pair framing | score | difference |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['model']} | {r['dataset']} | {METHOD_NAMES[r['method']]} | {r['score_lt']} | "
+                   f"{METHOD_NAMES[r['baseline']]} | {r['score_framed']} | "
+                   f"{'' if r['diff'] is None else _interval(r) + _paired(r)} |")
+    return out + [""]
+
+
 def _at_chance(runs: list, metric: str) -> list[tuple]:
     """(seed, score) of each run that ends no higher than chance on its own (chance_check of that run alone):
     a seed that collapsed to the majority class, which a mean over seeds hides."""
@@ -854,7 +891,8 @@ def pending_note(spec: dict, table) -> str | None:
 
 
 def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], chosen: dict,
-            plateau: list[dict] = (), contrasts: list[dict] = (), pending: str | None = None) -> list[str]:
+            plateau: list[dict] = (), contrasts: list[dict] = (), pending: str | None = None,
+            label_framed: list[dict] = ()) -> list[str]:
     """Every clause is computed from the tables above (`pending`: pending_note's bullet, if any)."""
     out = ["## Verdict", ""]
     if not diffs:
@@ -928,8 +966,12 @@ def verdict(spec: dict, diffs: list[dict], steps: list[dict], abl: list[dict], c
     if note := warm_start_note(abl):
         out.append(note)
     if framing := [r for r in abl if r["ablation"] == "pair_framing" and r["diff"] is not None]:
+        given = [r for r in label_framed if r["diff"] is not None]
         out.append("- The framing alone (a baseline scoring (text, label) pairs with random per-label tokens instead of "
-                   f"its K-way head): {_sign_text(framing, 'lower', 'higher')}.")
+                   f"its K-way head): {_sign_text(framing, 'lower', 'higher')}"
+                   + ("; the label text within that framing (L-Tuning against its baseline framed the same way, each "
+                      f"at its own tuned values): L-Tuning {_sign_text(given, 'lower', 'higher')}" if given else "")
+                   + ".")
     if note := tuning_note(chosen, spec):
         out.append(note)
     if moving := [f"{r['model']}/{r['dataset']} at {r['curve'][-1][0]}" for r in plateau if not r["plateaued"]]:
@@ -1038,7 +1080,8 @@ def render(spec: dict, table, final: dict, figures: list[str] | None = None, csv
     longer = pilot_learning(spec, table)
     for r in plateau:
         r["pilot"] = longer.get((r["model"], r["dataset"]))
-    verdict_lines = verdict(spec, diffs, steps, abl_rows, chosen, plateau, contrasts, pending_note(spec, table))
+    framed = label_in_framing(final, abl)
+    verdict_lines = verdict(spec, diffs, steps, abl_rows, chosen, plateau, contrasts, pending_note(spec, table), framed)
     out = [f"# Study `{spec['name']}`: does L-Tuning beat prefix and prompt tuning?", "",
            "Generated by `make results` (`python -m ltune_cli.study results`) from the run folders under "
            f"`outputs/study/{spec['name']}` (plan: conf/study/{spec['name']}.yaml); the per-run CSV is "
@@ -1046,7 +1089,8 @@ def render(spec: dict, table, final: dict, figures: list[str] | None = None, csv
     out += verdict_lines
     out += progress(spec, table) + setup_table(spec, final) + table1(spec, final) + differences_table(diffs) + steps_table(steps, spec)
     out += budget_check(spec, plateau)
-    out += figures_section(spec, figures or []) + ablation_table(abl_rows) + a5_table(contrasts) + cost_table(spec, table)
+    out += figures_section(spec, figures or []) + ablation_table(abl_rows) + a5_table(contrasts)
+    out += framing_table(framed) + cost_table(spec, table)
     out += chosen_table(spec, table, chosen) + pilot(spec, table)
     return "\n".join(out).rstrip("\n") + "\n", headline(spec, table, final, diffs, verdict_lines, md_link)
 
