@@ -639,15 +639,15 @@ def label_in_framing(final: dict, abl: dict) -> list[dict]:
     way (P random tokens per label, pair head), same cell and seeds: what the label text adds once the
     framing is shared. Each side at the values tuned for it (the framed baseline at its K-way form's)."""
     out = []
+    lt_of = {base: lt for lt, base in BASELINE_OF.items()}
     for (model, dataset, method, name), framed in abl.items():
-        lt = next((lt for lt, base in BASELINE_OF.items() if base == method), None)
-        if name != "pair_framing" or lt is None or not final.get((model, dataset, lt)):
+        lt = lt_of.get(method)
+        if name != "pair_framing" or not (lt_runs := final.get((model, dataset, lt))):
             continue
         metric = study.primary_metric(dataset)
-        rec = difference(final[(model, dataset, lt)], framed, metric, N_BOOT, BOOT_SEED,
-                         f"{model}|{dataset}|{lt}|{method}|pair_framing|{metric}")
+        rec = difference(lt_runs, framed, metric, N_BOOT, BOOT_SEED, f"{model}|{dataset}|{lt}|{method}|pair_framing|{metric}")
         out.append({"model": model, "dataset": dataset, "method": lt, "baseline": method, "metric": metric,
-                    "score_lt": _mean_std(r.final.get(metric) for r in final[(model, dataset, lt)]),
+                    "score_lt": _mean_std(r.final.get(metric) for r in lt_runs),
                     "score_framed": _mean_std(r.final.get(metric) for r in framed), **rec})
     return out
 
@@ -660,14 +660,12 @@ def framing_table(rows: list[dict]) -> list[str]:
            "tokens per label (the pair framing ablation): both judge pairs with a pair head, so the difference is what "
            "the label text (through the frozen LM and the L-Tuning map) adds to that framing; each at the values tuned "
            "for it. Difference with a 95% paired bootstrap interval, `*`: excludes 0"
-           + ("; `n=k paired`: the two sides ran different seeds, and the difference uses the k both have."
-              if any(r.get("unpaired_seeds") for r in rows) else "."), "",
+           + _paired_key(rows, "the two sides ran different seeds"), "",
            "| model | dataset | L-Tuning | score | baseline, pair framing | score | difference |",
            "|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['model']} | {r['dataset']} | {METHOD_NAMES[r['method']]} | {r['score_lt']} | "
-                   f"{METHOD_NAMES[r['baseline']]} | {r['score_framed']} | "
-                   f"{'' if r['diff'] is None else _interval(r) + _paired(r)} |")
+                   f"{METHOD_NAMES[r['baseline']]} | {r['score_framed']} | {_diff_cell(r)} |")
     return out + [""]
 
 
@@ -689,12 +687,11 @@ def a5_table(contrasts: list[dict]) -> list[str]:
            "LT-prefix's A.5 pooling variant (method.variant=paper) against the per-token default, both without a "
            "warm start (capacity), and with its label warm start against without (warm start); difference with a "
            "95% paired bootstrap interval, `*`: excludes 0"
-           + ("; `n=k paired`: the two sides ran different seeds (ablate.seeds_by_cell), and the difference uses "
-              "the k both have." if any(c.get("unpaired_seeds") for c in contrasts) else "."), "",
+           + _paired_key(contrasts, "the two sides ran different seeds (ablate.seeds_by_cell)"), "",
            "| model | dataset | contrast | score | against | score | difference |", "|---|---|---|---|---|---|---|"]
     for c in contrasts:
         out.append(f"| {c['model']} | {c['dataset']} | {c['contrast']} | {ABLATION_TEXT[c['a']]}: {c['score_a']} | "
-                   f"{ABLATION_TEXT[c['b']]} | {c['score_b']} | {'' if c['diff'] is None else _interval(c) + _paired(c)} |")
+                   f"{ABLATION_TEXT[c['b']]} | {c['score_b']} | {_diff_cell(c)} |")
     return out + [""]
 
 
@@ -813,14 +810,12 @@ def ablation_table(rows: list[dict]) -> list[str]:
             "runs, same seeds). An ablation runs with the values tuned for the method it varies (learning rate "
             "included), not retuned for itself: a gap measures the change at that setting; "
             "difference with a 95% paired bootstrap interval, `*`: excludes 0"
-           + ("; `n=k paired`: the ablation and the final stage ran different seeds (ablate.seeds, "
-              "ablate.seeds_by_cell), and the difference uses the k both have." if any(r.get("unpaired_seeds")
-                                                                                  for r in rows) else "."), "",
+           + _paired_key(rows, "the ablation and the final stage ran different seeds (ablate.seeds, "
+                               "ablate.seeds_by_cell)"), "",
             "| model | dataset | method | ablation | score | with real labels | difference |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        diff = "" if r["diff"] is None else _interval(r) + _paired(r)
         out.append(f"| {r['model']} | {r['dataset']} | {METHOD_NAMES[r['method']]} | "
-                   f"{ABLATION_TEXT.get(r['ablation'], r['ablation'])} | {r['score']} | {r['real']} | {diff} |")
+                   f"{ABLATION_TEXT.get(r['ablation'], r['ablation'])} | {r['score']} | {r['real']} | {_diff_cell(r)} |")
     return out + [""]
 
 
@@ -828,6 +823,18 @@ def _paired(r: dict) -> str:
     """" (n=3 paired)" where a difference pairs fewer seeds than its two sides ran (an ablation given more
     or fewer seeds than the final stage): each score's n counts all its runs, the difference the shared seeds."""
     return f" (n={r['n']} paired)" if r.get("unpaired_seeds") else ""
+
+
+def _diff_cell(r: dict) -> str:
+    """A table's difference cell: the interval, and how many seeds it pairs where not all; empty without one."""
+    return "" if r["diff"] is None else _interval(r) + _paired(r)
+
+
+def _paired_key(rows: list[dict], why: str) -> str:
+    """The end of a difference table's intro: the `n=k paired` key (`why` the sides' seeds differ) where a
+    row pairs fewer seeds than its sides ran, else a full stop."""
+    return (f"; `n=k paired`: {why}, and the difference uses the k both have."
+            if any(r.get("unpaired_seeds") for r in rows) else ".")
 
 
 def _tally(diffs: list[dict]) -> str:
